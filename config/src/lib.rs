@@ -1,0 +1,48 @@
+//! The configuration contract between the operator (which writes) and sluice-server (which reads):
+//! `server.yaml` ([`ServerConfig`]) and `users.yaml` ([`UserList`]), strict parsing and validation.
+//!
+//! This crate is deliberately free of runtime dependencies (no tokio, no TLS) so that the
+//! operator can render these files from the very same types the server parses.
+
+mod error;
+mod server;
+mod users;
+
+pub use error::{ConfigError, FieldError};
+pub use server::*;
+pub use users::*;
+
+/// The only `apiVersion` both files accept today.
+pub const API_VERSION: &str = "sluice.dev/v1alpha1";
+
+/// Parses YAML strictly (unknown fields are errors) into `T`, naming `file` in every error.
+fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, text: &str) -> Result<T, ConfigError> {
+    serde_saphyr::from_str::<T>(text).map_err(|source| ConfigError::Syntax {
+        file: file.to_string(),
+        message: source.to_string(),
+    })
+}
+
+/// Checks the `apiVersion`/`kind` header shared by both files.
+fn check_header(
+    errors: &mut Vec<FieldError>,
+    file: &str,
+    api_version: &str,
+    kind: &str,
+    want_kind: &str,
+) {
+    if api_version != API_VERSION {
+        errors.push(FieldError::new(
+            file,
+            "apiVersion",
+            format!("must be {API_VERSION:?}, got {api_version:?}"),
+        ));
+    }
+    if kind != want_kind {
+        errors.push(FieldError::new(
+            file,
+            "kind",
+            format!("must be {want_kind:?}, got {kind:?}"),
+        ));
+    }
+}

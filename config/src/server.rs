@@ -1,0 +1,601 @@
+//! `server.yaml`: listeners, TLS, passive ports, limits, timeouts, uploads, audit, reload.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfigError, FieldError, check_header, parse_yaml};
+
+/// Largest passive range we accept: every port becomes a Kubernetes ServicePort, and a Service
+/// with thousands of ports is slow to program into kube-proxy.
+pub const MAX_PASSIVE_PORTS: u32 = 1000;
+
+/// TLS cipher suites Sluice can offer. Anything not in this list (CBC, RSA key exchange, SHA-1
+/// MACs) cannot even be named.
+pub const SUPPORTED_CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+];
+
+/// The hardened default: AES-256-GCM and ChaCha20-Poly1305 only, TLS 1.3 and 1.2, ECDHE only.
+pub const DEFAULT_CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// The whole of `server.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerConfig {
+    /// Must be `sluice.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `ServerConfig`.
+    pub kind: String,
+    /// Directory that holds every user's home; users can never leave it.
+    pub data_root: String,
+    /// Path of `users.yaml`; relative paths are resolved against this file's directory.
+    pub users_file: String,
+    pub listeners: Listeners,
+    pub tls: TlsConfig,
+    #[serde(default)]
+    pub passive: PassiveConfig,
+    #[serde(default)]
+    pub active_mode: ActiveModeConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub uploads: Uploads,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub reload: ReloadConfig,
+}
+
+/// Which sockets to open. At least one of the FTPS listeners must be set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listeners {
+    /// Explicit FTPS (`AUTH TLS` on the control port, RFC 4217), e.g. `0.0.0.0:2121`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftps_explicit: Option<String>,
+    /// Implicit FTPS (TLS from the first byte), e.g. `0.0.0.0:2990`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftps_implicit: Option<String>,
+    /// Health, readiness and Prometheus metrics over plain HTTP, e.g. `0.0.0.0:8080`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientCertificateMode {
+    /// No client certificate is requested.
+    #[default]
+    None,
+    /// A certificate is requested and, when sent, must chain to `clientCaFile`.
+    Optional,
+    /// Every connection must present a certificate that chains to `clientCaFile`.
+    Required,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TlsConfig {
+    /// PEM certificate chain (`tls.crt` of a Kubernetes TLS Secret). Relative to this file.
+    pub cert_file: String,
+    /// PEM private key (`tls.key`). Relative to this file.
+    pub key_file: String,
+    /// Cipher suites in preference order; see [`SUPPORTED_CIPHER_SUITES`].
+    #[serde(default = "default_cipher_suites")]
+    pub cipher_suites: Vec<String>,
+    /// Whether clients must present a certificate.
+    #[serde(default)]
+    pub client_certificates: ClientCertificateMode,
+    /// PEM CA bundle that client certificates must chain to; required unless mode is `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<String>,
+    /// Data connections must resume the control connection's TLS session (binds the data
+    /// channel to the authenticated client). Turning it off is an insecure opt-in.
+    #[serde(default = "yes")]
+    pub require_session_resumption: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PassiveConfig {
+    /// First port of the passive range (inclusive).
+    pub port_start: u16,
+    /// Last port of the passive range (inclusive); at most [`MAX_PASSIVE_PORTS`] ports.
+    pub port_end: u16,
+    /// Address put in `227`/`229` replies; defaults to the control connection's local address.
+    /// On Kubernetes this is the Service's external address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<IpAddr>,
+}
+
+impl Default for PassiveConfig {
+    fn default() -> Self {
+        Self {
+            port_start: 50000,
+            port_end: 50099,
+            advertised_address: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ActiveModeConfig {
+    /// `PORT`/`EPRT`; off by default. When on, only to the client's own address.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Limits {
+    /// Concurrent sessions in total.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+    /// Concurrent sessions from one source address.
+    #[serde(default = "default_max_sessions_per_ip")]
+    pub max_sessions_per_ip: u32,
+    /// Concurrent logged-in sessions of one user.
+    #[serde(default = "default_max_sessions_per_user")]
+    pub max_sessions_per_user: u32,
+    /// Failed `PASS` attempts before the connection is closed.
+    #[serde(default = "default_max_auth_attempts")]
+    pub max_auth_attempts: u32,
+    /// Delay after every failed login, in milliseconds (slows guessing).
+    #[serde(default = "default_auth_failure_delay_ms")]
+    pub auth_failure_delay_ms: u64,
+    /// Longest accepted command line in bytes, CRLF included.
+    #[serde(default = "default_max_command_length")]
+    pub max_command_length: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sessions: default_max_sessions(),
+            max_sessions_per_ip: default_max_sessions_per_ip(),
+            max_sessions_per_user: default_max_sessions_per_user(),
+            max_auth_attempts: default_max_auth_attempts(),
+            auth_failure_delay_ms: default_auth_failure_delay_ms(),
+            max_command_length: default_max_command_length(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Timeouts {
+    /// From connect to successful login.
+    #[serde(default = "default_login_seconds")]
+    pub login_seconds: u64,
+    /// Idle control connection (no command) after login.
+    #[serde(default = "default_idle_seconds")]
+    pub idle_seconds: u64,
+    /// From `PASV`/`EPSV` to the client's data connection (and its TLS handshake).
+    #[serde(default = "default_data_connect_seconds")]
+    pub data_connect_seconds: u64,
+    /// No byte moved on an open data connection.
+    #[serde(default = "default_data_idle_seconds")]
+    pub data_idle_seconds: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            login_seconds: default_login_seconds(),
+            idle_seconds: default_idle_seconds(),
+            data_connect_seconds: default_data_connect_seconds(),
+            data_idle_seconds: default_data_idle_seconds(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Uploads {
+    /// Write to a temporary name, fsync, and rename over the final name only on success.
+    #[serde(default = "yes")]
+    pub atomic: bool,
+}
+
+impl Default for Uploads {
+    fn default() -> Self {
+        Self { atomic: true }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuditConfig {
+    /// Audit events as JSON lines on stdout.
+    #[serde(default = "yes")]
+    pub stdout: bool,
+    /// Also append them to this file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            stdout: true,
+            file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReloadConfig {
+    /// How often the config, users and certificate files are checked for changes.
+    #[serde(default = "default_reload_interval_ms")]
+    pub interval_ms: u64,
+}
+
+impl Default for ReloadConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: default_reload_interval_ms(),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cipher_suites() -> Vec<String> {
+    DEFAULT_CIPHER_SUITES.iter().map(|s| s.to_string()).collect()
+}
+fn default_max_sessions() -> u32 {
+    2000
+}
+fn default_max_sessions_per_ip() -> u32 {
+    50
+}
+fn default_max_sessions_per_user() -> u32 {
+    20
+}
+fn default_max_auth_attempts() -> u32 {
+    3
+}
+fn default_auth_failure_delay_ms() -> u64 {
+    1000
+}
+fn default_max_command_length() -> u32 {
+    4096
+}
+fn default_login_seconds() -> u64 {
+    30
+}
+fn default_idle_seconds() -> u64 {
+    300
+}
+fn default_data_connect_seconds() -> u64 {
+    30
+}
+fn default_data_idle_seconds() -> u64 {
+    60
+}
+fn default_reload_interval_ms() -> u64 {
+    1000
+}
+
+impl ServerConfig {
+    /// Parses and validates `server.yaml`; `file` is the name used in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let config: ServerConfig = parse_yaml(file, text)?;
+        let errors = config.validate(file);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// Every invalid value, each naming its field. Empty when the config is valid.
+    pub fn validate(&self, file: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_header(
+            &mut errors,
+            file,
+            &self.api_version,
+            &self.kind,
+            "ServerConfig",
+        );
+        let mut err = |field: &str, message: String| {
+            errors.push(FieldError::new(file, field, message));
+        };
+        if self.data_root.trim().is_empty() {
+            err("dataRoot", "must not be empty".into());
+        }
+        if self.users_file.trim().is_empty() {
+            err("usersFile", "must not be empty".into());
+        }
+        let listeners = [
+            ("listeners.ftpsExplicit", &self.listeners.ftps_explicit),
+            ("listeners.ftpsImplicit", &self.listeners.ftps_implicit),
+            ("listeners.health", &self.listeners.health),
+        ];
+        let mut seen: Vec<SocketAddr> = Vec::new();
+        for (field, value) in listeners {
+            if let Some(text) = value {
+                match text.parse::<SocketAddr>() {
+                    Ok(addr) if addr.port() == 0 => err(field, "port must be 1-65535".into()),
+                    Ok(addr) => {
+                        if seen.iter().any(|other| other.port() == addr.port()) {
+                            err(field, format!("port {} is used twice", addr.port()));
+                        }
+                        seen.push(addr);
+                    }
+                    Err(_) => err(
+                        field,
+                        format!("{text:?} is not an address:port such as 0.0.0.0:2121"),
+                    ),
+                }
+            }
+        }
+        if self.listeners.ftps_explicit.is_none() && self.listeners.ftps_implicit.is_none() {
+            err(
+                "listeners",
+                "at least one of ftpsExplicit or ftpsImplicit must be set".into(),
+            );
+        }
+        if self.tls.cert_file.trim().is_empty() {
+            err("tls.certFile", "must not be empty".into());
+        }
+        if self.tls.key_file.trim().is_empty() {
+            err("tls.keyFile", "must not be empty".into());
+        }
+        if self.tls.cipher_suites.is_empty() {
+            err("tls.cipherSuites", "must name at least one suite".into());
+        }
+        for (index, suite) in self.tls.cipher_suites.iter().enumerate() {
+            if !SUPPORTED_CIPHER_SUITES.contains(&suite.as_str()) {
+                err(
+                    &format!("tls.cipherSuites[{index}]"),
+                    format!(
+                        "unsupported suite {suite:?}; supported: {}",
+                        SUPPORTED_CIPHER_SUITES.join(", ")
+                    ),
+                );
+            }
+        }
+        let has_tls13 = self
+            .tls
+            .cipher_suites
+            .iter()
+            .any(|s| s.starts_with("TLS13_"));
+        if !has_tls13 && !self.tls.cipher_suites.is_empty() {
+            err(
+                "tls.cipherSuites",
+                "must include at least one TLS 1.3 suite".into(),
+            );
+        }
+        if self.tls.client_certificates != ClientCertificateMode::None
+            && self.tls.client_ca_file.is_none()
+        {
+            err(
+                "tls.clientCaFile",
+                "is required when clientCertificates is optional or required".into(),
+            );
+        }
+        let passive = &self.passive;
+        if passive.port_start == 0 {
+            err("passive.portStart", "must be 1-65535".into());
+        }
+        if passive.port_end < passive.port_start {
+            err(
+                "passive.portEnd",
+                format!(
+                    "must be >= passive.portStart ({}), got {}",
+                    passive.port_start, passive.port_end
+                ),
+            );
+        } else if u32::from(passive.port_end - passive.port_start) + 1 > MAX_PASSIVE_PORTS {
+            err(
+                "passive.portEnd",
+                format!("the passive range may hold at most {MAX_PASSIVE_PORTS} ports"),
+            );
+        }
+        for addr in &seen {
+            if (passive.port_start..=passive.port_end).contains(&addr.port()) {
+                err(
+                    "passive",
+                    format!("range overlaps listener port {}", addr.port()),
+                );
+            }
+        }
+        if let Some(ip) = passive.advertised_address
+            && ip.is_unspecified()
+        {
+            err(
+                "passive.advertisedAddress",
+                "must be a concrete address, not 0.0.0.0 or ::".into(),
+            );
+        }
+        let limits = &self.limits;
+        for (field, value) in [
+            ("limits.maxSessions", limits.max_sessions),
+            ("limits.maxSessionsPerIp", limits.max_sessions_per_ip),
+            ("limits.maxSessionsPerUser", limits.max_sessions_per_user),
+            ("limits.maxAuthAttempts", limits.max_auth_attempts),
+        ] {
+            if value == 0 {
+                err(field, "must be at least 1".into());
+            }
+        }
+        if limits.max_sessions_per_ip > limits.max_sessions {
+            err(
+                "limits.maxSessionsPerIp",
+                "must not exceed limits.maxSessions".into(),
+            );
+        }
+        if limits.auth_failure_delay_ms > 60_000 {
+            err(
+                "limits.authFailureDelayMs",
+                "must be at most 60000 (a minute)".into(),
+            );
+        }
+        if !(512..=65536).contains(&limits.max_command_length) {
+            err(
+                "limits.maxCommandLength",
+                "must be between 512 and 65536 bytes".into(),
+            );
+        }
+        let timeouts = &self.timeouts;
+        for (field, value) in [
+            ("timeouts.loginSeconds", timeouts.login_seconds),
+            ("timeouts.idleSeconds", timeouts.idle_seconds),
+            ("timeouts.dataConnectSeconds", timeouts.data_connect_seconds),
+            ("timeouts.dataIdleSeconds", timeouts.data_idle_seconds),
+        ] {
+            if !(1..=86_400).contains(&value) {
+                err(field, format!("must be between 1 and 86400, got {value}"));
+            }
+        }
+        if !(100..=600_000).contains(&self.reload.interval_ms) {
+            err(
+                "reload.intervalMs",
+                "must be between 100 and 600000".into(),
+            );
+        }
+        if let Some(file_path) = &self.audit.file
+            && file_path.trim().is_empty()
+        {
+            err("audit.file", "must not be empty when set".into());
+        }
+        errors
+    }
+
+    /// Settings weaker than the hardened default, for a warning at start-up.
+    pub fn insecure_opt_ins(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.tls.require_session_resumption {
+            warnings.push(
+                "tls.requireSessionResumption is false: data connections are not bound to the \
+                 control connection's TLS session"
+                    .to_string(),
+            );
+        }
+        if self.active_mode.enabled {
+            warnings.push(
+                "activeMode.enabled is true: the server opens connections to clients (PORT/EPRT)"
+                    .to_string(),
+            );
+        }
+        if self
+            .tls
+            .cipher_suites
+            .iter()
+            .any(|s| s.contains("AES_128"))
+        {
+            warnings.push("tls.cipherSuites includes AES-128-GCM suites".to_string());
+        }
+        if !self.uploads.atomic {
+            warnings.push(
+                "uploads.atomic is false: a broken upload can leave a truncated file".to_string(),
+            );
+        }
+        warnings
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "apiVersion: sluice.dev/v1alpha1
+kind: ServerConfig
+dataRoot: /data
+usersFile: users.yaml
+listeners:
+  ftpsExplicit: 127.0.0.1:2121
+tls:
+  certFile: tls.crt
+  keyFile: tls.key
+";
+
+    #[test]
+    fn minimal_config_gets_hardened_defaults() {
+        let config = ServerConfig::parse("server.yaml", MINIMAL).unwrap();
+        assert!(config.tls.require_session_resumption);
+        assert!(!config.active_mode.enabled);
+        assert!(config.uploads.atomic);
+        assert_eq!(config.tls.cipher_suites.len(), DEFAULT_CIPHER_SUITES.len());
+        assert!(config.insecure_opt_ins().is_empty());
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_and_named() {
+        let text = format!("{MINIMAL}bogusField: 1\n");
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains("server.yaml"), "{message}");
+        assert!(message.contains("bogusField"), "{message}");
+    }
+
+    #[test]
+    fn invalid_values_are_named_by_field() {
+        let text = MINIMAL.replace("kind: ServerConfig", "kind: Nope")
+            + "passive:\n  portStart: 3000\n  portEnd: 2000\nlimits:\n  maxSessions: 0\n";
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        let fields: Vec<_> = error
+            .field_errors()
+            .iter()
+            .map(|e| e.field.clone())
+            .collect();
+        assert!(fields.contains(&"kind".to_string()), "{fields:?}");
+        assert!(fields.contains(&"passive.portEnd".to_string()), "{fields:?}");
+        assert!(fields.contains(&"limits.maxSessions".to_string()), "{fields:?}");
+    }
+
+    #[test]
+    fn weak_cipher_suite_cannot_be_named() {
+        let text = format!(
+            "{MINIMAL}  cipherSuites: [TLS13_AES_256_GCM_SHA384, TLS_RSA_WITH_AES_128_CBC_SHA]\n"
+        );
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "tls.cipherSuites[1]");
+    }
+
+    #[test]
+    fn passive_range_is_capped() {
+        let text = format!("{MINIMAL}passive:\n  portStart: 10000\n  portEnd: 20000\n");
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "passive.portEnd");
+    }
+
+    #[test]
+    fn client_certificates_need_a_ca() {
+        let text = format!("{MINIMAL}  clientCertificates: required\n");
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "tls.clientCaFile");
+    }
+
+    #[test]
+    fn opt_ins_are_reported() {
+        let text = format!(
+            "{MINIMAL}  requireSessionResumption: false\nactiveMode:\n  enabled: true\n"
+        );
+        let config = ServerConfig::parse("server.yaml", &text).unwrap();
+        assert_eq!(config.insecure_opt_ins().len(), 2);
+    }
+}

@@ -1,0 +1,408 @@
+//! `users.yaml`: accounts with argon2id hashes, keys, homes, permissions, CIDRs and expiry.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::{ConfigError, FieldError, check_header, parse_yaml};
+
+/// What a user may do. Each FTP/SFTP verb needs exactly one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Permission {
+    /// LIST, NLST, MLSD, MLST, STAT of a path, SIZE, MDTM.
+    List,
+    /// RETR, HASH/XSHA256.
+    Download,
+    /// STOR/APPE of a new file.
+    Upload,
+    /// STOR over, APPE to or REST+STOR into an existing file.
+    Overwrite,
+    /// DELE.
+    Delete,
+    /// RNFR/RNTO.
+    Rename,
+    /// MKD.
+    Mkdir,
+    /// RMD.
+    Rmdir,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 8] = [
+        Permission::List,
+        Permission::Download,
+        Permission::Upload,
+        Permission::Overwrite,
+        Permission::Delete,
+        Permission::Rename,
+        Permission::Mkdir,
+        Permission::Rmdir,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::List => "list",
+            Permission::Download => "download",
+            Permission::Upload => "upload",
+            Permission::Overwrite => "overwrite",
+            Permission::Delete => "delete",
+            Permission::Rename => "rename",
+            Permission::Mkdir => "mkdir",
+            Permission::Rmdir => "rmdir",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Protocol {
+    Ftps,
+    Sftp,
+}
+
+/// The whole of `users.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UserList {
+    /// Must be `sluice.dev/v1alpha1`.
+    pub api_version: String,
+    /// Must be `UserList`.
+    pub kind: String,
+    #[serde(default)]
+    pub users: Vec<User>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct User {
+    /// Login name: 1-64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+    pub username: String,
+    /// argon2id PHC string (`$argon2id$v=19$m=...,t=...,p=...$salt$hash`). Absent: no password
+    /// login for this user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// OpenSSH `authorized_keys` lines (used by SFTP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+    /// Home directory relative to the server's `dataRoot`; created on first login.
+    pub home: String,
+    /// What the user may do; see [`Permission`].
+    pub permissions: Vec<Permission>,
+    /// Source networks (CIDR) the user may log in from; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+    /// Protocols the user may use; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<Protocol>,
+    /// RFC 3339 instant after which logins are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// A disabled user cannot log in and its open sessions end.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+impl User {
+    pub fn has(&self, permission: Permission) -> bool {
+        self.permissions.contains(&permission)
+    }
+
+    pub fn allows_protocol(&self, protocol: Protocol) -> bool {
+        self.protocols.is_empty() || self.protocols.contains(&protocol)
+    }
+
+    /// The parsed allowlist; entries that do not parse were rejected by validation.
+    pub fn allowed_networks(&self) -> Vec<IpNet> {
+        self.allowed_cidrs
+            .iter()
+            .filter_map(|text| parse_cidr(text).ok())
+            .collect()
+    }
+
+    /// Whether `ip` may log in as this user (an empty allowlist allows every address).
+    pub fn allows_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.allowed_cidrs.is_empty() || self.allowed_networks().iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn expiry(&self) -> Option<jiff::Timestamp> {
+        self.expires_at.as_deref().and_then(|t| t.parse().ok())
+    }
+
+    pub fn is_expired_at(&self, now: jiff::Timestamp) -> bool {
+        self.expiry().is_some_and(|expiry| now >= expiry)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, seen on dual-stack sockets) compare as IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare address (a /32 or /128).
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        return Ok(net.trunc());
+    }
+    text.parse::<IpAddr>()
+        .map(IpNet::from)
+        .map_err(|_| format!("{text:?} is not a CIDR such as 192.0.2.0/24"))
+}
+
+/// Checks a login name: 1-64 of `A-Z a-z 0-9 . _ -`, first character alphanumeric.
+pub fn validate_username(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1-64 characters".into());
+    }
+    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        return Err("must start with a letter or digit".into());
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!("contains {bad:?}; allowed are A-Z a-z 0-9 . _ -"));
+    }
+    Ok(())
+}
+
+/// Checks a home directory: relative, no `..`, no NUL, no empty or overlong components.
+pub fn validate_home(home: &str) -> Result<(), String> {
+    if home.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if home.starts_with('/') || home.starts_with('\\') {
+        return Err("must be relative to dataRoot, not absolute".into());
+    }
+    if home.contains('\0') {
+        return Err("must not contain a NUL byte".into());
+    }
+    if home.len() > 1024 {
+        return Err("must be at most 1024 bytes".into());
+    }
+    for component in home.split('/') {
+        match component {
+            ".." => return Err("must not contain '..'".into()),
+            "" | "." => return Err("must not contain empty or '.' components".into()),
+            c if c.len() > 255 => return Err("a component is longer than 255 bytes".into()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Checks the shape of an argon2id PHC string; the server also parses it fully.
+pub fn validate_password_hash(hash: &str) -> Result<(), String> {
+    let parts: Vec<&str> = hash.split('$').collect();
+    if parts.len() != 6 || !parts[0].is_empty() {
+        return Err("must be a PHC string like $argon2id$v=19$m=19456,t=2,p=1$salt$hash".into());
+    }
+    if parts[1] != "argon2id" {
+        return Err(format!(
+            "algorithm must be argon2id, got {:?} (plain text or other hashes are refused)",
+            parts[1]
+        ));
+    }
+    if parts[2] != "v=19" {
+        return Err("version must be v=19".into());
+    }
+    Ok(())
+}
+
+const SSH_KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-rsa",
+];
+
+/// Checks that an `authorized_keys` line names a known key type followed by base64 data.
+/// Options (`from=...`) are not supported yet and are rejected rather than ignored.
+pub fn validate_authorized_key(line: &str) -> Result<(), String> {
+    let mut words = line.split_whitespace();
+    let Some(kind) = words.next() else {
+        return Err("is empty".into());
+    };
+    if !SSH_KEY_TYPES.contains(&kind) {
+        return Err(format!(
+            "key type {kind:?} is not supported (options such as from= are not supported yet); \
+             supported: {}",
+            SSH_KEY_TYPES.join(", ")
+        ));
+    }
+    let Some(data) = words.next() else {
+        return Err("has no key data after the key type".into());
+    };
+    if data.len() < 16
+        || !data
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    {
+        return Err("key data is not base64".into());
+    }
+    Ok(())
+}
+
+impl UserList {
+    /// Parses and validates `users.yaml`; `file` is the name used in errors.
+    pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
+        let list: UserList = parse_yaml(file, text)?;
+        let errors = list.validate(file);
+        if errors.is_empty() {
+            Ok(list)
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    pub fn validate(&self, file: &str) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        check_header(&mut errors, file, &self.api_version, &self.kind, "UserList");
+        let mut names = HashSet::new();
+        for (index, user) in self.users.iter().enumerate() {
+            let mut err = |field: &str, message: String| {
+                errors.push(FieldError::new(
+                    file,
+                    format!("users[{index}].{field}"),
+                    message,
+                ));
+            };
+            if let Err(message) = validate_username(&user.username) {
+                err("username", message);
+            }
+            if !names.insert(user.username.to_ascii_lowercase()) {
+                err(
+                    "username",
+                    format!("{:?} appears more than once", user.username),
+                );
+            }
+            if let Err(message) = validate_home(&user.home) {
+                err("home", message);
+            }
+            if let Some(hash) = &user.password_hash
+                && let Err(message) = validate_password_hash(hash)
+            {
+                err("passwordHash", message);
+            }
+            for (key_index, key) in user.ssh_authorized_keys.iter().enumerate() {
+                if let Err(message) = validate_authorized_key(key) {
+                    err(&format!("sshAuthorizedKeys[{key_index}]"), message);
+                }
+            }
+            for (cidr_index, cidr) in user.allowed_cidrs.iter().enumerate() {
+                if let Err(message) = parse_cidr(cidr) {
+                    err(&format!("allowedCidrs[{cidr_index}]"), message);
+                }
+            }
+            if let Some(expiry) = &user.expires_at
+                && expiry.parse::<jiff::Timestamp>().is_err()
+            {
+                err(
+                    "expiresAt",
+                    format!("{expiry:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
+                );
+            }
+            let mut seen = HashSet::new();
+            for permission in &user.permissions {
+                if !seen.insert(permission) {
+                    err(
+                        "permissions",
+                        format!("{} is listed twice", permission.as_str()),
+                    );
+                }
+            }
+        }
+        errors
+    }
+
+    pub fn find(&self, username: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.username == username)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
+
+    fn list(users: &str) -> String {
+        format!("apiVersion: sluice.dev/v1alpha1\nkind: UserList\nusers:\n{users}")
+    }
+
+    #[test]
+    fn valid_user_parses() {
+        let text = list(&format!(
+            "  - username: alice\n    passwordHash: '{HASH}'\n    home: alice\n    permissions: [list, download]\n    allowedCidrs: [127.0.0.1/32, 10.0.0.0/8]\n    expiresAt: 2099-01-01T00:00:00Z\n"
+        ));
+        let users = UserList::parse("users.yaml", &text).unwrap();
+        let alice = users.find("alice").unwrap();
+        assert!(alice.has(Permission::List));
+        assert!(!alice.has(Permission::Upload));
+        assert!(alice.allows_ip("127.0.0.1".parse().unwrap()));
+        assert!(alice.allows_ip("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!alice.allows_ip("127.0.0.2".parse().unwrap()));
+        assert!(!alice.is_expired_at(jiff::Timestamp::now()));
+    }
+
+    #[test]
+    fn hostile_homes_are_rejected() {
+        for home in ["/etc", "../x", "a/../../b", "a//b", "a\0b", ""] {
+            assert!(validate_home(home).is_err(), "{home:?} accepted");
+        }
+        assert!(validate_home("partners/acme").is_ok());
+    }
+
+    #[test]
+    fn every_bad_field_is_named() {
+        let text = list(
+            "  - username: '-bad'\n    passwordHash: plaintext\n    home: /abs\n    permissions: [list, list]\n    allowedCidrs: [300.1.1.1/8]\n    expiresAt: tomorrow\n    sshAuthorizedKeys: ['ssh-dss AAAA']\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        let fields: Vec<_> = error.field_errors().iter().map(|e| e.field.as_str()).collect();
+        for want in [
+            "users[0].username",
+            "users[0].passwordHash",
+            "users[0].home",
+            "users[0].permissions",
+            "users[0].allowedCidrs[0]",
+            "users[0].expiresAt",
+            "users[0].sshAuthorizedKeys[0]",
+        ] {
+            assert!(fields.contains(&want), "{want} missing from {fields:?}");
+        }
+        assert!(error.to_string().contains("users.yaml: users[0].home"));
+    }
+
+    #[test]
+    fn duplicate_usernames_are_rejected() {
+        let user = "  - username: bob\n    home: bob\n    permissions: [list]\n";
+        let error = UserList::parse("users.yaml", &list(&format!("{user}{user}"))).unwrap_err();
+        assert!(error.to_string().contains("more than once"));
+    }
+
+    #[test]
+    fn unknown_permission_is_a_syntax_error_naming_it() {
+        let text = list("  - username: bob\n    home: bob\n    permissions: [fly]\n");
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        assert!(error.to_string().contains("fly"), "{error}");
+    }
+
+    #[test]
+    fn expiry_in_the_past_expires() {
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    expiresAt: 2001-01-01T00:00:00Z\n",
+        );
+        let users = UserList::parse("users.yaml", &text).unwrap();
+        assert!(users.users[0].is_expired_at(jiff::Timestamp::now()));
+    }
+}
