@@ -262,7 +262,10 @@ fn yes() -> bool {
     true
 }
 fn default_cipher_suites() -> Vec<String> {
-    DEFAULT_CIPHER_SUITES.iter().map(|s| s.to_string()).collect()
+    DEFAULT_CIPHER_SUITES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_max_sessions() -> u32 {
     2000
@@ -472,10 +475,7 @@ impl ServerConfig {
             }
         }
         if !(100..=600_000).contains(&self.reload.interval_ms) {
-            err(
-                "reload.intervalMs",
-                "must be between 100 and 600000".into(),
-            );
+            err("reload.intervalMs", "must be between 100 and 600000".into());
         }
         if let Some(file_path) = &self.audit.file
             && file_path.trim().is_empty()
@@ -501,12 +501,7 @@ impl ServerConfig {
                     .to_string(),
             );
         }
-        if self
-            .tls
-            .cipher_suites
-            .iter()
-            .any(|s| s.contains("AES_128"))
-        {
+        if self.tls.cipher_suites.iter().any(|s| s.contains("AES_128")) {
             warnings.push("tls.cipherSuites includes AES-128-GCM suites".to_string());
         }
         if !self.uploads.atomic {
@@ -563,8 +558,14 @@ tls:
             .map(|e| e.field.clone())
             .collect();
         assert!(fields.contains(&"kind".to_string()), "{fields:?}");
-        assert!(fields.contains(&"passive.portEnd".to_string()), "{fields:?}");
-        assert!(fields.contains(&"limits.maxSessions".to_string()), "{fields:?}");
+        assert!(
+            fields.contains(&"passive.portEnd".to_string()),
+            "{fields:?}"
+        );
+        assert!(
+            fields.contains(&"limits.maxSessions".to_string()),
+            "{fields:?}"
+        );
     }
 
     #[test]
@@ -592,9 +593,8 @@ tls:
 
     #[test]
     fn opt_ins_are_reported() {
-        let text = format!(
-            "{MINIMAL}  requireSessionResumption: false\nactiveMode:\n  enabled: true\n"
-        );
+        let text =
+            format!("{MINIMAL}  requireSessionResumption: false\nactiveMode:\n  enabled: true\n");
         let config = ServerConfig::parse("server.yaml", &text).unwrap();
         assert_eq!(config.insecure_opt_ins().len(), 2);
     }

@@ -160,7 +160,11 @@ pub fn validate_username(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > 64 {
         return Err("must be 1-64 characters".into());
     }
-    if !name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return Err("must start with a letter or digit".into());
     }
     if let Some(bad) = name
@@ -333,7 +337,8 @@ impl UserList {
 mod tests {
     use super::*;
 
-    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
 
     fn list(users: &str) -> String {
         format!("apiVersion: sluice.dev/v1alpha1\nkind: UserList\nusers:\n{users}")
@@ -368,7 +373,11 @@ mod tests {
             "  - username: '-bad'\n    passwordHash: plaintext\n    home: /abs\n    permissions: [list, list]\n    allowedCidrs: [300.1.1.1/8]\n    expiresAt: tomorrow\n    sshAuthorizedKeys: ['ssh-dss AAAA']\n",
         );
         let error = UserList::parse("users.yaml", &text).unwrap_err();
-        let fields: Vec<_> = error.field_errors().iter().map(|e| e.field.as_str()).collect();
+        let fields: Vec<_> = error
+            .field_errors()
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect();
         for want in [
             "users[0].username",
             "users[0].passwordHash",

@@ -1,0 +1,139 @@
+//! The FTPS protocol engine: listeners, sessions and data connections.
+//!
+//! Our own engine rather than libunftp: it lacks implicit FTPS, enforcement of TLS session
+//! resumption on the data channel, per-IP limits and EPRT, and moves 4 KiB at a time (see the
+//! design brief, §2).
+
+pub mod command;
+pub mod control;
+pub mod data;
+pub mod listing;
+pub mod passive;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::audit::Audit;
+use crate::limits::SessionLimits;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use passive::PassivePool;
+use sluice_config::canonical_ip;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerKind {
+    Explicit,
+    Implicit,
+}
+
+impl ListenerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerKind::Explicit => "explicit",
+            ListenerKind::Implicit => "implicit",
+        }
+    }
+}
+
+/// State shared by every session of the process.
+pub struct Context {
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub audit: Audit,
+    pub metrics: Arc<Metrics>,
+    pub limits: SessionLimits,
+    passive: Mutex<Arc<PassivePool>>,
+    pub session_counter: AtomicU64,
+    pub session_prefix: String,
+}
+
+impl Context {
+    pub fn new(
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        audit: Audit,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Context> {
+        let (start, end) = {
+            let current = snapshot.borrow();
+            (
+                current.config.passive.port_start,
+                current.config.passive.port_end,
+            )
+        };
+        Arc::new(Context {
+            snapshot,
+            audit,
+            metrics,
+            limits: SessionLimits::default(),
+            passive: Mutex::new(PassivePool::new(start, end)),
+            session_counter: AtomicU64::new(1),
+            session_prefix: format!("{:08x}", rand::random::<u32>()),
+        })
+    }
+
+    /// The pool for the configured range; replaced when a reload changes the range (leases
+    /// of the old pool stay valid until they end).
+    pub fn passive_pool(&self, start: u16, end: u16) -> Arc<PassivePool> {
+        let mut pool = self.passive.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.range() != (start, end) {
+            *pool = PassivePool::new(start, end);
+        }
+        pool.clone()
+    }
+}
+
+/// Accepts control connections forever, enforcing the total and per-address session limits
+/// before anything else is said. Accept errors (e.g. EMFILE) are logged and retried, never fatal.
+pub async fn serve(listener: TcpListener, kind: ListenerKind, context: Arc<Context>) {
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(listener = kind.as_str(), %error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let limits = context.snapshot.borrow().config.limits.clone();
+        let guard = match context.limits.connect(
+            canonical_ip(peer.ip()),
+            limits.max_sessions,
+            limits.max_sessions_per_ip,
+        ) {
+            Ok(guard) => guard,
+            Err(refused) => {
+                Metrics::inc(
+                    &context.metrics.sessions_refused,
+                    &[("reason", &format!("{refused:?}").to_lowercase())],
+                );
+                context.audit.server_event(
+                    "connection_refused",
+                    json!({"ip": canonical_ip(peer.ip()).to_string(), "reason": refused.to_string(), "listener": kind.as_str()}),
+                );
+                if kind == ListenerKind::Explicit {
+                    tokio::spawn(async move {
+                        let message = format!("421 {refused}; try again later\r\n");
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_secs(2),
+                            stream.write_all(message.as_bytes()),
+                        )
+                        .await;
+                    });
+                }
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let context = context.clone();
+        tokio::spawn(session::run(context, stream, peer, local, kind, guard));
+    }
+}

@@ -1,0 +1,152 @@
+//! Prometheus metrics and the operations HTTP endpoint (`/healthz`, `/readyz`, `/metrics`).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the server exports. Label values come from closed sets (verbs we know,
+/// directions, results) so that hostile input cannot blow up cardinality.
+#[derive(Default)]
+pub struct Metrics {
+    pub sessions_active: Gauge,
+    pub sessions_total: Family<Labels, Counter>,
+    pub sessions_refused: Family<Labels, Counter>,
+    pub logins: Family<Labels, Counter>,
+    pub commands: Family<Labels, Counter>,
+    pub bytes: Family<Labels, Counter>,
+    pub transfers: Family<Labels, Counter>,
+    pub tls_failures: Family<Labels, Counter>,
+    pub data_rejected: Family<Labels, Counter>,
+    pub reloads: Family<Labels, Counter>,
+    registry: std::sync::OnceLock<Registry>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let metrics = Metrics::default();
+        let mut registry = Registry::with_prefix("sluice");
+        registry.register(
+            "sessions_active",
+            "Open control connections",
+            metrics.sessions_active.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Accepted control connections by listener",
+            metrics.sessions_total.clone(),
+        );
+        registry.register(
+            "sessions_refused",
+            "Connections refused by a session limit",
+            metrics.sessions_refused.clone(),
+        );
+        registry.register("logins", "Login attempts by result", metrics.logins.clone());
+        registry.register("commands", "Commands by verb", metrics.commands.clone());
+        registry.register(
+            "transfer_bytes",
+            "Bytes moved on data connections by direction",
+            metrics.bytes.clone(),
+        );
+        registry.register(
+            "transfers",
+            "Transfers by direction and result",
+            metrics.transfers.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Failed TLS handshakes by channel",
+            metrics.tls_failures.clone(),
+        );
+        registry.register(
+            "data_connections_rejected",
+            "Data connections refused by reason",
+            metrics.data_rejected.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration reloads by result",
+            metrics.reloads.clone(),
+        );
+        let _ = metrics.registry.set(registry);
+        Arc::new(metrics)
+    }
+
+    pub fn inc(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]) {
+        family
+            .get_or_create(&labels.iter().map(|(k, v)| (*k, v.to_string())).collect())
+            .inc();
+    }
+
+    pub fn add(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)], value: u64) {
+        family
+            .get_or_create(&labels.iter().map(|(k, v)| (*k, v.to_string())).collect())
+            .inc_by(value);
+    }
+
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        if let Some(registry) = self.registry.get() {
+            let _ = encode(&mut text, registry);
+        }
+        text
+    }
+}
+
+fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+/// Serves the operations endpoint until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        let ready = ready.clone();
+        let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+            let metrics = metrics.clone();
+            let ready = ready.clone();
+            async move {
+                let response = match request.uri().path() {
+                    "/healthz" => respond(StatusCode::OK, "ok\n".into()),
+                    "/readyz" if ready.load(Ordering::Relaxed) => {
+                        respond(StatusCode::OK, "ready\n".into())
+                    }
+                    "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
+                    "/metrics" => {
+                        let mut response = respond(StatusCode::OK, metrics.render());
+                        if let Ok(value) =
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8".parse()
+                        {
+                            response.headers_mut().insert("content-type", value);
+                        }
+                        response
+                    }
+                    _ => respond(StatusCode::NOT_FOUND, "not found\n".into()),
+                };
+                Ok::<_, Infallible>(response)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,548 @@
+//! A user's confined view of the data root: every operation is resolved beneath the user's home
+//! by cap-std (`openat2(RESOLVE_BENEATH)` on Linux), so `..`, absolute symlinks and symlinks
+//! swapped in by another process mid-session cannot escape. Blocking calls run on tokio's
+//! blocking pool; bulk data moves in large chunks through dedicated blocking workers.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::vpath::VirtualPath;
+
+/// Size of the chunks moved between disk and network.
+pub const CHUNK_BYTES: usize = 256 * 1024;
+/// Prefix of atomic-upload temporary files; hidden from listings.
+pub const TEMP_PREFIX: &str = ".sluice-upload-";
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory: {0}")]
+    NotFound(String),
+    #[error("access denied: {0}")]
+    Denied(String),
+    #[error("already exists: {0}")]
+    Exists(String),
+    #[error("directory not empty: {0}")]
+    NotEmpty(String),
+    #[error("not a directory: {0}")]
+    NotADirectory(String),
+    #[error("is a directory: {0}")]
+    IsADirectory(String),
+    #[error("insufficient storage space writing {0}")]
+    NoSpace(String),
+    #[error("i/o error on {path}: {source}")]
+    Io { path: String, source: io::Error },
+}
+
+impl FsError {
+    pub fn from_io(path: &VirtualPath, error: io::Error) -> Self {
+        let path = path.to_string();
+        match error.kind() {
+            io::ErrorKind::NotFound => FsError::NotFound(path),
+            io::ErrorKind::PermissionDenied => FsError::Denied(path),
+            io::ErrorKind::AlreadyExists => FsError::Exists(path),
+            io::ErrorKind::DirectoryNotEmpty => FsError::NotEmpty(path),
+            io::ErrorKind::NotADirectory => FsError::NotADirectory(path),
+            io::ErrorKind::IsADirectory => FsError::IsADirectory(path),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => FsError::NoSpace(path),
+            _ if error.raw_os_error() == Some(40) => FsError::Denied(path), // ELOOP
+            _ if error.raw_os_error() == Some(18) => FsError::Denied(path), // EXDEV
+            _ => FsError::Io {
+                path,
+                source: error,
+            },
+        }
+    }
+}
+
+/// What listings and SIZE/MDTM need to know about a file.
+#[derive(Debug, Clone)]
+pub struct EntryInfo {
+    pub name: String,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub modified: Option<SystemTime>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// How an upload opens its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// STOR: replace or create; atomic when configured.
+    Replace,
+    /// APPE: append to the end (created if missing).
+    Append,
+    /// REST n + STOR: write from offset n of the existing file.
+    At(u64),
+}
+
+/// The confined home of one logged-in user.
+#[derive(Clone)]
+pub struct UserFs {
+    home: Arc<Dir>,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FsError> + Send + 'static,
+) -> Result<T, FsError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => Err(FsError::Io {
+            path: String::new(),
+            source: io::Error::other(join.to_string()),
+        }),
+    }
+}
+
+fn info_from(name: String, meta: &cap_std::fs::Metadata) -> EntryInfo {
+    let file_type = meta.file_type();
+    let kind = if file_type.is_symlink() {
+        EntryKind::Symlink
+    } else if file_type.is_dir() {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
+    };
+    EntryInfo {
+        name,
+        kind,
+        size: meta.len(),
+        modified: meta.modified().ok().map(|t| t.into_std()),
+    }
+}
+
+impl UserFs {
+    /// Opens (creating if needed) `home` beneath `data_root`. `home` was validated as relative
+    /// without `..`; cap-std still refuses any escape, e.g. a symlinked home.
+    pub async fn open(data_root: String, home: String) -> Result<UserFs, FsError> {
+        blocking(move || {
+            let home_path = VirtualPath::root()
+                .resolve(&home)
+                .map_err(|e| FsError::Denied(e.to_string()))?;
+            let root = Dir::open_ambient_dir(&data_root, ambient_authority())
+                .map_err(|e| FsError::from_io(&VirtualPath::root(), e))?;
+            root.create_dir_all(home_path.relative())
+                .map_err(|e| FsError::from_io(&home_path, e))?;
+            let dir = root
+                .open_dir(home_path.relative())
+                .map_err(|e| FsError::from_io(&home_path, e))?;
+            Ok(UserFs {
+                home: Arc::new(dir),
+            })
+        })
+        .await
+    }
+
+    /// `stat` following symlinks (that stay inside).
+    pub async fn metadata(&self, path: &VirtualPath) -> Result<EntryInfo, FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let meta = home
+                .metadata(path.relative())
+                .map_err(|e| FsError::from_io(&path, e))?;
+            Ok(info_from(
+                path.file_name().unwrap_or("/").to_string(),
+                &meta,
+            ))
+        })
+        .await
+    }
+
+    pub async fn exists(&self, path: &VirtualPath) -> Result<bool, FsError> {
+        match self.metadata(path).await {
+            Ok(_) => Ok(true),
+            Err(FsError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Entries of a directory (sorted by name), or the single entry when `path` is a file.
+    pub async fn list(&self, path: &VirtualPath) -> Result<Vec<EntryInfo>, FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let meta = home
+                .metadata(path.relative())
+                .map_err(|e| FsError::from_io(&path, e))?;
+            if !meta.is_dir() {
+                return Ok(vec![info_from(
+                    path.file_name().unwrap_or("/").to_string(),
+                    &meta,
+                )]);
+            }
+            let mut entries = Vec::new();
+            let dir = home
+                .open_dir(path.relative())
+                .map_err(|e| FsError::from_io(&path, e))?;
+            for entry in dir.entries().map_err(|e| FsError::from_io(&path, e))? {
+                let entry = entry.map_err(|e| FsError::from_io(&path, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                if let Ok(meta) = entry.metadata() {
+                    entries.push(info_from(name, &meta));
+                }
+            }
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            Ok(entries)
+        })
+        .await
+    }
+
+    pub async fn create_dir(&self, path: &VirtualPath) -> Result<(), FsError> {
+        self.simple(path, |home, rel| home.create_dir(rel)).await
+    }
+
+    pub async fn remove_dir(&self, path: &VirtualPath) -> Result<(), FsError> {
+        if path.is_root() {
+            return Err(FsError::Denied(path.to_string()));
+        }
+        self.simple(path, |home, rel| home.remove_dir(rel)).await
+    }
+
+    pub async fn remove_file(&self, path: &VirtualPath) -> Result<(), FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let meta = home
+                .symlink_metadata(path.relative())
+                .map_err(|e| FsError::from_io(&path, e))?;
+            if meta.is_dir() {
+                return Err(FsError::IsADirectory(path.to_string()));
+            }
+            home.remove_file(path.relative())
+                .map_err(|e| FsError::from_io(&path, e))
+        })
+        .await
+    }
+
+    pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath) -> Result<(), FsError> {
+        if from.is_root() || to.is_root() {
+            return Err(FsError::Denied(from.to_string()));
+        }
+        let home = self.home.clone();
+        let (from, to) = (from.clone(), to.clone());
+        blocking(move || {
+            home.rename(from.relative(), &home, to.relative())
+                .map_err(|e| FsError::from_io(&to, e))
+        })
+        .await
+    }
+
+    async fn simple(
+        &self,
+        path: &VirtualPath,
+        op: impl FnOnce(&Dir, String) -> io::Result<()> + Send + 'static,
+    ) -> Result<(), FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || op(&home, path.relative()).map_err(|e| FsError::from_io(&path, e))).await
+    }
+
+    /// SHA-256 of a file, read in large chunks on the blocking pool.
+    pub async fn sha256(&self, path: &VirtualPath) -> Result<(String, u64), FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let mut file = open_regular_file(&home, &path)?;
+            let mut hasher = Sha256::new();
+            let mut buffer = vec![0u8; CHUNK_BYTES];
+            let mut total = 0u64;
+            loop {
+                let n = file
+                    .read(&mut buffer)
+                    .map_err(|e| FsError::from_io(&path, e))?;
+                if n == 0 {
+                    break;
+                }
+                total += n as u64;
+                hasher.update(&buffer[..n]);
+            }
+            Ok((hex::encode(hasher.finalize()), total))
+        })
+        .await
+    }
+
+    /// Starts a read-ahead worker that streams `path` from `offset` in [`CHUNK_BYTES`] chunks.
+    /// The receiver yields `Err` once on a read error; a dropped receiver stops the worker.
+    pub async fn read_stream(
+        &self,
+        path: &VirtualPath,
+        offset: u64,
+    ) -> Result<(mpsc::Receiver<Result<Vec<u8>, FsError>>, u64), FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        let (file, size) = blocking({
+            let path = path.clone();
+            move || {
+                let mut file = open_regular_file(&home, &path)?;
+                let size = file
+                    .metadata()
+                    .map_err(|e| FsError::from_io(&path, e))?
+                    .len();
+                if offset > size {
+                    return Err(FsError::Io {
+                        path: path.to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("restart offset {offset} is beyond the file size {size}"),
+                        ),
+                    });
+                }
+                file.seek(SeekFrom::Start(offset))
+                    .map_err(|e| FsError::from_io(&path, e))?;
+                Ok((file, size))
+            }
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::task::spawn_blocking(move || {
+            let mut file = file;
+            loop {
+                let mut buffer = vec![0u8; CHUNK_BYTES];
+                let mut filled = 0;
+                // Fill whole chunks so that the network side sees few, large writes.
+                while filled < CHUNK_BYTES {
+                    match file.read(&mut buffer[filled..]) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            let _ = tx.blocking_send(Err(FsError::from_io(&path, e)));
+                            return;
+                        }
+                    }
+                }
+                if filled == 0 {
+                    return;
+                }
+                buffer.truncate(filled);
+                if tx.blocking_send(Ok(buffer)).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok((rx, size))
+    }
+
+    /// Opens an upload target and starts its write-behind worker.
+    pub async fn write_stream(
+        &self,
+        path: &VirtualPath,
+        mode: WriteMode,
+        atomic: bool,
+    ) -> Result<UploadSink, FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        let (file, temp_name, existed) = blocking({
+            let home = home.clone();
+            let path = path.clone();
+            move || open_upload_target(&home, &path, mode, atomic)
+        })
+        .await?;
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+        let worker_path = path.clone();
+        let worker = tokio::task::spawn_blocking(move || -> Result<(String, u64), FsError> {
+            let path = worker_path;
+            let mut file = file;
+            let mut hasher = Sha256::new();
+            let mut written = 0u64;
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                file.write_all(&chunk)
+                    .map_err(|e| FsError::from_io(&path, e))?;
+                written += chunk.len() as u64;
+            }
+            file.sync_all().map_err(|e| FsError::from_io(&path, e))?;
+            Ok((hex::encode(hasher.finalize()), written))
+        });
+        Ok(UploadSink {
+            home,
+            target: path,
+            temp_name,
+            created: !existed,
+            mode,
+            tx: Some(tx),
+            worker,
+        })
+    }
+}
+
+fn open_regular_file(home: &Dir, path: &VirtualPath) -> Result<std::fs::File, FsError> {
+    let file = home
+        .open(path.relative())
+        .map_err(|e| FsError::from_io(path, e))?;
+    let meta = file.metadata().map_err(|e| FsError::from_io(path, e))?;
+    if meta.is_dir() {
+        return Err(FsError::IsADirectory(path.to_string()));
+    }
+    Ok(file.into_std())
+}
+
+fn temp_name_for(path: &VirtualPath) -> String {
+    let random: u64 = rand::random();
+    let parent = path.parent();
+    let name = format!("{TEMP_PREFIX}{random:016x}");
+    if parent.is_root() {
+        name
+    } else {
+        format!("{}/{name}", parent.relative())
+    }
+}
+
+fn open_upload_target(
+    home: &Dir,
+    path: &VirtualPath,
+    mode: WriteMode,
+    atomic: bool,
+) -> Result<(std::fs::File, Option<String>, bool), FsError> {
+    if path.is_root() {
+        return Err(FsError::IsADirectory(path.to_string()));
+    }
+    let existed = match home.metadata(path.relative()) {
+        Ok(meta) if meta.is_dir() => return Err(FsError::IsADirectory(path.to_string())),
+        Ok(_) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err(FsError::from_io(path, e)),
+    };
+    let mut options = OpenOptions::new();
+    match mode {
+        WriteMode::Replace if atomic => {
+            let temp = temp_name_for(path);
+            options.write(true).create_new(true);
+            let file = home
+                .open_with(&temp, &options)
+                .map_err(|e| FsError::from_io(path, e))?;
+            return Ok((file.into_std(), Some(temp), existed));
+        }
+        WriteMode::Replace => {
+            options.write(true).create(true).truncate(true);
+        }
+        WriteMode::Append => {
+            options.append(true).create(true);
+        }
+        WriteMode::At(_) => {
+            options.write(true).create(true);
+        }
+    }
+    let file = home
+        .open_with(path.relative(), &options)
+        .map_err(|e| FsError::from_io(path, e))?;
+    let mut file = file.into_std();
+    if let WriteMode::At(offset) = mode {
+        let size = file
+            .metadata()
+            .map_err(|e| FsError::from_io(path, e))?
+            .len();
+        if offset > size {
+            return Err(FsError::Io {
+                path: path.to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("restart offset {offset} is beyond the file size {size}"),
+                ),
+            });
+        }
+        file.set_len(offset)
+            .map_err(|e| FsError::from_io(path, e))?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| FsError::from_io(path, e))?;
+    }
+    Ok((file, None, existed))
+}
+
+/// An upload in progress: chunks go to a write-behind worker that hashes and writes them.
+pub struct UploadSink {
+    home: Arc<Dir>,
+    target: VirtualPath,
+    temp_name: Option<String>,
+    created: bool,
+    mode: WriteMode,
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    worker: tokio::task::JoinHandle<Result<(String, u64), FsError>>,
+}
+
+impl UploadSink {
+    /// Queues a chunk; fails when the worker has stopped (write error, e.g. disk full).
+    pub async fn write(&mut self, chunk: Vec<u8>) -> bool {
+        match &self.tx {
+            Some(tx) => tx.send(chunk).await.is_ok(),
+            None => false,
+        }
+    }
+
+    /// Finishes a complete upload: waits for the writes and fsync, then renames an atomic
+    /// temporary file over the final name. Returns (sha256 hex, bytes written).
+    pub async fn commit(mut self) -> Result<(String, u64), FsError> {
+        self.tx = None;
+        let result = match (&mut self.worker).await {
+            Ok(result) => result,
+            Err(join) => Err(FsError::Io {
+                path: self.target.to_string(),
+                source: io::Error::other(join.to_string()),
+            }),
+        };
+        match result {
+            Ok(done) => {
+                if let Some(temp) = self.temp_name.take() {
+                    let home = self.home.clone();
+                    let target = self.target.clone();
+                    let renamed = blocking(move || {
+                        home.rename(&temp, &home, target.relative()).map_err(|e| {
+                            let _ = home.remove_file(&temp);
+                            FsError::from_io(&target, e)
+                        })
+                    })
+                    .await;
+                    renamed?;
+                }
+                Ok(done)
+            }
+            Err(error) => {
+                self.cleanup().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Abandons a broken upload: an atomic temporary file is removed, and so is a new file
+    /// that a non-atomic upload created, so no truncated file is left under the final name.
+    pub async fn abort(mut self) -> Option<FsError> {
+        self.tx = None;
+        let error = match (&mut self.worker).await {
+            Ok(Err(error)) => Some(error),
+            _ => None,
+        };
+        self.cleanup().await;
+        error
+    }
+
+    async fn cleanup(&mut self) {
+        let home = self.home.clone();
+        let remove = match self.temp_name.take() {
+            Some(temp) => Some(temp),
+            None if self.created && self.mode == WriteMode::Replace => Some(self.target.relative()),
+            None => None,
+        };
+        if let Some(name) = remove {
+            let _ = blocking(move || {
+                home.remove_file(&name).ok();
+                Ok(())
+            })
+            .await;
+        }
+    }
+}
