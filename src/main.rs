@@ -1,6 +1,6 @@
-//! sluice-operator: the Kubernetes control plane of Sluice. This first slice only validates the
-//! files it will render (`server.yaml`, `users.yaml`); reconciliation lands with its own issue.
+//! sluice-operator: the Kubernetes control plane of Sluice.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -14,13 +14,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print the CRDs as YAML, or write them into a directory.
+    Crd {
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// Validate a users.yaml as the operator would render it.
-    CheckUsers { file: std::path::PathBuf },
+    CheckUsers { file: PathBuf },
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Crd { out_dir } => {
+            let crds = sluice_operator::crdgen::render_all()?;
+            for (name, yaml) in crds {
+                match &out_dir {
+                    Some(dir) => std::fs::write(dir.join(&name), yaml)?,
+                    None => {
+                        use std::io::Write;
+                        let mut out = std::io::stdout().lock();
+                        if write!(out, "---\n{yaml}").is_err() {
+                            return Ok(ExitCode::FAILURE);
+                        }
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::CheckUsers { file } => {
             let text = std::fs::read_to_string(&file)?;
             match sluice_config::UserList::parse(&file.display().to_string(), &text) {

@@ -10,6 +10,7 @@ use crate::{ConfigError, FieldError, check_header, parse_yaml};
 
 /// What a user may do. Each FTP/SFTP verb needs exactly one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Permission {
     /// LIST, NLST, MLSD, MLST, STAT of a path, SIZE, MDTM.
@@ -56,7 +57,9 @@ impl Permission {
     }
 }
 
+/// A file-transfer protocol a user may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub enum Protocol {
     Ftps,

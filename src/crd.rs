@@ -1,0 +1,520 @@
+//! The custom resources: `FileTransferServer` (`fts`) and `TransferUser` (`tu`) in
+//! `sluice.dev/v1alpha1`. Doc comments become the CRD field descriptions; CEL rules
+//! (`x-kubernetes-validations`) reject what the schema alone cannot express, at the API server.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use sluice_config::{Permission, Protocol};
+
+/// Largest passive range a FileTransferServer may declare: each port becomes a ServicePort.
+pub const MAX_PASSIVE_PORTS: i32 = 100;
+
+/// A hardened FTPS/SFTP endpoint: a StatefulSet of sluice-server pods, its Services, TLS
+/// material, NetworkPolicy and PodDisruptionBudget.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "FileTransferServer",
+    namespaced,
+    shortname = "fts",
+    status = "FileTransferServerStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".status.endpoint"}"#,
+    printcolumn = r#"{"name":"Users","type":"integer","jsonPath":".status.users"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("size(self.protocols) > 0").message("spec.protocols: at least one protocol is required"),
+    validation = Rule::new("self.replicas <= 1 || !self.protocols.exists(p, p != 'sftp') || self.exposure.perPodServices").message("spec.exposure.perPodServices must be true when spec.replicas > 1 and FTPS is served (a data connection must reach the pod holding its control connection)"),
+    validation = Rule::new("self.replicas <= 1 || has(self.storage.existingClaim)").message("spec.storage.existingClaim (a ReadWriteMany claim) is required when spec.replicas > 1, otherwise each pod would show its users different files")
+)]
+pub struct FileTransferServerSpec {
+    /// Protocols served: `ftpsExplicit` (AUTH TLS, RFC 4217), `ftpsImplicit` (TLS from the first
+    /// byte) and `sftp` (served once SFTP support lands). At least one.
+    pub protocols: Vec<ServedProtocol>,
+    /// Service ports (the same numbers are used inside the pod only for passive ports).
+    #[serde(default)]
+    pub ports: Ports,
+    /// Passive FTP data ports; every port is exposed on the Services.
+    #[serde(default)]
+    pub passive: PassiveSpec,
+    /// Number of server pods.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 20))]
+    pub replicas: i32,
+    /// Where user data lives.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Where the server certificate comes from.
+    #[serde(default)]
+    pub tls: TlsSpec,
+    /// How the server is exposed outside the cluster.
+    #[serde(default)]
+    pub exposure: ExposureSpec,
+    /// Source networks (CIDR) allowed to connect at all; empty allows every address. Compiled
+    /// into `loadBalancerSourceRanges`, a NetworkPolicy, and enforced again by the server.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+    /// Timeouts, limits and password policy.
+    #[serde(default)]
+    pub security: SecuritySpec,
+    /// Server image; defaults to the operator's matching sluice-server image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Pod scheduling and resources.
+    #[serde(default)]
+    pub pod: PodSpecOverrides,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// A protocol a FileTransferServer serves.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ServedProtocol {
+    FtpsExplicit,
+    FtpsImplicit,
+    Sftp,
+}
+
+/// Service ports for each protocol and the health/metrics port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.ftpsExplicit != self.ftpsImplicit && self.ftpsExplicit != self.sftp && self.ftpsImplicit != self.sftp").message("spec.ports: ftpsExplicit, ftpsImplicit and sftp must be distinct"))]
+pub struct Ports {
+    /// Explicit FTPS control port on the Service (container port 2121).
+    #[serde(default = "port_21")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub ftps_explicit: i32,
+    /// Implicit FTPS port on the Service (container port 2990).
+    #[serde(default = "port_990")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub ftps_implicit: i32,
+    /// SFTP port on the Service (container port 2222).
+    #[serde(default = "port_22")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub sftp: i32,
+}
+
+fn port_21() -> i32 {
+    21
+}
+fn port_990() -> i32 {
+    990
+}
+fn port_22() -> i32 {
+    22
+}
+
+impl Default for Ports {
+    fn default() -> Self {
+        Ports {
+            ftps_explicit: 21,
+            ftps_implicit: 990,
+            sftp: 22,
+        }
+    }
+}
+
+/// The passive port range and the address advertised in PASV/EPSV replies.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.portEnd >= self.portStart").message("spec.passive.portEnd must be >= spec.passive.portStart"),
+    validation = Rule::new("self.portEnd - self.portStart < 100").message("spec.passive: the range may hold at most 100 ports")
+)]
+pub struct PassiveSpec {
+    /// First passive port (inclusive).
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port_start: i32,
+    /// Last passive port (inclusive); at most 100 ports in the range.
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port_end: i32,
+    /// Address clients must connect to for data (the load balancer's). Defaults to the
+    /// address in the Service's status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<String>,
+}
+
+impl Default for PassiveSpec {
+    fn default() -> Self {
+        PassiveSpec {
+            port_start: 30000,
+            port_end: 30019,
+            advertised_address: None,
+        }
+    }
+}
+
+/// Storage for user data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of the per-pod volume claim (one replica), e.g. `10Gi`. Default `1Gi`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+    /// Storage class of the per-pod claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// An existing PersistentVolumeClaim to use instead (ReadWriteMany for replicas > 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_claim: Option<String>,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsSource {
+    /// The operator's own CA issues and renews the certificate.
+    #[default]
+    Generated,
+    /// A cert-manager Certificate is created and its Secret used.
+    CertManager,
+    /// An existing `kubernetes.io/tls` Secret is used as is.
+    SecretRef,
+}
+
+/// Client-certificate requirement.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub enum ClientCertificates {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+/// TLS settings of the server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.source != 'secretRef' || has(self.secretName)").message("spec.tls.secretName is required when spec.tls.source is secretRef"),
+    validation = Rule::new("self.source != 'certManager' || has(self.issuerRef)").message("spec.tls.issuerRef is required when spec.tls.source is certManager"),
+    validation = Rule::new("self.clientCertificates == 'none' || has(self.clientCaSecret)").message("spec.tls.clientCaSecret is required when spec.tls.clientCertificates is optional or required")
+)]
+pub struct TlsSpec {
+    /// `generated` (default), `certManager` or `secretRef`.
+    #[serde(default)]
+    pub source: TlsSource,
+    /// The TLS Secret to use (`secretRef`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// cert-manager issuer (`certManager`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+    /// Extra DNS names for the certificate (Service DNS names are always included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_names: Vec<String>,
+    /// Extra IP addresses for the certificate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_addresses: Vec<String>,
+    /// Lifetime of generated certificates in days (default 90).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 825))]
+    pub duration_days: Option<i32>,
+    /// Renew this many days before expiry (default: at 2/3 of the lifetime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 824))]
+    pub renew_before_days: Option<i32>,
+    /// TLS cipher suites in preference order (default AES-256-GCM and ChaCha20-Poly1305).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher_suites: Option<Vec<String>>,
+    /// Whether clients must present certificates.
+    #[serde(default)]
+    pub client_certificates: ClientCertificates,
+    /// Secret with `ca.crt` that client certificates must chain to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_secret: Option<String>,
+}
+
+/// A cert-manager issuer reference.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    pub name: String,
+    /// `Issuer` (default) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// Service type for client Services.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// externalTrafficPolicy for exposed Services.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+pub enum TrafficPolicy {
+    /// Keeps the client's source address (needed for allowlists); the default.
+    #[default]
+    Local,
+    Cluster,
+}
+
+/// How the server is exposed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExposureSpec {
+    /// Type of the client Service(s).
+    #[serde(default)]
+    pub service_type: ServiceType,
+    /// One Service per pod (selector `statefulset.kubernetes.io/pod-name`); required for FTPS
+    /// with more than one replica.
+    #[serde(default)]
+    pub per_pod_services: bool,
+    /// externalTrafficPolicy of NodePort/LoadBalancer Services.
+    #[serde(default)]
+    pub external_traffic_policy: TrafficPolicy,
+    /// Annotations for the client Service(s), e.g. for a cloud load balancer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Security policy enforced by the operator and the server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecuritySpec {
+    /// Password rules checked when a TransferUser is accepted.
+    #[serde(default)]
+    pub password_policy: PasswordPolicy,
+    /// Session limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+    /// Timeouts in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<TimeoutsSpec>,
+    /// Allow active mode (PORT/EPRT) to the client's own address. Insecure opt-in.
+    #[serde(default)]
+    pub active_mode: bool,
+}
+
+/// Password rules.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PasswordPolicy {
+    /// Minimum length (default 12).
+    #[serde(default = "twelve")]
+    #[schemars(range(min = 8, max = 128))]
+    pub min_length: i32,
+    /// How many of lower case, upper case, digits and symbols are required (default 3).
+    #[serde(default = "three")]
+    #[schemars(range(min = 0, max = 4))]
+    pub min_character_classes: i32,
+}
+
+fn twelve() -> i32 {
+    12
+}
+fn three() -> i32 {
+    3
+}
+
+impl Default for PasswordPolicy {
+    fn default() -> Self {
+        PasswordPolicy {
+            min_length: 12,
+            min_character_classes: 3,
+        }
+    }
+}
+
+/// Session limits (defaults as in server.yaml).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_sessions: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_sessions_per_ip: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_sessions_per_user: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_auth_attempts: Option<i32>,
+}
+
+/// Timeouts in seconds (defaults as in server.yaml).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimeoutsSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub login_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub idle_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub data_connect_seconds: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub data_idle_seconds: Option<i32>,
+}
+
+/// Pod-level overrides.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// Observed state of a FileTransferServer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileTransferServerStatus {
+    /// The generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `CertificateReady`, `EndpointsReady`, `UsersSynced`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Where clients connect (host:port of the explicit FTPS port, or SFTP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Users in the rendered users.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users: Option<i32>,
+    /// Expiry of the serving certificate (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_not_after: Option<String>,
+    /// When the operator renews the certificate next (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_renewal: Option<String>,
+    /// SHA-256 fingerprint of the serving certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_sha256: Option<String>,
+}
+
+/// A login on a FileTransferServer, provisioned GitOps-style: credentials by Secret reference
+/// or argon2id hash, never in plain text.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "sluice.dev",
+    version = "v1alpha1",
+    kind = "TransferUser",
+    namespaced,
+    shortname = "tu",
+    status = "TransferUserStatus",
+    printcolumn = r#"{"name":"Username","type":"string","jsonPath":".spec.username"}"#,
+    printcolumn = r#"{"name":"Server","type":"string","jsonPath":".spec.serverRef.name"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    cel
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.auth.passwordSecretRef) || !has(self.auth.passwordHash)").message("spec.auth: set passwordSecretRef or passwordHash, not both"),
+    validation = Rule::new("has(self.auth.passwordSecretRef) || has(self.auth.passwordHash) || (has(self.auth.sshAuthorizedKeys) && size(self.auth.sshAuthorizedKeys) > 0)").message("spec.auth: a password (secret or hash) or at least one SSH key is required")
+)]
+pub struct TransferUserSpec {
+    /// The FileTransferServer (same namespace) this user logs in to. Immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.serverRef is immutable"))]
+    pub server_ref: ServerRef,
+    /// Login name. Immutable.
+    #[x_kube(
+        validation = Rule::new("self == oldSelf").message("spec.username is immutable"),
+        validation = Rule::new("self.matches('^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$')").message("spec.username must be 1-64 of A-Z a-z 0-9 . _ - starting with a letter or digit")
+    )]
+    pub username: String,
+    /// Credentials.
+    pub auth: UserAuth,
+    /// Home directory relative to the server's data root (default: the username).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.matches('(^|/)[.][.](/|$)') && !self.contains('//')").message("spec.home must be relative and must not contain '..'"))]
+    pub home: Option<String>,
+    /// What the user may do: list, download, upload, overwrite, delete, rename, mkdir, rmdir.
+    pub permissions: Vec<Permission>,
+    /// Source networks (CIDR) the user may log in from; empty allows any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+    /// Protocols this user may use (default: all the server serves).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub protocols: Vec<Protocol>,
+    /// RFC 3339 instant after which logins are refused and the user is left out of users.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// A disabled user is left out of users.yaml; its sessions end.
+    #[serde(default)]
+    pub disabled: bool,
+}
+
+/// Reference to a FileTransferServer in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct ServerRef {
+    pub name: String,
+}
+
+/// A key in a Secret of the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct SecretKeyRef {
+    pub name: String,
+    /// Key in the Secret's data (default `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// How a user authenticates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAuth {
+    /// Secret holding the plain password; the operator hashes it with argon2id and checks it
+    /// against the server's password policy. The password never leaves the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// An argon2id PHC hash, for those who hash offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// OpenSSH authorized_keys lines (SFTP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+/// Observed state of a TransferUser.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferUserStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` with reasons such as `PasswordPolicyViolation`, `SecretNotFound`,
+    /// `ServerNotFound`, `DuplicateUsername`, `Expired`, `Disabled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// SHA-256 of the password Secret's content that was last hashed (never the password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_source_digest: Option<String>,
+    /// When the password last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_changed_at: Option<String>,
+}

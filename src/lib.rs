@@ -1,0 +1,8 @@
+//! sluice-operator as a library: the custom resources, the pure builders of every child
+//! object, and the controller entry point (which takes a client, so tests can start it).
+
+#![forbid(unsafe_code)]
+
+pub mod crd;
+pub mod crdgen;
+pub mod render;

@@ -1,0 +1,802 @@
+//! Pure builders of every child object of a FileTransferServer: the rendered `server.yaml`
+//! and `users.yaml`, ConfigMap, Secrets, StatefulSet, Services, NetworkPolicy and
+//! PodDisruptionBudget. No I/O: the controller feeds them what it read and applies the result.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, VolumeResourceRequirements,
+};
+use k8s_openapi::api::networking::v1::{
+    IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use sluice_config as config;
+
+use crate::crd::{FileTransferServer, ServedProtocol, ServiceType, TlsSource};
+
+/// Ports inside the pod: unprivileged, so the server runs as non-root.
+pub const CONTAINER_EXPLICIT: i32 = 2121;
+pub const CONTAINER_IMPLICIT: i32 = 2990;
+pub const CONTAINER_SFTP: i32 = 2222;
+pub const CONTAINER_HEALTH: i32 = 8080;
+/// Numeric non-root UID/GID of the server image.
+pub const SERVER_UID: i64 = 10001;
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/sluice-dev/sluice-server:",
+    env!("CARGO_PKG_VERSION")
+);
+
+const CONFIG_DIR: &str = "/etc/sluice/config";
+const USERS_DIR: &str = "/etc/sluice/users";
+const TLS_DIR: &str = "/etc/sluice/tls";
+const DATA_DIR: &str = "/data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("metadata.name or metadata.namespace is missing")]
+    MissingMetadata,
+    #[error("cannot render {file}: {message}")]
+    Yaml { file: &'static str, message: String },
+}
+
+/// Names of the children of one server.
+pub struct Names {
+    pub server: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn of(fts: &FileTransferServer) -> Result<Names, RenderError> {
+        Ok(Names {
+            server: fts
+                .metadata
+                .name
+                .clone()
+                .ok_or(RenderError::MissingMetadata)?,
+            namespace: fts
+                .metadata
+                .namespace
+                .clone()
+                .ok_or(RenderError::MissingMetadata)?,
+        })
+    }
+    pub fn config_map(&self) -> String {
+        format!("{}-config", self.server)
+    }
+    pub fn users_secret(&self) -> String {
+        format!("{}-users", self.server)
+    }
+    pub fn tls_secret(&self) -> String {
+        format!("{}-tls", self.server)
+    }
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.server)
+    }
+    pub fn headless(&self) -> String {
+        format!("{}-headless", self.server)
+    }
+    pub fn pod(&self, ordinal: i32) -> String {
+        format!("{}-{ordinal}", self.server)
+    }
+}
+
+pub fn selector_labels(fts: &FileTransferServer) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_string(),
+            "sluice-server".to_string(),
+        ),
+        ("app.kubernetes.io/instance".to_string(), fts.name_any()),
+    ])
+}
+
+fn labels(fts: &FileTransferServer) -> BTreeMap<String, String> {
+    let mut labels = selector_labels(fts);
+    labels.insert(
+        "app.kubernetes.io/managed-by".to_string(),
+        "sluice-operator".to_string(),
+    );
+    labels
+}
+
+fn owner(fts: &FileTransferServer) -> Vec<OwnerReference> {
+    fts.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(fts: &FileTransferServer, names: &Names, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(names.namespace.clone()),
+        labels: Some(labels(fts)),
+        owner_references: Some(owner(fts)),
+        ..ObjectMeta::default()
+    }
+}
+
+fn serves(fts: &FileTransferServer, protocol: ServedProtocol) -> bool {
+    fts.spec.protocols.contains(&protocol)
+}
+
+fn serves_ftps(fts: &FileTransferServer) -> bool {
+    serves(fts, ServedProtocol::FtpsExplicit) || serves(fts, ServedProtocol::FtpsImplicit)
+}
+
+/// The server.yaml the pods run with.
+pub fn server_config(fts: &FileTransferServer, advertised: Option<&str>) -> config::ServerConfig {
+    let spec = &fts.spec;
+    let mut limits = config::Limits::default();
+    if let Some(l) = &spec.security.limits {
+        let set = |target: &mut u32, value: Option<i32>| {
+            if let Some(v) = value.and_then(|v| u32::try_from(v).ok()) {
+                *target = v;
+            }
+        };
+        set(&mut limits.max_sessions, l.max_sessions);
+        set(&mut limits.max_sessions_per_ip, l.max_sessions_per_ip);
+        set(&mut limits.max_sessions_per_user, l.max_sessions_per_user);
+        set(&mut limits.max_auth_attempts, l.max_auth_attempts);
+    }
+    let mut timeouts = config::Timeouts::default();
+    if let Some(t) = &spec.security.timeouts {
+        let set = |target: &mut u64, value: Option<i32>| {
+            if let Some(v) = value.and_then(|v| u64::try_from(v).ok()) {
+                *target = v;
+            }
+        };
+        set(&mut timeouts.login_seconds, t.login_seconds);
+        set(&mut timeouts.idle_seconds, t.idle_seconds);
+        set(&mut timeouts.data_connect_seconds, t.data_connect_seconds);
+        set(&mut timeouts.data_idle_seconds, t.data_idle_seconds);
+    }
+    let cipher_suites = spec.tls.cipher_suites.clone().unwrap_or_else(|| {
+        config::DEFAULT_CIPHER_SUITES
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    });
+    config::ServerConfig {
+        api_version: config::API_VERSION.to_string(),
+        kind: "ServerConfig".to_string(),
+        data_root: DATA_DIR.to_string(),
+        users_file: format!("{USERS_DIR}/users.yaml"),
+        listeners: config::Listeners {
+            ftps_explicit: serves(fts, ServedProtocol::FtpsExplicit)
+                .then(|| format!("0.0.0.0:{CONTAINER_EXPLICIT}")),
+            ftps_implicit: serves(fts, ServedProtocol::FtpsImplicit)
+                .then(|| format!("0.0.0.0:{CONTAINER_IMPLICIT}")),
+            health: Some(format!("0.0.0.0:{CONTAINER_HEALTH}")),
+        },
+        tls: config::TlsConfig {
+            cert_file: format!("{TLS_DIR}/tls.crt"),
+            key_file: format!("{TLS_DIR}/tls.key"),
+            cipher_suites,
+            client_certificates: match spec.tls.client_certificates {
+                crate::crd::ClientCertificates::None => config::ClientCertificateMode::None,
+                crate::crd::ClientCertificates::Optional => config::ClientCertificateMode::Optional,
+                crate::crd::ClientCertificates::Required => config::ClientCertificateMode::Required,
+            },
+            client_ca_file: spec
+                .tls
+                .client_ca_secret
+                .as_ref()
+                .map(|_| "/etc/sluice/client-ca/ca.crt".to_string()),
+            require_session_resumption: true,
+        },
+        passive: config::PassiveConfig {
+            port_start: u16::try_from(spec.passive.port_start).unwrap_or(30000),
+            port_end: u16::try_from(spec.passive.port_end).unwrap_or(30019),
+            advertised_address: spec
+                .passive
+                .advertised_address
+                .as_deref()
+                .or(advertised)
+                .and_then(|a| a.parse().ok()),
+        },
+        active_mode: config::ActiveModeConfig {
+            enabled: spec.security.active_mode,
+        },
+        limits,
+        timeouts,
+        uploads: config::Uploads::default(),
+        audit: config::AuditConfig::default(),
+        reload: config::ReloadConfig::default(),
+    }
+}
+
+pub fn to_yaml<T: serde::Serialize>(file: &'static str, value: &T) -> Result<String, RenderError> {
+    serde_saphyr::to_string(value).map_err(|e| RenderError::Yaml {
+        file,
+        message: e.to_string(),
+    })
+}
+
+pub fn config_map(fts: &FileTransferServer, server_yaml: &str) -> Result<ConfigMap, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(ConfigMap {
+        metadata: meta(fts, &names, names.config_map()),
+        data: Some(BTreeMap::from([(
+            "server.yaml".to_string(),
+            server_yaml.to_string(),
+        )])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The Secret with `users.yaml` (argon2id hashes and public keys only, never passwords).
+pub fn users_secret(fts: &FileTransferServer, users_yaml: &str) -> Result<Secret, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(Secret {
+        metadata: meta(fts, &names, names.users_secret()),
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([(
+            "users.yaml".to_string(),
+            ByteString(users_yaml.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// A `kubernetes.io/tls` Secret (cert-manager compatible keys).
+pub fn tls_secret(
+    fts: &FileTransferServer,
+    name: String,
+    cert_pem: &str,
+    key_pem: &str,
+    ca_pem: &str,
+) -> Result<Secret, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(Secret {
+        metadata: meta(fts, &names, name),
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(BTreeMap::from([
+            (
+                "tls.crt".to_string(),
+                ByteString(cert_pem.as_bytes().to_vec()),
+            ),
+            (
+                "tls.key".to_string(),
+                ByteString(key_pem.as_bytes().to_vec()),
+            ),
+            ("ca.crt".to_string(), ByteString(ca_pem.as_bytes().to_vec())),
+        ])),
+        ..Secret::default()
+    })
+}
+
+fn secret_volume(name: &str, secret: String) -> Volume {
+    Volume {
+        name: name.to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.to_string(),
+        mount_path: path.to_string(),
+        read_only: Some(read_only),
+        ..VolumeMount::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::Int(CONTAINER_HEALTH),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(3),
+        ..Probe::default()
+    }
+}
+
+/// The StatefulSet of server pods, restricted Pod Security throughout. `config_digest` is put
+/// on the pod template only for changes the server cannot hot-reload (listeners).
+pub fn stateful_set(
+    fts: &FileTransferServer,
+    restart_digest: &str,
+) -> Result<StatefulSet, RenderError> {
+    let names = Names::of(fts)?;
+    let spec = &fts.spec;
+    let tls_secret = match spec.tls.source {
+        TlsSource::SecretRef => spec
+            .tls
+            .secret_name
+            .clone()
+            .unwrap_or_else(|| names.tls_secret()),
+        _ => names.tls_secret(),
+    };
+    let mut ports = Vec::new();
+    if serves(fts, ServedProtocol::FtpsExplicit) {
+        ports.push(container_port("ftps", CONTAINER_EXPLICIT));
+    }
+    if serves(fts, ServedProtocol::FtpsImplicit) {
+        ports.push(container_port("ftps-implicit", CONTAINER_IMPLICIT));
+    }
+    if serves(fts, ServedProtocol::Sftp) {
+        ports.push(container_port("sftp", CONTAINER_SFTP));
+    }
+    ports.push(container_port("health", CONTAINER_HEALTH));
+    if serves_ftps(fts) {
+        for port in spec.passive.port_start..=spec.passive.port_end {
+            ports.push(container_port(&format!("pasv-{port}"), port));
+        }
+    }
+    let mut volumes = vec![
+        Volume {
+            name: "config".to_string(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names.config_map(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        secret_volume("users", names.users_secret()),
+        secret_volume("tls", tls_secret),
+    ];
+    let mut mounts = vec![
+        mount("config", CONFIG_DIR, true),
+        mount("users", USERS_DIR, true),
+        mount("tls", TLS_DIR, true),
+        mount("data", DATA_DIR, false),
+    ];
+    if let Some(ca) = &spec.tls.client_ca_secret {
+        volumes.push(secret_volume("client-ca", ca.clone()));
+        mounts.push(mount("client-ca", "/etc/sluice/client-ca", true));
+    }
+    let mut claim_templates = None;
+    match &spec.storage.existing_claim {
+        Some(claim) => volumes.push(Volume {
+            name: "data".to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        }),
+        None => {
+            claim_templates = Some(vec![PersistentVolumeClaim {
+                metadata: ObjectMeta {
+                    name: Some("data".to_string()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(PersistentVolumeClaimSpec {
+                    access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+                    storage_class_name: spec.storage.storage_class_name.clone(),
+                    resources: Some(VolumeResourceRequirements {
+                        requests: Some(BTreeMap::from([(
+                            "storage".to_string(),
+                            Quantity(spec.storage.size.clone().unwrap_or_else(|| "1Gi".into())),
+                        )])),
+                        ..VolumeResourceRequirements::default()
+                    }),
+                    ..PersistentVolumeClaimSpec::default()
+                }),
+                ..PersistentVolumeClaim::default()
+            }]);
+        }
+    }
+    let container = Container {
+        name: "sluice-server".to_string(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+        ),
+        args: Some(vec![
+            "run".to_string(),
+            "--config".to_string(),
+            format!("{CONFIG_DIR}/server.yaml"),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "SLUICE_LOG_FORMAT".to_string(),
+            value: Some("json".to_string()),
+            ..EnvVar::default()
+        }]),
+        ports: Some(ports),
+        volume_mounts: Some(mounts),
+        readiness_probe: Some(http_probe("/readyz", 5)),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        resources: spec.pod.resources.clone(),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(SERVER_UID),
+            run_as_group: Some(SERVER_UID),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                localhost_profile: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let mut template_annotations = BTreeMap::new();
+    template_annotations.insert(
+        "sluice.dev/restart-digest".to_string(),
+        restart_digest.to_string(),
+    );
+    Ok(StatefulSet {
+        metadata: meta(fts, &names, names.server.clone()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(spec.replicas),
+            service_name: Some(names.headless()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(fts)),
+                ..LabelSelector::default()
+            },
+            pod_management_policy: Some("Parallel".to_string()),
+            volume_claim_templates: claim_templates,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(fts)),
+                    annotations: Some(template_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    enable_service_links: Some(false),
+                    containers: vec![container],
+                    volumes: Some(volumes),
+                    node_selector: (!spec.pod.node_selector.is_empty())
+                        .then(|| spec.pod.node_selector.clone()),
+                    tolerations: (!spec.pod.tolerations.is_empty())
+                        .then(|| spec.pod.tolerations.clone()),
+                    affinity: spec.pod.affinity.clone(),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(SERVER_UID),
+                        run_as_group: Some(SERVER_UID),
+                        fs_group: Some(SERVER_UID),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_string(),
+                            localhost_profile: None,
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    termination_grace_period_seconds: Some(60),
+                    ..PodSpec::default()
+                }),
+            },
+            ..StatefulSetSpec::default()
+        }),
+        ..StatefulSet::default()
+    })
+}
+
+fn service_port(name: &str, port: i32, target: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.to_string()),
+        port,
+        target_port: Some(IntOrString::Int(target)),
+        protocol: Some("TCP".to_string()),
+        ..ServicePort::default()
+    }
+}
+
+fn client_ports(fts: &FileTransferServer) -> Vec<ServicePort> {
+    let spec = &fts.spec;
+    let mut ports = Vec::new();
+    if serves(fts, ServedProtocol::FtpsExplicit) {
+        ports.push(service_port(
+            "ftps",
+            spec.ports.ftps_explicit,
+            CONTAINER_EXPLICIT,
+        ));
+    }
+    if serves(fts, ServedProtocol::FtpsImplicit) {
+        ports.push(service_port(
+            "ftps-implicit",
+            spec.ports.ftps_implicit,
+            CONTAINER_IMPLICIT,
+        ));
+    }
+    if serves(fts, ServedProtocol::Sftp) {
+        ports.push(service_port("sftp", spec.ports.sftp, CONTAINER_SFTP));
+    }
+    if serves_ftps(fts) {
+        // Passive ports keep the same number outside and inside: the server advertises the
+        // number it listens on.
+        for port in spec.passive.port_start..=spec.passive.port_end {
+            ports.push(service_port(&format!("pasv-{port}"), port, port));
+        }
+    }
+    ports
+}
+
+/// The client Service (all pods) or, with `pod_ordinal`, the Service of one pod.
+pub fn client_service(
+    fts: &FileTransferServer,
+    pod_ordinal: Option<i32>,
+) -> Result<Service, RenderError> {
+    let names = Names::of(fts)?;
+    let spec = &fts.spec;
+    let mut selector = selector_labels(fts);
+    let name = match pod_ordinal {
+        Some(ordinal) => {
+            selector.insert(
+                "statefulset.kubernetes.io/pod-name".to_string(),
+                names.pod(ordinal),
+            );
+            names.pod(ordinal)
+        }
+        None => names.server.clone(),
+    };
+    let exposed = spec.exposure.service_type != ServiceType::ClusterIP;
+    let mut metadata = meta(fts, &names, name);
+    if !spec.exposure.annotations.is_empty() {
+        metadata.annotations = Some(spec.exposure.annotations.clone());
+    }
+    let service_type = match spec.exposure.service_type {
+        ServiceType::ClusterIP => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Ok(Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(service_type.to_string()),
+            selector: Some(selector),
+            ports: Some(client_ports(fts)),
+            external_traffic_policy: exposed
+                .then(|| format!("{:?}", spec.exposure.external_traffic_policy)),
+            load_balancer_source_ranges: (spec.exposure.service_type == ServiceType::LoadBalancer
+                && !spec.allowed_cidrs.is_empty())
+            .then(|| spec.allowed_cidrs.clone()),
+            session_affinity: Some(if pod_ordinal.is_none() && spec.replicas > 1 {
+                "ClientIP".to_string()
+            } else {
+                "None".to_string()
+            }),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// The headless Service that gives the StatefulSet's pods stable DNS names.
+pub fn headless_service(fts: &FileTransferServer) -> Result<Service, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(Service {
+        metadata: meta(fts, &names, names.headless()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".to_string()),
+            selector: Some(selector_labels(fts)),
+            ports: Some(vec![service_port(
+                "health",
+                CONTAINER_HEALTH,
+                CONTAINER_HEALTH,
+            )]),
+            publish_not_ready_addresses: Some(true),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    })
+}
+
+/// Ingress only on the served ports, only from the allowlist (every address when empty); the
+/// health port from anywhere in the cluster for probes and metrics.
+pub fn network_policy(fts: &FileTransferServer) -> Result<NetworkPolicy, RenderError> {
+    let names = Names::of(fts)?;
+    let spec = &fts.spec;
+    let cidrs: Vec<String> = if spec.allowed_cidrs.is_empty() {
+        vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
+    } else {
+        spec.allowed_cidrs.clone()
+    };
+    let tcp = |port: i32, end: Option<i32>| NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        end_port: end,
+        protocol: Some("TCP".to_string()),
+    };
+    let mut ports = Vec::new();
+    if serves(fts, ServedProtocol::FtpsExplicit) {
+        ports.push(tcp(CONTAINER_EXPLICIT, None));
+    }
+    if serves(fts, ServedProtocol::FtpsImplicit) {
+        ports.push(tcp(CONTAINER_IMPLICIT, None));
+    }
+    if serves(fts, ServedProtocol::Sftp) {
+        ports.push(tcp(CONTAINER_SFTP, None));
+    }
+    if serves_ftps(fts) {
+        ports.push(tcp(spec.passive.port_start, Some(spec.passive.port_end)));
+    }
+    let client_rule = NetworkPolicyIngressRule {
+        from: Some(
+            cidrs
+                .into_iter()
+                .map(|cidr| NetworkPolicyPeer {
+                    ip_block: Some(IPBlock { cidr, except: None }),
+                    ..NetworkPolicyPeer::default()
+                })
+                .collect(),
+        ),
+        ports: Some(ports),
+    };
+    let health_rule = NetworkPolicyIngressRule {
+        from: Some(vec![NetworkPolicyPeer {
+            namespace_selector: Some(LabelSelector::default()),
+            ..NetworkPolicyPeer::default()
+        }]),
+        ports: Some(vec![tcp(CONTAINER_HEALTH, None)]),
+    };
+    Ok(NetworkPolicy {
+        metadata: meta(fts, &names, names.server.clone()),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(fts)),
+                ..LabelSelector::default()
+            }),
+            policy_types: Some(vec!["Ingress".to_string()]),
+            ingress: Some(vec![client_rule, health_rule]),
+            ..NetworkPolicySpec::default()
+        }),
+    })
+}
+
+/// At most one pod down at a time for voluntary disruptions.
+pub fn pod_disruption_budget(fts: &FileTransferServer) -> Result<PodDisruptionBudget, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(PodDisruptionBudget {
+        metadata: meta(fts, &names, names.server.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(fts)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub fn fixture(yaml: &str) -> FileTransferServer {
+        let mut fts: FileTransferServer = serde_saphyr::from_str(yaml).expect("fixture parses");
+        fts.metadata.uid = Some("0c6d5f3e-1111-2222-3333-444455556666".to_string());
+        fts
+    }
+
+    const BASIC: &str = "apiVersion: sluice.dev/v1alpha1
+kind: FileTransferServer
+metadata:
+  name: partners
+  namespace: transfer
+spec:
+  protocols: [ftpsExplicit, ftpsImplicit]
+  passive:
+    portStart: 30000
+    portEnd: 30004
+  allowedCidrs: [203.0.113.0/24]
+  exposure:
+    serviceType: LoadBalancer
+";
+
+    #[test]
+    fn server_yaml_round_trips_through_the_servers_parser() {
+        let fts = fixture(BASIC);
+        let rendered = to_yaml("server.yaml", &server_config(&fts, Some("198.51.100.7"))).unwrap();
+        let parsed = config::ServerConfig::parse("server.yaml", &rendered).unwrap();
+        assert_eq!(parsed.passive.port_start, 30000);
+        assert_eq!(
+            parsed.passive.advertised_address.unwrap().to_string(),
+            "198.51.100.7"
+        );
+        assert_eq!(
+            parsed.listeners.ftps_explicit.as_deref(),
+            Some("0.0.0.0:2121")
+        );
+        assert!(parsed.tls.require_session_resumption);
+        assert!(parsed.insecure_opt_ins().is_empty());
+    }
+
+    #[test]
+    fn statefulset_is_restricted_and_mounts_directories() {
+        let fts = fixture(BASIC);
+        let sts = stateful_set(&fts, "d").unwrap();
+        let pod = sts.spec.as_ref().unwrap().template.spec.as_ref().unwrap();
+        let container = &pod.containers[0];
+        let sc = container.security_context.as_ref().unwrap();
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop,
+            Some(vec!["ALL".to_string()])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let mounts = container.volume_mounts.as_ref().unwrap();
+        assert!(mounts.iter().all(|m| m.sub_path.is_none()));
+        assert!(mounts.iter().any(|m| m.mount_path == "/etc/sluice/tls"));
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let owner = &sts.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!(owner.kind, "FileTransferServer");
+        assert_eq!(owner.controller, Some(true));
+        assert!(sts.spec.as_ref().unwrap().volume_claim_templates.is_some());
+    }
+
+    #[test]
+    fn services_carry_every_passive_port_with_the_same_number() {
+        let fts = fixture(BASIC);
+        let service = client_service(&fts, None).unwrap();
+        let spec = service.spec.unwrap();
+        let ports = spec.ports.unwrap();
+        for port in 30000..=30004 {
+            assert!(
+                ports
+                    .iter()
+                    .any(|p| p.port == port && p.target_port == Some(IntOrString::Int(port)))
+            );
+        }
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.port == 21 && p.target_port == Some(IntOrString::Int(2121)))
+        );
+        assert_eq!(spec.external_traffic_policy.as_deref(), Some("Local"));
+        assert_eq!(
+            spec.load_balancer_source_ranges,
+            Some(vec!["203.0.113.0/24".to_string()])
+        );
+        let per_pod = client_service(&fts, Some(1)).unwrap();
+        assert_eq!(
+            per_pod.spec.unwrap().selector.unwrap()["statefulset.kubernetes.io/pod-name"],
+            "partners-1"
+        );
+    }
+
+    #[test]
+    fn network_policy_allows_only_listed_cidrs_on_served_ports() {
+        let fts = fixture(BASIC);
+        let policy = network_policy(&fts).unwrap();
+        let rules = policy.spec.unwrap().ingress.unwrap();
+        let peers = rules[0].from.as_ref().unwrap();
+        assert_eq!(peers.len(), 1);
+        assert_eq!(peers[0].ip_block.as_ref().unwrap().cidr, "203.0.113.0/24");
+        let ports = rules[0].ports.as_ref().unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.port == Some(IntOrString::Int(30000)) && p.end_port == Some(30004))
+        );
+        assert!(!ports.iter().any(|p| p.port == Some(IntOrString::Int(2222))));
+    }
+}
