@@ -3,6 +3,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod crd;
 pub mod crdgen;
+pub mod policy;
 pub mod render;

@@ -16,7 +16,7 @@ pub enum CommandError {
     Empty,
     #[error("command is not valid UTF-8")]
     NotUtf8,
-    #[error("command verb {0:?} is not 3-4 letters")]
+    #[error("command verb {0:?} is not 3-8 letters or digits")]
     BadVerb(String),
     #[error("command contains a control character")]
     ControlCharacter,
@@ -56,7 +56,7 @@ pub fn parse(line: &[u8]) -> Result<CommandLine, CommandError> {
         Some((verb, argument)) => (verb, argument),
         None => (text, ""),
     };
-    if !(3..=4).contains(&verb.len()) || !verb.chars().all(|c| c.is_ascii_alphanumeric()) {
+    if !(3..=8).contains(&verb.len()) || !verb.chars().all(|c| c.is_ascii_alphanumeric()) {
         let shown: String = verb.chars().take(16).collect();
         return Err(CommandError::BadVerb(shown));
     }

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use sluice_config::{Permission, Protocol, User, canonical_ip};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -292,8 +293,11 @@ impl Session {
 
     /// Adopts the newest snapshot; ends the session if its user is gone or no longer allowed.
     fn refresh(&mut self) -> Result<(), &'static str> {
-        if self.snapshot_rx.has_changed().unwrap_or(false) {
-            self.snapshot = self.snapshot_rx.borrow_and_update().clone();
+        // Always look at the latest value: `changed()` in the idle wait has already marked it
+        // seen, so `has_changed()` would say false here.
+        let latest = self.snapshot_rx.borrow_and_update().clone();
+        if !Arc::ptr_eq(&latest, &self.snapshot) {
+            self.snapshot = latest;
         }
         let Some(logged_in) = &self.logged_in else {
             return Ok(());
@@ -1262,6 +1266,11 @@ impl Session {
         let outcome = self
             .supervise(data::pump_upload(&mut stream, &mut sink, &progress, idle))
             .await;
+        if matches!(outcome, Some(Ok(_))) {
+            // Answer the client's close_notify with ours: clients such as Python's ftplib wait
+            // for it (SSL unwrap) before reading the 226.
+            let _ = tokio::time::timeout(Duration::from_secs(2), stream.shutdown()).await;
+        }
         drop(stream);
         let bytes = progress.load(Ordering::Relaxed);
         let mode_name = match mode {
