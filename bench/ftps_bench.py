@@ -68,8 +68,8 @@ def parse_size(s: str) -> int:
 # /proc helpers: process tree, CPU and memory
 # --------------------------------------------------------------------------
 
-def _read_stat(pid: int) -> tuple[int, int] | None:
-    """Return (ppid, utime+stime+cutime+cstime in ticks) or None."""
+def _read_stat(pid: int) -> tuple[int, str, int] | None:
+    """Return (ppid, state, utime+stime+cutime+cstime in ticks) or None."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             data = f.read().decode("ascii", "replace")
@@ -77,58 +77,95 @@ def _read_stat(pid: int) -> tuple[int, int] | None:
         return None
     rest = data[data.rindex(")") + 2:].split()
     # rest[0] = state (field 3); utime = field 14 -> rest[11]
-    ppid = int(rest[1])
     ticks = int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
-    return ppid, ticks
+    return int(rest[1]), rest[0], ticks
 
 
-def process_tree(root: int) -> list[int]:
-    """root plus all live descendants (scans /proc once)."""
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        st = _read_stat(int(name))
-        if st is None:
-            continue
-        children.setdefault(st[0], []).append(int(name))
-    out, stack, seen = [], [root], set()
-    while stack:
-        p = stack.pop()
-        if p in seen:
-            continue
-        seen.add(p)
-        out.append(p)
-        stack.extend(children.get(p, []))
-    return out
+def set_child_subreaper() -> bool:
+    """Make this process the subreaper of everything it starts: a server's
+    per-session process whose parent exits without waiting for it (vsftpd
+    does this) is re-parented to us instead of init, so it stays visible for
+    CPU/memory accounting. Returns False where prctl is unavailable."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # noqa: BLE001
+        return False
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds of root's tree: live processes' own time plus the time of
-    children they have already reaped (cutime/cstime), so exited per-session
-    processes of forking servers are still counted once reaped."""
-    total = 0
-    for pid in process_tree(root):
-        st = _read_stat(pid)
-        if st is not None:
-            total += st[1]
-    return total / CLK_TCK
+class ProcTree:
+    """The processes of one server: descendants of its root pid, plus its
+    orphans (processes re-parented to this script as subreaper, with their
+    descendants). Orphans that have exited are zombies until reaped here;
+    their CPU time is read and added to `reaped_ticks` as they are reaped."""
 
+    def __init__(self, root: int):
+        self.root = root
+        self.reaped_ticks = 0
 
-def tree_memory_kib(root: int) -> dict[str, int]:
-    pss = rss = 0
-    pids = process_tree(root)
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as f:
-                for line in f:
-                    if line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-                    elif line.startswith("Rss:"):
-                        rss += int(line.split()[1])
-        except OSError:
-            pass
-    return {"pss_kib": pss, "rss_kib": rss, "processes": len(pids)}
+    def scan(self) -> dict[int, tuple[int, str, int]]:
+        me = os.getpid()
+        stats: dict[int, tuple[int, str, int]] = {}
+        children: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            st = _read_stat(int(name))
+            if st is None:
+                continue
+            stats[int(name)] = st
+            children.setdefault(st[0], []).append(int(name))
+        roots = [self.root] + [p for p in children.get(me, []) if p != self.root]
+        out: dict[int, tuple[int, str, int]] = {}
+        stack = list(roots)
+        while stack:
+            p = stack.pop()
+            if p in out or p not in stats:
+                continue
+            out[p] = stats[p]
+            stack.extend(children.get(p, []))
+        return out
+
+    def pids(self) -> list[int]:
+        return list(self.scan())
+
+    def reap_orphans(self, procs: dict[int, tuple[int, str, int]] | None = None) -> None:
+        me = os.getpid()
+        procs = self.scan() if procs is None else procs
+        for pid, (ppid, state, ticks) in procs.items():
+            if ppid == me and pid != self.root and state == "Z":
+                try:
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        self.reaped_ticks += ticks
+                except ChildProcessError:
+                    pass
+
+    def cpu_seconds(self) -> float:
+        """utime+stime of live processes plus the time of the children they
+        already reaped (cutime/cstime), plus orphans reaped by us."""
+        procs = self.scan()
+        total = sum(t for _pp, _st, t in procs.values()) + self.reaped_ticks
+        self.reap_orphans(procs)  # moves zombie ticks into reaped_ticks
+        return total / CLK_TCK
+
+    def memory_kib(self) -> dict[str, int]:
+        pss = rss = 0
+        pids = [p for p, (_pp, st, _t) in self.scan().items() if st != "Z"]
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/smaps_rollup") as f:
+                    for line in f:
+                        if line.startswith("Pss:"):
+                            pss += int(line.split()[1])
+                        elif line.startswith("Rss:"):
+                            rss += int(line.split()[1])
+            except OSError:
+                pass
+        return {"pss_kib": pss, "rss_kib": rss, "processes": len(pids)}
+
+    def nproc(self) -> int:
+        return sum(1 for _p, (_pp, st, _t) in self.scan().items() if st != "Z")
 
 
 def port_free(port: int) -> bool:
@@ -166,11 +203,19 @@ class Server:
         self.bench = bench
         self.dir = bench.tmp / "srv" / self.name   # config, logs
         self.dir.mkdir(parents=True, exist_ok=True)
-        base = bench.args.base_port + 100 * index
-        self.port = base
-        self.health_port = base + 1
-        self.pasv = (base + 10, base + 89)
+        base = bench.args.base_port
+        self.port = base + 10 * index
+        self.health_port = base + 10 * index + 1
+        # Pure-FTPd caps its client count at half the passive range, so it
+        # gets a range of 2 x session cap; the others 80 ports each.
+        if self.name == "pureftpd":
+            lo = base + 500
+            self.pasv = (lo, lo + 2 * bench.session_cap + 9)
+        else:
+            lo = base + 100 + 100 * index
+            self.pasv = (lo, lo + 79)
         self.proc: subprocess.Popen | None = None
+        self.tree = ProcTree(-1)
         self.log_path = self.dir / "server.log"
         self._log = None
         self.version = "?"
@@ -205,6 +250,7 @@ class Server:
             [str(c) for c in cmd], stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True, cwd=self.dir,
             env=self.env())
+        self.tree = ProcTree(self.proc.pid)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -233,7 +279,7 @@ class Server:
     def stop(self) -> None:
         if self.proc is None:
             return
-        pids = process_tree(self.proc.pid)
+        pids = self.tree.pids()
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -253,6 +299,12 @@ class Server:
                 os.kill(p, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            self.tree.reap_orphans()
+            if not any(pp == os.getpid() for pp, _s, _t in self.tree.scan().values()):
+                break
+            time.sleep(0.1)
         self.proc = None
         if self._log:
             self._log.close()
@@ -313,6 +365,7 @@ class Sluice(Server):
             f"    passwordHash: {json.dumps(phash)}\n"
             "    home: bench\n"
             "    permissions: [list, download, upload, overwrite, delete, rename, mkdir, rmdir]\n")
+        cap = self.bench.session_cap
         (self.dir / "server.yaml").write_text(
             "apiVersion: sluice.dev/v1alpha1\n"
             "kind: ServerConfig\n"
@@ -321,7 +374,11 @@ class Sluice(Server):
             f"listeners: {{ftpsExplicit: 127.0.0.1:{self.port}, health: 127.0.0.1:{self.health_port}}}\n"
             f"tls: {{certFile: {self.bench.cert}, keyFile: {self.bench.key}}}\n"
             f"passive: {{portStart: {self.pasv[0]}, portEnd: {self.pasv[1]}}}\n"
-            "audit: {stdout: true}\n")
+            "audit: {stdout: true}\n"
+            # raise the session caps like the peers' (defaults: 2000 total,
+            # 50 per IP, 20 per user); idle timeout as the peers'
+            f"limits: {{maxSessions: {cap}, maxSessionsPerIp: {cap}, maxSessionsPerUser: {cap}}}\n"
+            "timeouts: {idleSeconds: 900}\n")
 
     def command(self) -> list[str]:
         return [self.bin, "run", "--config", self.dir / "server.yaml"]
@@ -677,7 +734,7 @@ class Bench:
                     # ~0.4 s when it comes right after a session ended; a
                     # short pause keeps that out of the throughput numbers.
                     time.sleep(self.args.pause)
-                    cpu0 = tree_cpu_seconds(srv.pid)
+                    cpu0 = srv.tree.cpu_seconds()
                     t0 = time.monotonic()
                     try:
                         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
@@ -686,7 +743,7 @@ class Bench:
                         err = f"timeout after {timeout + 10:.0f}s"
                     t1 = time.monotonic()
                     self._settle(srv)
-                    cpu1 = tree_cpu_seconds(srv.pid)
+                    cpu1 = srv.tree.cpu_seconds()
                     if err is None and direction == "put":
                         got = up.stat().st_size if up.exists() else -1
                         if got != self.size:
@@ -726,7 +783,7 @@ class Bench:
         their CPU time has been reaped into the parent's cutime/cstime."""
         deadline = time.monotonic() + timeout
         base = getattr(srv, "idle_nproc", 1)
-        while time.monotonic() < deadline and len(process_tree(srv.pid)) > base:
+        while time.monotonic() < deadline and srv.tree.nproc() > base:
             time.sleep(0.05)
 
     def measure_sessions(self, srv: Server) -> dict:
@@ -734,7 +791,7 @@ class Bench:
         deadline = time.monotonic() + self.args.phase_timeout
         done = errors = 0
         first_err = None
-        cpu0 = tree_cpu_seconds(srv.pid)
+        cpu0 = srv.tree.cpu_seconds()
         t0 = time.monotonic()
         for _ in range(n):
             if time.monotonic() > deadline:
@@ -752,7 +809,7 @@ class Bench:
                     break
         t1 = time.monotonic()
         self._settle(srv)
-        cpu1 = tree_cpu_seconds(srv.pid)
+        cpu1 = srv.tree.cpu_seconds()
         res = {"requested": n, "completed": done, "errors": errors,
                "seconds": round(t1 - t0, 3),
                "sessions_per_s": round(done / (t1 - t0), 1) if done else None,
@@ -773,7 +830,7 @@ class Bench:
             return {"error": f"warm-up session failed: {type(e).__name__}: {e}"}
         self._settle(srv)
         time.sleep(1)
-        base = tree_memory_kib(srv.pid)
+        base = srv.tree.memory_kib()
         conns: list[ReusingFTP_TLS] = []
         lock = threading.Lock()
         errors: list[str] = []
@@ -805,7 +862,7 @@ class Bench:
                     alive += 1
                 except Exception:  # noqa: BLE001
                     pass
-            loaded = tree_memory_kib(srv.pid)
+            loaded = srv.tree.memory_kib()
         finally:
             for c in conns:
                 try:
@@ -851,7 +908,7 @@ class Bench:
         out["password_hash"] = srv.hash_scheme
         try:
             time.sleep(0.5)
-            srv.idle_nproc = len(process_tree(srv.pid))
+            srv.idle_nproc = srv.tree.nproc()
             out["server_processes_at_rest"] = srv.idle_nproc
             if "idle" in self.args.tests:
                 out["idle"] = self.measure_idle(srv)
@@ -1027,6 +1084,8 @@ def main() -> int:
         except (ValueError, OSError) as e:
             log(f"could not raise RLIMIT_NOFILE to {want}: {e}")
 
+    if not set_child_subreaper():
+        log("warning: PR_SET_CHILD_SUBREAPER failed; CPU of orphaned session processes may be missed")
     bench = Bench(args)
     results: list[dict] = []
 

@@ -79,7 +79,7 @@ def hash_password(password: str) -> str:
         return phc
 
 
-def make_cert(directory: Path, name: str = "tls", cn: str = "localhost", days: int = 30) -> tuple[Path, Path]:
+def make_cert(directory: Path, name: str = "tls", cn: str = "localhost", days: int = 90) -> tuple[Path, Path]:
     """Self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost."""
     directory.mkdir(parents=True, exist_ok=True)
     crt, key = directory / f"{name}.crt", directory / f"{name}.key"
@@ -607,7 +607,6 @@ class SluiceServer:
             "set ftp:ssl-protect-data true",
             "set ftp:ssl-protect-list true",
             "set ftp:passive-mode true",
-            "set ftps:initial-prot P",
             f"set ssl:ca-file {self.cafile}",
             "set ssl:verify-certificate true",
             "set ssl:check-hostname no",

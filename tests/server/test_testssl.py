@@ -26,7 +26,7 @@ def run_testssl(server, tmp_path, implicit: bool) -> list[dict]:
         "--openssl-timeout", "5", "--connect-timeout", "5",
         "--protocols", "--std", "--fs", "--server-defaults", "--vulnerable",
         "--add-ca", str(server.cafile),
-        "--severity", "LOW", "--jsonfile", str(out), "--nodns", "none",
+        "--jsonfile", str(out), "--nodns", "none",
     ]
     if not implicit:
         args += ["--starttls", "ftp"]
@@ -68,6 +68,10 @@ def check(findings: list[dict]) -> list[str]:
                 and "ECDHE" not in text
             ):
                 problems.append(f"{fid}: {finding}")
+        if fid in ("FS_ciphers", "PFS_ciphers"):
+            weak = [c for c in finding.split() if "GCM" not in c and "CHACHA20" not in c]
+            if weak:
+                problems.append(f"{fid}: non-AEAD suites {weak}")
         if fid in ("FS", "PFS") and "not offered" in finding.lower():
             problems.append(f"FS: {finding}")
         if severity in ("HIGH", "CRITICAL"):
