@@ -8,3 +8,4 @@ pub mod crd;
 pub mod crdgen;
 pub mod policy;
 pub mod render;
+pub mod users;

@@ -1,0 +1,406 @@
+//! Turning the TransferUsers of one server into `users.yaml`, purely: credentials resolved from
+//! Secrets (hashed with argon2id, re-hashed only when the Secret changes), the password policy,
+//! duplicate usernames (the older user wins), and expired or disabled users left out. Each user
+//! gets a verdict that becomes its status.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+use sluice_config as config;
+
+use crate::crd::{PasswordPolicy, TransferUser};
+use crate::policy;
+
+/// Why a user is or is not in `users.yaml`; becomes its `Ready` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub ready: bool,
+    pub reason: &'static str,
+    pub message: String,
+    /// Digest of the password Secret version that was hashed (not of the password).
+    pub password_source_digest: Option<String>,
+}
+
+impl Verdict {
+    fn refused(reason: &'static str, message: impl Into<String>) -> Verdict {
+        Verdict {
+            ready: false,
+            reason,
+            message: message.into(),
+            password_source_digest: None,
+        }
+    }
+}
+
+pub struct Resolved {
+    pub list: config::UserList,
+    /// Keyed by TransferUser object name.
+    pub verdicts: BTreeMap<String, Verdict>,
+}
+
+/// The inputs the controller read for one server.
+pub struct UserInputs<'a> {
+    pub users: &'a [TransferUser],
+    /// Secrets of the namespace by name.
+    pub secrets: &'a BTreeMap<String, Secret>,
+    /// The currently deployed users.yaml (to reuse hashes).
+    pub previous: Option<&'a config::UserList>,
+    pub policy: &'a PasswordPolicy,
+    pub now: jiff::Timestamp,
+}
+
+/// Identifies a Secret version without revealing anything about its content.
+pub fn secret_version_digest(secret: &Secret, key: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(secret.metadata.uid.clone().unwrap_or_default());
+    hasher.update(b":");
+    hasher.update(secret.metadata.resource_version.clone().unwrap_or_default());
+    hasher.update(b":");
+    hasher.update(key);
+    hex::encode(&hasher.finalize()[..16])
+}
+
+fn creation_order(user: &TransferUser) -> (i64, String) {
+    let created = user
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX);
+    (created, user.name_any())
+}
+
+/// Resolves every user; `hash` turns a plain password into an argon2id PHC string.
+pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -> Resolved {
+    let mut ordered: Vec<&TransferUser> = inputs.users.iter().collect();
+    ordered.sort_by_key(|u| creation_order(u));
+    let mut owners: HashMap<String, String> = HashMap::new();
+    let mut verdicts = BTreeMap::new();
+    let mut list = Vec::new();
+    for user in ordered {
+        let object = user.name_any();
+        let spec = &user.spec;
+        let key = spec.username.to_ascii_lowercase();
+        if let Some(winner) = owners.get(&key) {
+            verdicts.insert(
+                object,
+                Verdict::refused(
+                    "DuplicateUsername",
+                    format!("spec.username {:?} is already used by TransferUser {winner}, which is older", spec.username),
+                ),
+            );
+            continue;
+        }
+        owners.insert(key, object.clone());
+        match resolve_one(user, inputs, hash) {
+            Ok((entry, digest)) => {
+                list.push(entry);
+                verdicts.insert(
+                    object,
+                    Verdict {
+                        ready: true,
+                        reason: "Provisioned",
+                        message: "user is in the server's users.yaml".into(),
+                        password_source_digest: digest,
+                    },
+                );
+            }
+            Err(verdict) => {
+                verdicts.insert(object, verdict);
+            }
+        }
+    }
+    Resolved {
+        list: config::UserList {
+            api_version: config::API_VERSION.into(),
+            kind: "UserList".into(),
+            users: list,
+        },
+        verdicts,
+    }
+}
+
+fn resolve_one(
+    user: &TransferUser,
+    inputs: &UserInputs<'_>,
+    hash: &dyn Fn(&str) -> Option<String>,
+) -> Result<(config::User, Option<String>), Verdict> {
+    let spec = &user.spec;
+    if spec.disabled {
+        return Err(Verdict::refused(
+            "Disabled",
+            "spec.disabled is true; the user cannot log in",
+        ));
+    }
+    if let Some(expiry) = &spec.expires_at {
+        match expiry.parse::<jiff::Timestamp>() {
+            Ok(at) if inputs.now >= at => {
+                return Err(Verdict::refused(
+                    "Expired",
+                    format!("spec.expiresAt {expiry} has passed"),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(Verdict::refused(
+                    "InvalidSpec",
+                    format!("spec.expiresAt {expiry:?} is not an RFC 3339 time"),
+                ));
+            }
+        }
+    }
+    let mut digest = None;
+    let password_hash = match (&spec.auth.password_secret_ref, &spec.auth.password_hash) {
+        (Some(reference), _) => {
+            let key = reference.key.clone().unwrap_or_else(|| "password".into());
+            let Some(secret) = inputs.secrets.get(&reference.name) else {
+                return Err(Verdict::refused(
+                    "SecretNotFound",
+                    format!(
+                        "spec.auth.passwordSecretRef: Secret {} not found",
+                        reference.name
+                    ),
+                ));
+            };
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(&key))
+                .map(|b| b.0.clone())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|d| d.get(&key))
+                        .map(|s| s.clone().into_bytes())
+                });
+            let Some(bytes) = bytes else {
+                return Err(Verdict::refused(
+                    "SecretKeyMissing",
+                    format!(
+                        "spec.auth.passwordSecretRef: Secret {} has no key {key:?}",
+                        reference.name
+                    ),
+                ));
+            };
+            let Ok(password) = String::from_utf8(bytes) else {
+                return Err(Verdict::refused(
+                    "PasswordPolicyViolation",
+                    format!("password in Secret {} is not valid UTF-8", reference.name),
+                ));
+            };
+            let password = password.trim_end_matches(['\r', '\n']);
+            let problems = policy::violations(password, &spec.username, inputs.policy);
+            if !problems.is_empty() {
+                return Err(Verdict::refused(
+                    "PasswordPolicyViolation",
+                    format!(
+                        "password in Secret {}: {}",
+                        reference.name,
+                        problems.join("; ")
+                    ),
+                ));
+            }
+            let version = secret_version_digest(secret, &key);
+            let reusable = user
+                .status
+                .as_ref()
+                .and_then(|s| s.password_source_digest.as_deref())
+                == Some(version.as_str());
+            let previous = inputs
+                .previous
+                .and_then(|p| p.find(&spec.username))
+                .and_then(|u| u.password_hash.clone())
+                .filter(|_| reusable);
+            digest = Some(version);
+            match previous {
+                Some(hash) => Some(hash),
+                None => Some(hash(password).ok_or_else(|| {
+                    Verdict::refused("HashingFailed", "hashing the password failed")
+                })?),
+            }
+        }
+        (None, Some(phc)) => {
+            if let Err(message) = config::validate_password_hash(phc) {
+                return Err(Verdict::refused(
+                    "InvalidSpec",
+                    format!("spec.auth.passwordHash {message}"),
+                ));
+            }
+            Some(phc.clone())
+        }
+        (None, None) => None,
+    };
+    let entry = config::User {
+        username: spec.username.clone(),
+        password_hash,
+        ssh_authorized_keys: spec.auth.ssh_authorized_keys.clone(),
+        home: spec.home.clone().unwrap_or_else(|| spec.username.clone()),
+        permissions: spec.permissions.clone(),
+        allowed_cidrs: spec.allowed_cidrs.clone(),
+        protocols: spec.protocols.clone(),
+        expires_at: spec.expires_at.clone(),
+        disabled: false,
+    };
+    // Field-level validation with the server's own rules, so the server never rejects a file
+    // the operator wrote.
+    let single = config::UserList {
+        api_version: config::API_VERSION.into(),
+        kind: "UserList".into(),
+        users: vec![entry.clone()],
+    };
+    let errors = single.validate("users.yaml");
+    if let Some(error) = errors.first() {
+        let field = error.field.trim_start_matches("users[0].");
+        return Err(Verdict::refused(
+            "InvalidSpec",
+            format!("spec.{field}: {}", error.message),
+        ));
+    }
+    Ok((entry, digest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn user(name: &str, username: &str, created: i64, extra: &str) -> TransferUser {
+        let mut user: TransferUser = serde_saphyr::from_str(&format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: TransferUser\nmetadata:\n  name: {name}\n  namespace: n\nspec:\n  serverRef: {{name: s}}\n  username: {username}\n  auth:\n    passwordSecretRef: {{name: {name}-pw}}\n  permissions: [list, download]\n{extra}"
+        ))
+        .unwrap();
+        user.metadata.creation_timestamp =
+            Some(Time(jiff::Timestamp::from_second(created).unwrap()));
+        user
+    }
+
+    fn secret(name: &str, password: &str, version: &str) -> (String, Secret) {
+        let mut secret = Secret::default();
+        secret.metadata.name = Some(name.into());
+        secret.metadata.uid = Some(format!("uid-{name}"));
+        secret.metadata.resource_version = Some(version.into());
+        secret.data = Some(BTreeMap::from([(
+            "password".to_string(),
+            ByteString(password.as_bytes().to_vec()),
+        )]));
+        (name.to_string(), secret)
+    }
+
+    fn fake_hash(password: &str) -> Option<String> {
+        Some(format!(
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ${}",
+            password.len()
+        ))
+    }
+
+    fn run(
+        users: &[TransferUser],
+        secrets: &BTreeMap<String, Secret>,
+        previous: Option<&config::UserList>,
+    ) -> Resolved {
+        let policy = PasswordPolicy::default();
+        resolve(
+            &UserInputs {
+                users,
+                secrets,
+                previous,
+                policy: &policy,
+                now: "2026-06-01T00:00:00Z".parse().unwrap(),
+            },
+            &fake_hash,
+        )
+    }
+
+    #[test]
+    fn valid_user_is_rendered_with_a_hash_and_never_the_password() {
+        let users = [user("alice", "alice", 1, "")];
+        let secrets = BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2026", "1")]);
+        let resolved = run(&users, &secrets, None);
+        assert!(resolved.verdicts["alice"].ready);
+        let entry = resolved.list.find("alice").unwrap();
+        assert!(
+            entry
+                .password_hash
+                .as_ref()
+                .unwrap()
+                .starts_with("$argon2id$")
+        );
+        let yaml = serde_saphyr::to_string(&resolved.list).unwrap();
+        assert!(!yaml.contains("Orbit-Kettle-2026"));
+        assert!(config::UserList::parse("users.yaml", &yaml).is_ok());
+    }
+
+    #[test]
+    fn weak_password_missing_secret_and_duplicates_get_reasons() {
+        let users = [
+            user("weak", "weak", 1, ""),
+            user("nosecret", "nosecret", 2, ""),
+            user("first", "shared", 3, ""),
+            user("second", "Shared", 4, ""),
+        ];
+        let secrets = BTreeMap::from([
+            secret("weak-pw", "password1", "1"),
+            secret("first-pw", "Orbit-Kettle-2026", "1"),
+            secret("second-pw", "Orbit-Kettle-2026", "1"),
+        ]);
+        let resolved = run(&users, &secrets, None);
+        let weak = &resolved.verdicts["weak"];
+        assert_eq!(weak.reason, "PasswordPolicyViolation");
+        assert!(!weak.message.contains("password1"));
+        assert_eq!(resolved.verdicts["nosecret"].reason, "SecretNotFound");
+        assert!(resolved.verdicts["first"].ready);
+        assert_eq!(resolved.verdicts["second"].reason, "DuplicateUsername");
+        assert_eq!(resolved.list.users.len(), 1);
+    }
+
+    #[test]
+    fn expired_and_disabled_users_are_left_out() {
+        let users = [
+            user("old", "old", 1, "  expiresAt: 2026-01-01T00:00:00Z\n"),
+            user("off", "off", 2, "  disabled: true\n"),
+        ];
+        let secrets = BTreeMap::from([
+            secret("old-pw", "Orbit-Kettle-2026", "1"),
+            secret("off-pw", "Orbit-Kettle-2026", "1"),
+        ]);
+        let resolved = run(&users, &secrets, None);
+        assert_eq!(resolved.verdicts["old"].reason, "Expired");
+        assert_eq!(resolved.verdicts["off"].reason, "Disabled");
+        assert!(resolved.list.users.is_empty());
+    }
+
+    #[test]
+    fn hash_is_reused_until_the_secret_changes() {
+        let mut alice = user("alice", "alice", 1, "");
+        let secrets = BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2026", "7")]);
+        let first = run(std::slice::from_ref(&alice), &secrets, None);
+        let mut previous = first.list.clone();
+        previous.users[0].password_hash =
+            Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$previous".into());
+        alice.status = Some(crate::crd::TransferUserStatus {
+            password_source_digest: first.verdicts["alice"].password_source_digest.clone(),
+            ..Default::default()
+        });
+        let second = run(std::slice::from_ref(&alice), &secrets, Some(&previous));
+        assert!(
+            second.list.users[0]
+                .password_hash
+                .as_ref()
+                .unwrap()
+                .ends_with("$previous")
+        );
+        let rotated = BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2027", "8")]);
+        let third = run(std::slice::from_ref(&alice), &rotated, Some(&previous));
+        assert!(
+            !third.list.users[0]
+                .password_hash
+                .as_ref()
+                .unwrap()
+                .ends_with("$previous")
+        );
+    }
+}
