@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod certs;
+pub mod controller;
 pub mod crd;
 pub mod crdgen;
 pub mod policy;
