@@ -648,9 +648,9 @@ def curl_transfer(srv: Server, direction: str, src: Path, remote: str, timeout: 
     cmd = ["curl", "--ssl-reqd", "-k", "-s", "-S", "--ftp-pasv", "--max-time", str(int(timeout)),
            "--user", f"{srv.username}:{PASSWORD}"]
     if direction == "get":
-        cmd += ["-o", "/dev/null", "-w", "%{size_download}", url]
+        cmd += ["-o", "/dev/null", "-w", "%{size_download} %{time_pretransfer} %{time_total}", url]
     else:
-        cmd += ["-T", str(src), "-w", "%{size_upload}", url]
+        cmd += ["-T", str(src), "-w", "%{size_upload} %{time_pretransfer} %{time_total}", url]
     return cmd
 
 
@@ -748,10 +748,14 @@ class Bench:
                         got = up.stat().st_size if up.exists() else -1
                         if got != self.size:
                             err = f"uploaded file has {got} bytes, expected {self.size}"
-                    if err is None and client == "curl" and direction == "get":
+                    curl_times = None
+                    if err is None and client == "curl":
+                        # "<bytes> <time_pretransfer> <time_total>"
                         try:
-                            if int(float(p.stdout.strip() or -1)) != self.size:
-                                err = f"curl downloaded {p.stdout.strip()} bytes"
+                            nbytes, pre, total = p.stdout.split()[-3:]
+                            curl_times = (float(pre), float(total))
+                            if direction == "get" and int(float(nbytes)) != self.size:
+                                err = f"curl downloaded {nbytes} bytes"
                         except ValueError:
                             pass
                     up.unlink(missing_ok=True)
@@ -763,6 +767,13 @@ class Bench:
                         r["mb_per_s"] = round(self.size / MB / (t1 - t0), 1)
                         r["server_cpu_s"] = round(cpu1 - cpu0, 3)
                         r["server_cpu_s_per_gib"] = round((cpu1 - cpu0) / (self.size / GIB), 3)
+                        if curl_times:
+                            # connect+TLS+login+PASV+data-connection setup, and
+                            # the rate of the transfer phase alone
+                            r["curl_pretransfer_s"] = curl_times[0]
+                            if curl_times[1] > curl_times[0]:
+                                r["transfer_phase_mb_per_s"] = round(
+                                    self.size / MB / (curl_times[1] - curl_times[0]), 1)
                         log(f"{srv.name}: {key} run {i + 1}: {r['mb_per_s']} MB/s, "
                             f"server CPU {r['server_cpu_s_per_gib']} s/GiB")
                     runs.append(r)
@@ -774,6 +785,8 @@ class Bench:
                     "best_mb_per_s": max((r["mb_per_s"] for r in ok), default=None),
                     "cpu_s_per_gib": (round(sum(r["server_cpu_s_per_gib"] for r in ok) / len(ok), 3)
                                       if ok else None),
+                    "min_pretransfer_ms": (round(1000 * min(r["curl_pretransfer_s"] for r in ok), 1)
+                                           if ok and all("curl_pretransfer_s" in r for r in ok) else None),
                 }
         dl.unlink(missing_ok=True)
         return results
@@ -948,6 +961,10 @@ def metric_rows(args) -> list[tuple[str, str, bool, callable]]:
         for d in ("download", "upload"):
             rows.append((f"{c} {d} server CPU s/GiB", f"{c}_{d}_cpu", False,
                          lambda r, k=f"{c}_{d}": r.get("transfers", {}).get(k, {}).get("cpu_s_per_gib")))
+    if "curl" in args.clients:
+        for d in ("download", "upload"):
+            rows.append((f"curl {d}: setup ms (connect..transfer)", f"curl_{d}_pre", False,
+                         lambda r, k=f"curl_{d}": r.get("transfers", {}).get(k, {}).get("min_pretransfer_ms")))
     rows.append((f"{args.sessions} login+LIST+QUIT: seconds", "sessions_s", False,
                  lambda r: r.get("sessions", {}).get("seconds")
                  if r.get("sessions", {}).get("completed") == args.sessions else None))
@@ -1066,8 +1083,8 @@ def main() -> int:
     for c in args.clients:
         if c not in CLIENTS:
             ap.error(f"unknown client {c}")
-    if not 1 <= args.runs <= 10 or not 0 < args.sessions <= 100_000 or not 0 < args.idle <= 20_000:
-        ap.error("runs 1..10, sessions 1..100000, idle 1..20000")
+    if not 1 <= args.runs <= 10 or not 0 < args.sessions <= 100_000 or not 0 < args.idle <= 4000:
+        ap.error("runs 1..10, sessions 1..100000, idle 1..4000")
     if os.geteuid() != 0:
         ap.error("run as root (peers switch to the benchftp user; vsftpd/pure-ftpd need root)")
     for tool in ("curl", "lftp", "openssl"):

@@ -206,7 +206,7 @@ fn secret_text(secret: &Secret, key: &str) -> Option<String> {
 }
 
 /// DNS names and addresses the server certificate must carry.
-pub fn certificate_names(server: &FileTransferServer, advertised: Option<&str>) -> Vec<String> {
+pub fn certificate_names(server: &FileTransferServer, addresses: &[String]) -> Vec<String> {
     let name = server.name_any();
     let namespace = server.namespace().unwrap_or_default();
     let mut names = server.spec.tls.dns_names.clone();
@@ -227,7 +227,7 @@ pub fn certificate_names(server: &FileTransferServer, advertised: Option<&str>) 
         .iter()
         .map(String::as_str)
         .chain(server.spec.passive.advertised_address.as_deref())
-        .chain(advertised)
+        .chain(addresses.iter().map(String::as_str))
     {
         if !names.iter().any(|n| n == ip) {
             names.push(ip.to_string());
@@ -239,7 +239,7 @@ pub fn certificate_names(server: &FileTransferServer, advertised: Option<&str>) 
 async fn ensure_certificate(
     server: &FileTransferServer,
     names: &Names,
-    advertised: Option<&str>,
+    addresses: &[String],
     context: &Context,
 ) -> Result<CertOutcome, ControllerError> {
     let namespace = names.namespace.clone();
@@ -333,7 +333,7 @@ async fn ensure_certificate(
                 apply(&secrets, &secret).await?;
                 info!(server = %names.server, "issued a new CA");
             }
-            let cert_names = certificate_names(server, advertised);
+            let cert_names = certificate_names(server, addresses);
             let renew_before = tls
                 .renew_before_days
                 .map(|d| SignedDuration::from_hours(24 * i64::from(d)));
@@ -457,8 +457,27 @@ async fn reconcile_server(
         })
     })?;
 
-    let certificate = ensure_certificate(&server, &names, advertised.as_deref(), &context).await?;
-    let server_config = render::server_config(&server, advertised.as_deref());
+    let mut per_pod_addresses = BTreeMap::new();
+    if server.spec.exposure.per_pod_services {
+        for ordinal in 0..server.spec.replicas {
+            let pod = names.pod(ordinal);
+            if let Some(address) = service_api
+                .get_opt(&pod)
+                .await?
+                .as_ref()
+                .and_then(service_address)
+            {
+                per_pod_addresses.insert(pod, address);
+            }
+        }
+    }
+    let addresses: Vec<String> = advertised
+        .iter()
+        .chain(per_pod_addresses.values())
+        .cloned()
+        .collect();
+    let certificate = ensure_certificate(&server, &names, &addresses, &context).await?;
+    let server_config = render::server_config(&server, advertised.as_deref(), &per_pod_addresses);
     let server_yaml = render::to_yaml("server.yaml", &server_config)?;
     let users_yaml = render::to_yaml("users.yaml", &resolved.list)?;
     let restart_digest = {
@@ -807,7 +826,7 @@ mod tests {
             "apiVersion: sluice.dev/v1alpha1\nkind: FileTransferServer\nmetadata:\n  name: partners\n  namespace: transfer\nspec:\n  protocols: [ftpsExplicit]\n  tls:\n    dnsNames: [ftp.example.com]\n",
         )
         .unwrap();
-        let names = certificate_names(&server, Some("198.51.100.7"));
+        let names = certificate_names(&server, &["198.51.100.7".to_string()]);
         assert_eq!(names[0], "ftp.example.com");
         assert!(names.contains(&"partners.transfer.svc".to_string()));
         assert!(names.contains(&"198.51.100.7".to_string()));

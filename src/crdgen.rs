@@ -43,6 +43,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn chart_crds_are_the_same_files() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (name, yaml) in render_all().unwrap() {
+            let in_chart = std::fs::read_to_string(root.join("charts/sluice/crds").join(&name))
+                .unwrap_or_default();
+            assert!(
+                in_chart == yaml,
+                "charts/sluice/crds/{name} differs from crds/{name}: copy crds/*.yaml into the chart"
+            );
+        }
+    }
+
     fn server(spec: &str) -> FileTransferServer {
         serde_saphyr::from_str(&format!(
             "apiVersion: sluice.dev/v1alpha1\nkind: FileTransferServer\nmetadata:\n  name: s\n  namespace: n\nspec:\n{spec}"
@@ -127,5 +140,45 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap();
         assert!(immutable.contains("immutable"), "{immutable}");
+    }
+
+    #[test]
+    fn every_example_parses_and_passes_the_cel_rules() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for document in text.split("\n---\n") {
+                let kind = document
+                    .lines()
+                    .find_map(|l| l.strip_prefix("kind: "))
+                    .unwrap_or_default()
+                    .trim();
+                let name = path.display();
+                match kind {
+                    "FileTransferServer" => {
+                        let fts: FileTransferServer = serde_saphyr::from_str(document)
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        kube::core::cel::validate_cel(&fts)
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        checked += 1;
+                    }
+                    "TransferUser" => {
+                        let user: TransferUser = serde_saphyr::from_str(document)
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        kube::core::cel::validate_cel(&user)
+                            .unwrap_or_else(|e| panic!("{name}: {e}"));
+                        checked += 1;
+                    }
+                    "Secret" => {}
+                    other => panic!("{name}: unexpected kind {other:?}"),
+                }
+            }
+        }
+        assert!(checked >= 4, "only {checked} examples checked");
     }
 }

@@ -21,11 +21,39 @@ enum Command {
     },
     /// Validate a users.yaml as the operator would render it.
     CheckUsers { file: PathBuf },
+    /// Run the controllers against the cluster from the in-cluster config or KUBECONFIG.
+    Run,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run => {
+            let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            if json {
+                builder.json().init();
+            } else {
+                builder.init();
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let client = kube::Client::try_default().await?;
+                tracing::info!("sluice-operator starting");
+                tokio::select! {
+                    _ = sluice_operator::controller::run(client) => {}
+                    _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+                }
+                anyhow::Ok(())
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Crd { out_dir } => {
             let crds = sluice_operator::crdgen::render_all()?;
             for (name, yaml) in crds {

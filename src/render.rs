@@ -134,7 +134,11 @@ fn serves_ftps(fts: &FileTransferServer) -> bool {
 }
 
 /// The server.yaml the pods run with.
-pub fn server_config(fts: &FileTransferServer, advertised: Option<&str>) -> config::ServerConfig {
+pub fn server_config(
+    fts: &FileTransferServer,
+    advertised: Option<&str>,
+    per_pod: &BTreeMap<String, String>,
+) -> config::ServerConfig {
     let spec = &fts.spec;
     let mut limits = config::Limits::default();
     if let Some(l) = &spec.security.limits {
@@ -203,6 +207,10 @@ pub fn server_config(fts: &FileTransferServer, advertised: Option<&str>) -> conf
                 .as_deref()
                 .or(advertised)
                 .and_then(|a| a.parse().ok()),
+            advertised_address_by_host: per_pod
+                .iter()
+                .filter_map(|(pod, address)| Some((pod.clone(), address.parse().ok()?)))
+                .collect(),
         },
         active_mode: config::ActiveModeConfig {
             enabled: spec.security.active_mode,
@@ -713,7 +721,15 @@ spec:
     #[test]
     fn server_yaml_round_trips_through_the_servers_parser() {
         let fts = fixture(BASIC);
-        let rendered = to_yaml("server.yaml", &server_config(&fts, Some("198.51.100.7"))).unwrap();
+        let rendered = to_yaml(
+            "server.yaml",
+            &server_config(
+                &fts,
+                Some("198.51.100.7"),
+                &BTreeMap::from([("partners-1".to_string(), "198.51.100.9".to_string())]),
+            ),
+        )
+        .unwrap();
         let parsed = config::ServerConfig::parse("server.yaml", &rendered).unwrap();
         assert_eq!(parsed.passive.port_start, 30000);
         assert_eq!(

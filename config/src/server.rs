@@ -1,5 +1,6 @@
 //! `server.yaml`: listeners, TLS, passive ports, limits, timeouts, uploads, audit, reload.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,20 @@ pub struct PassiveConfig {
     /// On Kubernetes this is the Service's external address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advertised_address: Option<IpAddr>,
+    /// Per-host overrides of `advertisedAddress`, keyed by host name: with several replicas
+    /// behind per-pod Services, each pod advertises its own Service's address.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub advertised_address_by_host: BTreeMap<String, IpAddr>,
+}
+
+impl PassiveConfig {
+    /// The address a server running on `host` puts in PASV/EPSV replies, if configured.
+    pub fn advertised_for(&self, host: &str) -> Option<IpAddr> {
+        self.advertised_address_by_host
+            .get(host)
+            .copied()
+            .or(self.advertised_address)
+    }
 }
 
 impl Default for PassiveConfig {
@@ -132,6 +147,7 @@ impl Default for PassiveConfig {
             port_start: 50000,
             port_end: 50099,
             advertised_address: None,
+            advertised_address_by_host: BTreeMap::new(),
         }
     }
 }
@@ -434,6 +450,14 @@ impl ServerConfig {
                 "must be a concrete address, not 0.0.0.0 or ::".into(),
             );
         }
+        for (host, ip) in &passive.advertised_address_by_host {
+            if ip.is_unspecified() {
+                err(
+                    &format!("passive.advertisedAddressByHost.{host}"),
+                    "must be a concrete address, not 0.0.0.0 or ::".into(),
+                );
+            }
+        }
         let limits = &self.limits;
         for (field, value) in [
             ("limits.maxSessions", limits.max_sessions),
@@ -589,6 +613,22 @@ tls:
         let text = format!("{MINIMAL}  clientCertificates: required\n");
         let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
         assert_eq!(error.field_errors()[0].field, "tls.clientCaFile");
+    }
+
+    #[test]
+    fn per_host_advertised_address_wins() {
+        let text = format!(
+            "{MINIMAL}passive:\n  portStart: 30000\n  portEnd: 30009\n  advertisedAddress: 192.0.2.1\n  advertisedAddressByHost:\n    sftp-1: 192.0.2.2\n"
+        );
+        let config = ServerConfig::parse("server.yaml", &text).unwrap();
+        assert_eq!(
+            config.passive.advertised_for("sftp-1").unwrap().to_string(),
+            "192.0.2.2"
+        );
+        assert_eq!(
+            config.passive.advertised_for("sftp-0").unwrap().to_string(),
+            "192.0.2.1"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Password hashing and verification with argon2id (PHC strings), constant-time, and with a
 //! dummy verification for unknown users so that timing does not reveal which names exist.
+//! Verifications run on a small fixed pool of threads: argon2id needs ~19 MiB per hash, and
+//! a bounded pool bounds both that memory (the allocator keeps it per thread) and the CPU a
+//! flood of logins can take.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2};
@@ -57,6 +60,61 @@ pub fn verify(password: &str, hash: Option<&str>) -> bool {
     ok && real
 }
 
+struct Job {
+    password: String,
+    hash: Option<String>,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// A fixed pool of verification threads.
+#[derive(Clone)]
+pub struct Verifier {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Verifier {
+    pub fn start(workers: usize) -> Verifier {
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for index in 0..workers.max(1) {
+            let receiver = receiver.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("argon2-{index}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let Ok(guard) = receiver.lock() else { return };
+                            match guard.recv() {
+                                Ok(job) => job,
+                                Err(_) => return,
+                            }
+                        };
+                        let ok = verify(&job.password, job.hash.as_deref());
+                        let _ = job.reply.send(ok);
+                    }
+                });
+        }
+        Verifier { jobs }
+    }
+
+    /// Verifies on the pool; false on any failure.
+    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if self
+            .jobs
+            .send(Job {
+                password,
+                hash,
+                reply,
+            })
+            .is_err()
+        {
+            return false;
+        }
+        answer.await.unwrap_or(false)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +129,17 @@ mod tests {
         assert!(!verify("sluice-dummy-password", None));
         assert!(check_hash("$argon2i$v=19$m=16,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo").is_err());
         assert!(check_hash("plaintext").is_err());
+    }
+
+    #[tokio::test]
+    async fn pool_verifies() {
+        let hash = hash_password("correct horse battery").unwrap();
+        let pool = Verifier::start(2);
+        assert!(
+            pool.verify("correct horse battery".into(), Some(hash.clone()))
+                .await
+        );
+        assert!(!pool.verify("nope".into(), Some(hash)).await);
+        assert!(!pool.verify("x".into(), None).await);
     }
 }

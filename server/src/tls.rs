@@ -130,14 +130,26 @@ pub fn build_server_config(
     Ok(Arc::new(config))
 }
 
-/// A per-FTP-session copy of the base config with its own session cache and ticket key, so
+/// The TLS configs of one FTP session: both share a private session cache and ticket key, so
 /// that a data connection can resume only a session of this very control connection.
-pub fn per_session(base: &Arc<ServerConfig>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = (**base).clone();
-    config.session_storage = ServerSessionMemoryCache::new(32);
-    config.ticketer =
+pub struct SessionTls {
+    pub control: Arc<ServerConfig>,
+    /// Sends no TLS 1.3 session tickets: clients do not read the data connection during an
+    /// upload, and unread tickets make their close a TCP reset that can cut the upload's tail.
+    pub data: Arc<ServerConfig>,
+}
+
+pub fn per_session(base: &Arc<ServerConfig>) -> Result<SessionTls, TlsError> {
+    let mut control = (**base).clone();
+    control.session_storage = ServerSessionMemoryCache::new(32);
+    control.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
-    Ok(Arc::new(config))
+    let mut data = control.clone();
+    data.send_tls13_tickets = 0;
+    Ok(SessionTls {
+        control: Arc::new(control),
+        data: Arc::new(data),
+    })
 }
 
 /// SHA-256 (hex) of a DER certificate, as the audit log and client-certificate mapping use it.

@@ -603,6 +603,7 @@ class SluiceServer:
             "set net:max-retries 1",
             "set net:timeout 10",
             "set net:reconnect-interval-base 1",
+            "debug 5",
             "set ftp:ssl-force true",
             "set ftp:ssl-protect-data true",
             "set ftp:ssl-protect-list true",

@@ -51,6 +51,10 @@ pub struct Context {
     passive: Mutex<Arc<PassivePool>>,
     pub session_counter: AtomicU64,
     pub session_prefix: String,
+    /// This host's name, to pick a per-host advertised passive address.
+    pub host_name: String,
+    /// The argon2id verification pool.
+    pub verifier: crate::auth::Verifier,
 }
 
 impl Context {
@@ -74,6 +78,13 @@ impl Context {
             passive: Mutex::new(PassivePool::new(start, end)),
             session_counter: AtomicU64::new(1),
             session_prefix: format!("{:08x}", rand::random::<u32>()),
+            host_name: host_name(),
+            verifier: crate::auth::Verifier::start(
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+                    .min(4),
+            ),
         })
     }
 
@@ -86,6 +97,18 @@ impl Context {
         }
         pool.clone()
     }
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 /// Accepts control connections forever, enforcing the total and per-address session limits

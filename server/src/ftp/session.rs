@@ -23,7 +23,6 @@ use super::data::{self, DataContext, DataError, DataStream, TransferError};
 use super::listing;
 use super::{Context, ListenerKind};
 use crate::audit::SessionTag;
-use crate::auth;
 use crate::limits::{ConnectionGuard, UserGuard};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -64,7 +63,7 @@ struct Session {
     local: SocketAddr,
     client_ip: IpAddr,
     control: Control,
-    tls: Arc<rustls::ServerConfig>,
+    tls: tls::SessionTls,
     protected: bool,
     pending_user: Option<String>,
     logged_in: Option<LoggedIn>,
@@ -328,7 +327,7 @@ impl Session {
         let Some(tcp) = self.control.take_plain() else {
             return false;
         };
-        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let acceptor = TlsAcceptor::from(self.tls.control.clone());
         let handshake = timeout_at(self.login_deadline, acceptor.accept(tcp)).await;
         let stream = match handshake {
             Ok(Ok(stream)) => stream,
@@ -625,10 +624,7 @@ impl Session {
         let user = self.snapshot.user(&name).cloned();
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let password = password.to_string();
-        let verified =
-            tokio::task::spawn_blocking(move || auth::verify(&password, hash.as_deref()))
-                .await
-                .unwrap_or(false);
+        let verified = self.context.verifier.verify(password, hash).await;
         let Some(user) = user.filter(|_| verified) else {
             return self
                 .login_failed("invalid credentials", "login incorrect")
@@ -764,7 +760,7 @@ impl Session {
         let advertised = self
             .config()
             .passive
-            .advertised_address
+            .advertised_for(&self.context.host_name)
             .map(canonical_ip)
             .unwrap_or_else(|| canonical_ip(self.local.ip()));
         let IpAddr::V4(v4) = advertised else {
@@ -863,7 +859,7 @@ impl Session {
 
     fn data_context(&self) -> DataContext {
         DataContext {
-            tls: self.tls.clone(),
+            tls: self.tls.data.clone(),
             client_ip: self.client_ip,
             require_resumption: self.config().tls.require_session_resumption,
             connect_timeout: Duration::from_secs(self.config().timeouts.data_connect_seconds),
