@@ -59,6 +59,7 @@ impl ControllerError {
 /// Shared state of the controllers.
 pub struct Context {
     pub client: Client,
+    pub metrics: Arc<crate::metrics::OperatorMetrics>,
     pub recorder: Recorder,
     /// The clock, injectable for tests.
     pub now: fn() -> Timestamp,
@@ -66,7 +67,7 @@ pub struct Context {
 
 /// Runs both controllers until the stream ends (i.e. forever). Tests call this with their own
 /// client.
-pub async fn run(client: Client) {
+pub async fn run(client: Client, metrics: Arc<crate::metrics::OperatorMetrics>) {
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -74,6 +75,7 @@ pub async fn run(client: Client) {
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
+        metrics,
         now: Timestamp::now,
     });
     let servers: Api<FileTransferServer> = Api::all(client.clone());
@@ -122,7 +124,7 @@ pub async fn run(client: Client) {
                     .collect::<Vec<_>>()
             },
         )
-        .run(reconcile_server, error_policy, context.clone())
+        .run(measured_reconcile_server, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 warn!(%error, "server reconcile failed");
@@ -132,6 +134,34 @@ pub async fn run(client: Client) {
         .run(reconcile_user, user_error_policy, context.clone())
         .for_each(|_| async {});
     futures::join!(server_loop, user_loop);
+}
+
+async fn measured_reconcile_server(
+    server: Arc<FileTransferServer>,
+    context: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let started = std::time::Instant::now();
+    let result = reconcile_server(server, context.clone()).await;
+    let kind = ("kind", "FileTransferServer".to_string());
+    context
+        .metrics
+        .duration
+        .get_or_create(&vec![kind.clone()])
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = if result.is_ok() { "success" } else { "failure" };
+    context
+        .metrics
+        .reconciles
+        .get_or_create(&vec![kind, ("result", outcome.to_string())])
+        .inc();
+    if let Err(error) = &result {
+        context
+            .metrics
+            .failures
+            .get_or_create(&vec![("reason", error.reason().to_string())])
+            .inc();
+    }
+    result
 }
 
 fn error_policy(
@@ -615,6 +645,16 @@ async fn reconcile_server(
             &conditions[0].message,
         )
         .await;
+    }
+    if let Some(info) = &certificate.info {
+        context
+            .metrics
+            .certificate_expiry
+            .get_or_create(&vec![
+                ("namespace", namespace.clone()),
+                ("server", names.server.clone()),
+            ])
+            .set(info.not_after.as_second());
     }
     let endpoint = {
         let host = advertised

@@ -7,6 +7,7 @@ pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod metrics;
 pub mod policy;
 pub mod render;
 pub mod users;

@@ -22,13 +22,17 @@ enum Command {
     /// Validate a users.yaml as the operator would render it.
     CheckUsers { file: PathBuf },
     /// Run the controllers against the cluster from the in-cluster config or KUBECONFIG.
-    Run,
+    Run {
+        /// Where `/metrics` and `/healthz` are served.
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_address: String,
+    },
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run => {
+        Command::Run { metrics_address } => {
             let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -45,9 +49,12 @@ fn main() -> anyhow::Result<ExitCode> {
                 .build()?;
             runtime.block_on(async {
                 let client = kube::Client::try_default().await?;
-                tracing::info!("sluice-operator starting");
+                let metrics = sluice_operator::metrics::OperatorMetrics::new();
+                let listener = tokio::net::TcpListener::bind(&metrics_address).await?;
+                tokio::spawn(sluice_operator::metrics::serve(listener, metrics.clone()));
+                tracing::info!(%metrics_address, "sluice-operator starting");
                 tokio::select! {
-                    _ = sluice_operator::controller::run(client) => {}
+                    _ = sluice_operator::controller::run(client, metrics) => {}
                     _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
                 }
                 anyhow::Ok(())

@@ -81,6 +81,9 @@ impl Verifier {
             let _ = std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
                 .spawn(move || {
+                    // Touch argon2's working memory once at start: the allocator keeps it for
+                    // this thread, so memory is a constant of the process, not of the logins.
+                    let _ = verify("warm-up", None);
                     loop {
                         let job = {
                             let Ok(guard) = receiver.lock() else { return };
