@@ -12,3 +12,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
+
+{{- define "sluice.selectorLabels" -}}
+app.kubernetes.io/name: sluice-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
