@@ -87,9 +87,9 @@ def test_secret_volume_swap_reloads_users_and_certificate(make_server, tmp_path)
     assert server_fingerprint(srv) != before
     assert server_fingerprint(srv) == hashlib.sha256(
         ssl.PEM_cert_to_DER_cert(second_cert[0].read_text())).hexdigest()
+    srv.cafile.write_text(second_cert[0].read_text())
     with pytest.raises(ftplib.error_perm, match="530"):
         srv.ftp("alice", "first password for alice")
-    srv.cafile.write_text(second_cert[0].read_text())
     ftp = srv.ftp("carol", "a password for carol")
     ftp.quit()
 
