@@ -117,6 +117,18 @@ pub fn issue_server(
     })
 }
 
+/// Parses a Go-style duration as cert-manager and the CRD's CEL rules use them (`2160h`, `90s`,
+/// `1h30m`); `field` names the offending field in the error.
+pub fn parse_duration(field: &str, text: &str) -> Result<SignedDuration, String> {
+    let duration: SignedDuration = text
+        .parse()
+        .map_err(|_| format!("{field} {text:?} is not a duration such as 2160h or 90m"))?;
+    if duration <= SignedDuration::ZERO {
+        return Err(format!("{field} {text:?} must be positive"));
+    }
+    Ok(duration)
+}
+
 /// Reads validity, fingerprint and SANs of the first certificate in `pem`.
 pub fn inspect(what: &str, pem: &str) -> Result<CertInfo, CertError> {
     let parse_error = |message: String| CertError::Parse {
@@ -270,6 +282,22 @@ mod tests {
         assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2);
         let later = ca_bundle(&new.cert_pem, Some(&old.cert_pem), now + days(200));
         assert_eq!(later.matches("BEGIN CERTIFICATE").count(), 1);
+    }
+
+    #[test]
+    fn go_durations_parse() {
+        assert_eq!(parse_duration("d", "2160h").unwrap(), days(90));
+        assert_eq!(
+            parse_duration("d", "90s").unwrap(),
+            SignedDuration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration("d", "1h30m").unwrap(),
+            SignedDuration::from_secs(5400)
+        );
+        let error = parse_duration("spec.tls.duration", "soon").unwrap_err();
+        assert!(error.contains("spec.tls.duration"), "{error}");
+        assert!(parse_duration("d", "0s").is_err());
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use sluice_config as config;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::certs;
 use crate::crd::{FileTransferServer, FileTransferServerStatus, TlsSource, TransferUser};
@@ -34,7 +34,7 @@ use crate::users::{self, UserInputs};
 
 pub const FIELD_MANAGER: &str = "sluice-operator";
 const CA_LIFETIME_DAYS: i64 = 1095;
-const DEFAULT_CERT_DAYS: i64 = 90;
+const DEFAULT_CERT_LIFETIME: &str = "2160h";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
@@ -65,9 +65,27 @@ pub struct Context {
     pub now: fn() -> Timestamp,
 }
 
-/// Runs both controllers until the stream ends (i.e. forever). Tests call this with their own
-/// client.
-pub async fn run(client: Client, metrics: Arc<crate::metrics::OperatorMetrics>) {
+/// An Api over every namespace, or over the one namespace the operator is limited to (its
+/// chart's `rbacScope: namespace` grants a Role there and nothing cluster-wide).
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs both controllers until the stream ends (i.e. forever), over every namespace or only
+/// `namespace`. Tests call this with their own client.
+pub async fn run(
+    client: Client,
+    metrics: Arc<crate::metrics::OperatorMetrics>,
+    namespace: Option<String>,
+) {
+    let ns = namespace.as_deref();
     let reporter = Reporter {
         controller: FIELD_MANAGER.into(),
         instance: std::env::var("POD_NAME").ok(),
@@ -78,25 +96,19 @@ pub async fn run(client: Client, metrics: Arc<crate::metrics::OperatorMetrics>) 
         metrics,
         now: Timestamp::now,
     });
-    let servers: Api<FileTransferServer> = Api::all(client.clone());
-    let users: Api<TransferUser> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client.clone());
+    let servers: Api<FileTransferServer> = scoped(&client, ns);
+    let users: Api<TransferUser> = scoped(&client, ns);
+    let secrets: Api<Secret> = scoped(&client, ns);
     let server_controller = Controller::new(servers, watcher::Config::default());
     let store = server_controller.store();
     let secret_store = store.clone();
     let server_loop = server_controller
         .owns(
-            Api::<StatefulSet>::all(client.clone()),
+            scoped::<StatefulSet>(&client, ns),
             watcher::Config::default(),
         )
-        .owns(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .owns(
-            Api::<ConfigMap>::all(client.clone()),
-            watcher::Config::default(),
-        )
+        .owns(scoped::<Service>(&client, ns), watcher::Config::default())
+        .owns(scoped::<ConfigMap>(&client, ns), watcher::Config::default())
         .watches(
             users.clone(),
             watcher::Config::default(),
@@ -126,13 +138,43 @@ pub async fn run(client: Client, metrics: Arc<crate::metrics::OperatorMetrics>) 
         )
         .run(measured_reconcile_server, error_policy, context.clone())
         .for_each(|result| async move {
-            if let Err(error) = result {
-                warn!(%error, "server reconcile failed");
+            match result {
+                // A child or a Secret changed after its server was deleted: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(object)) => {
+                    debug!(%object, "server no longer exists; skipping");
+                }
+                Err(error) => warn!(%error, "server reconcile failed"),
+                Ok(_) => {}
             }
         });
-    let user_loop = Controller::new(users, watcher::Config::default())
+    let user_controller = Controller::new(users, watcher::Config::default());
+    let user_store = user_controller.store();
+    // A server that appears or goes changes the status of the users that reference it
+    // (ServerNotFound), so users are also reconciled when their server changes.
+    let user_loop = user_controller
+        .watches(
+            scoped::<FileTransferServer>(&client, ns),
+            watcher::Config::default(),
+            move |server: FileTransferServer| {
+                let namespace = server.namespace();
+                let name = server.name_any();
+                user_store
+                    .state()
+                    .into_iter()
+                    .filter(|user| {
+                        user.namespace() == namespace && user.spec.server_ref.name == name
+                    })
+                    .map(|user| ObjectRef::from_obj(user.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
         .run(reconcile_user, user_error_policy, context.clone())
-        .for_each(|_| async {});
+        .for_each(|result| async move {
+            match result {
+                Err(kube::runtime::controller::Error::ObjectNotFound(_)) | Ok(_) => {}
+                Err(error) => warn!(%error, "user reconcile failed"),
+            }
+        });
     futures::join!(server_loop, user_loop);
 }
 
@@ -364,17 +406,37 @@ async fn ensure_certificate(
                 info!(server = %names.server, "issued a new CA");
             }
             let cert_names = certificate_names(server, addresses);
-            let renew_before = tls
-                .renew_before_days
-                .map(|d| SignedDuration::from_hours(24 * i64::from(d)));
+            let durations = certs::parse_duration(
+                "spec.tls.duration",
+                tls.duration.as_deref().unwrap_or(DEFAULT_CERT_LIFETIME),
+            )
+            .and_then(|lifetime| {
+                let renew_before = tls
+                    .renew_before
+                    .as_deref()
+                    .map(|text| certs::parse_duration("spec.tls.renewBefore", text))
+                    .transpose()?;
+                Ok((lifetime, renew_before))
+            });
+            let (lifetime, renew_before) = match durations {
+                Ok(durations) => durations,
+                Err(message) => {
+                    return Ok(CertOutcome {
+                        ready: false,
+                        reason: "InvalidSpec",
+                        message,
+                        info: None,
+                        renew_at: None,
+                    });
+                }
+            };
             let current = secrets.get_opt(&names.tls_secret()).await?;
             let current_info = current
                 .as_ref()
                 .and_then(|s| secret_text(s, "tls.crt"))
                 .and_then(|pem| certs::inspect("server certificate", &pem).ok());
             let info = if rotated_ca || certs::needs_renewal(current_info.as_ref(), &cert_names, now, renew_before) {
-                let days = tls.duration_days.map(i64::from).unwrap_or(DEFAULT_CERT_DAYS);
-                let issued = certs::issue_server(&ca, &cert_names, now, SignedDuration::from_hours(24 * days))?;
+                let issued = certs::issue_server(&ca, &cert_names, now, lifetime)?;
                 let bundle = certs::ca_bundle(&ca.cert_pem, previous_ca.as_deref(), now);
                 let secret = render::tls_secret(server, names.tls_secret(), &issued.cert_pem, &issued.key_pem, &bundle)?;
                 apply(&secrets, &secret).await?;
@@ -421,6 +483,11 @@ async fn reconcile_server(
     server: Arc<FileTransferServer>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    if server.metadata.deletion_timestamp.is_some() {
+        // Being deleted (finalizers of others, or its namespace going away): the garbage
+        // collector removes the children; re-creating them would only fight it.
+        return Ok(Action::await_change());
+    }
     let names = Names::of(&server)?;
     let namespace = names.namespace.clone();
     let client = context.client.clone();
@@ -515,6 +582,24 @@ async fn reconcile_server(
         let listeners = render::to_yaml("server.yaml", &server_config.listeners)?;
         hex::encode(&Sha256::digest(listeners.as_bytes())[..8])
     };
+
+    // The SSH host key is created once and never regenerated (clients pin it in known_hosts).
+    if server
+        .spec
+        .protocols
+        .contains(&crate::crd::ServedProtocol::Sftp)
+        && secret_api
+            .get_opt(&names.ssh_host_key_secret())
+            .await?
+            .is_none()
+    {
+        let key = generate_host_key()?;
+        let secret = render::ssh_host_key_secret(&server, &key)?;
+        secret_api
+            .create(&kube::api::PostParams::default(), &secret)
+            .await?;
+        info!(server = %names.server, "created the SSH host key");
+    }
 
     // Apply.
     apply(
@@ -692,6 +777,22 @@ async fn reconcile_server(
         wait = wait.min(Duration::from_secs(10));
     }
     Ok(Action::requeue(wait))
+}
+
+/// A new ed25519 host key in OpenSSH private key format.
+fn generate_host_key() -> Result<String, ControllerError> {
+    use russh::keys::ssh_key::LineEnding;
+    use russh::keys::ssh_key::private::Ed25519Keypair;
+    let seed: [u8; 32] = rand::random();
+    let key = russh::keys::PrivateKey::from(Ed25519Keypair::from_seed(&seed));
+    key.to_openssh(LineEnding::LF)
+        .map(|text| text.to_string())
+        .map_err(|e| {
+            ControllerError::Render(render::RenderError::Yaml {
+                file: "ssh host key",
+                message: e.to_string(),
+            })
+        })
 }
 
 fn sluice_hash(password: &str) -> Option<String> {

@@ -204,7 +204,8 @@ pub enum ClientCertificates {
 #[x_kube(
     validation = Rule::new("self.source != 'secretRef' || has(self.secretName)").message("spec.tls.secretName is required when spec.tls.source is secretRef"),
     validation = Rule::new("self.source != 'certManager' || has(self.issuerRef)").message("spec.tls.issuerRef is required when spec.tls.source is certManager"),
-    validation = Rule::new("self.clientCertificates == 'none' || has(self.clientCaSecret)").message("spec.tls.clientCaSecret is required when spec.tls.clientCertificates is optional or required")
+    validation = Rule::new("self.clientCertificates == 'none' || has(self.clientCaSecret)").message("spec.tls.clientCaSecret is required when spec.tls.clientCertificates is optional or required"),
+    validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(has(self.duration) ? self.duration : '2160h')").message("spec.tls.renewBefore must be shorter than spec.tls.duration")
 )]
 pub struct TlsSpec {
     /// `generated` (default), `certManager` or `secretRef`.
@@ -222,14 +223,15 @@ pub struct TlsSpec {
     /// Extra IP addresses for the certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_addresses: Vec<String>,
-    /// Lifetime of generated certificates in days (default 90).
+    /// Lifetime of generated certificates as a Go duration, as in cert-manager (default
+    /// `2160h`, 90 days). Between `1m` and `19800h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 825))]
-    pub duration_days: Option<i32>,
-    /// Renew this many days before expiry (default: at 2/3 of the lifetime).
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('19800h')").message("spec.tls.duration must be a duration between 1m and 19800h, such as 2160h"))]
+    pub duration: Option<String>,
+    /// Renew this long before expiry, as a Go duration (default: at 2/3 of the lifetime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 824))]
-    pub renew_before_days: Option<i32>,
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("spec.tls.renewBefore must be a positive duration such as 360h"))]
+    pub renew_before: Option<String>,
     /// TLS cipher suites in preference order (default AES-256-GCM and ChaCha20-Poly1305).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cipher_suites: Option<Vec<String>>,

@@ -114,6 +114,27 @@ mod tests {
     }
 
     #[test]
+    fn cel_checks_certificate_durations() {
+        assert_eq!(
+            server_error(
+                "  protocols: [ftpsExplicit]\n  tls:\n    duration: 90m\n    renewBefore: 30m\n"
+            ),
+            None
+        );
+        let short =
+            server_error("  protocols: [ftpsExplicit]\n  tls:\n    duration: 10s\n").unwrap();
+        assert!(short.contains("spec.tls.duration"), "{short}");
+        let inverted = server_error(
+            "  protocols: [ftpsExplicit]\n  tls:\n    duration: 1h\n    renewBefore: 2h\n",
+        )
+        .unwrap();
+        assert!(
+            inverted.contains("renewBefore must be shorter"),
+            "{inverted}"
+        );
+    }
+
+    #[test]
     fn cel_guards_users() {
         let valid = "  serverRef: {name: s}\n  username: alice\n  auth:\n    passwordSecretRef: {name: alice-pw}\n  permissions: [list]\n";
         assert_eq!(user_error(valid), None);

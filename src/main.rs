@@ -26,18 +26,28 @@ enum Command {
         /// Where `/metrics` and `/healthz` are served.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_address: String,
+        /// Watch and manage only this namespace (for a namespace-scoped install whose RBAC is
+        /// a Role there); default: every namespace.
+        #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
+        namespace: Option<String>,
     },
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { metrics_address } => {
+        Command::Run {
+            metrics_address,
+            namespace,
+        } => {
             let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            // No ANSI colour codes when stderr is a pipe or file (the cluster's log pipeline).
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
             let builder = tracing_subscriber::fmt()
                 .with_env_filter(filter)
+                .with_ansi(ansi)
                 .with_writer(std::io::stderr);
             if json {
                 builder.json().init();
@@ -52,9 +62,9 @@ fn main() -> anyhow::Result<ExitCode> {
                 let metrics = sluice_operator::metrics::OperatorMetrics::new();
                 let listener = tokio::net::TcpListener::bind(&metrics_address).await?;
                 tokio::spawn(sluice_operator::metrics::serve(listener, metrics.clone()));
-                tracing::info!(%metrics_address, "sluice-operator starting");
+                tracing::info!(%metrics_address, namespace = namespace.as_deref().unwrap_or("*"), "sluice-operator starting");
                 tokio::select! {
-                    _ = sluice_operator::controller::run(client, metrics) => {}
+                    _ = sluice_operator::controller::run(client, metrics, namespace) => {}
                     _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
                 }
                 anyhow::Ok(())

@@ -34,8 +34,16 @@ impl OperatorMetrics {
         });
         let certificate_expiry = Family::<Labels, Gauge>::default();
         let mut registry = Registry::with_prefix("sluice_operator");
-        registry.register("reconciles", "Reconciles by kind and result", reconciles.clone());
-        registry.register("reconcile_failures", "Failed reconciles by reason", failures.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles by kind and result",
+            reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_failures",
+            "Failed reconciles by reason",
+            failures.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Reconcile duration by kind",

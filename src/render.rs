@@ -42,6 +42,9 @@ const CONFIG_DIR: &str = "/etc/sluice/config";
 const USERS_DIR: &str = "/etc/sluice/users";
 const TLS_DIR: &str = "/etc/sluice/tls";
 const DATA_DIR: &str = "/data";
+const SSH_DIR: &str = "/etc/sluice/ssh";
+/// Key of the ed25519 host key in the SSH host key Secret.
+pub const SSH_HOST_KEY: &str = "ssh_host_ed25519_key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -83,6 +86,9 @@ impl Names {
     }
     pub fn ca_secret(&self) -> String {
         format!("{}-ca", self.server)
+    }
+    pub fn ssh_host_key_secret(&self) -> String {
+        format!("{}-ssh-host-keys", self.server)
     }
     pub fn headless(&self) -> String {
         format!("{}-headless", self.server)
@@ -181,6 +187,7 @@ pub fn server_config(
             ftps_implicit: serves(fts, ServedProtocol::FtpsImplicit)
                 .then(|| format!("0.0.0.0:{CONTAINER_IMPLICIT}")),
             health: Some(format!("0.0.0.0:{CONTAINER_HEALTH}")),
+            sftp: serves(fts, ServedProtocol::Sftp).then(|| format!("0.0.0.0:{CONTAINER_SFTP}")),
         },
         tls: config::TlsConfig {
             cert_file: format!("{TLS_DIR}/tls.crt"),
@@ -220,6 +227,14 @@ pub fn server_config(
         uploads: config::Uploads::default(),
         audit: config::AuditConfig::default(),
         reload: config::ReloadConfig::default(),
+        ssh: config::SshConfig {
+            host_key_files: if serves(fts, ServedProtocol::Sftp) {
+                vec![format!("{SSH_DIR}/{SSH_HOST_KEY}")]
+            } else {
+                Vec::new()
+            },
+            ..config::SshConfig::default()
+        },
     }
 }
 
@@ -279,6 +294,24 @@ pub fn tls_secret(
             ),
             ("ca.crt".to_string(), ByteString(ca_pem.as_bytes().to_vec())),
         ])),
+        ..Secret::default()
+    })
+}
+
+/// The SSH host key Secret. The controller creates it once and never regenerates it, so clients'
+/// known_hosts entries stay valid for the life of the server.
+pub fn ssh_host_key_secret(
+    fts: &FileTransferServer,
+    private_key_openssh: &str,
+) -> Result<Secret, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(Secret {
+        metadata: meta(fts, &names, names.ssh_host_key_secret()),
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([(
+            SSH_HOST_KEY.to_string(),
+            ByteString(private_key_openssh.as_bytes().to_vec()),
+        )])),
         ..Secret::default()
     })
 }
@@ -376,6 +409,10 @@ pub fn stateful_set(
         mount("tls", TLS_DIR, true),
         mount("data", DATA_DIR, false),
     ];
+    if serves(fts, ServedProtocol::Sftp) {
+        volumes.push(secret_volume("ssh", names.ssh_host_key_secret()));
+        mounts.push(mount("ssh", SSH_DIR, true));
+    }
     if let Some(ca) = &spec.tls.client_ca_secret {
         volumes.push(secret_volume("client-ca", ca.clone()));
         mounts.push(mount("client-ca", "/etc/sluice/client-ca", true));
@@ -717,6 +754,54 @@ spec:
   exposure:
     serviceType: LoadBalancer
 ";
+
+    #[test]
+    fn sftp_server_gets_its_listener_host_key_and_port() {
+        let fts = fixture(&BASIC.replace("[ftpsExplicit, ftpsImplicit]", "[ftpsExplicit, sftp]"));
+        let rendered =
+            to_yaml("server.yaml", &server_config(&fts, None, &BTreeMap::new())).unwrap();
+        let parsed = config::ServerConfig::parse("server.yaml", &rendered).unwrap();
+        assert_eq!(parsed.listeners.sftp.as_deref(), Some("0.0.0.0:2222"));
+        assert_eq!(
+            parsed.ssh.host_key_files,
+            ["/etc/sluice/ssh/ssh_host_ed25519_key"]
+        );
+        let sts = stateful_set(&fts, "d").unwrap();
+        let pod = sts.spec.unwrap().template.spec.unwrap();
+        assert!(
+            pod.containers[0]
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/etc/sluice/ssh" && m.read_only == Some(true))
+        );
+        let ports = client_service(&fts, None)
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap();
+        assert!(
+            ports
+                .iter()
+                .any(|p| p.port == 22 && p.target_port == Some(IntOrString::Int(2222)))
+        );
+        let key = ssh_host_key_secret(&fts, "KEY").unwrap();
+        assert_eq!(key.metadata.name.as_deref(), Some("partners-ssh-host-keys"));
+        assert!(key.metadata.owner_references.is_some());
+        let ftps_only = fixture(BASIC);
+        let parsed = config::ServerConfig::parse(
+            "server.yaml",
+            &to_yaml(
+                "server.yaml",
+                &server_config(&ftps_only, None, &BTreeMap::new()),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(parsed.listeners.sftp.is_none());
+    }
 
     #[test]
     fn server_yaml_round_trips_through_the_servers_parser() {

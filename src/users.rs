@@ -243,6 +243,8 @@ fn resolve_one(
         protocols: spec.protocols.clone(),
         expires_at: spec.expires_at.clone(),
         disabled: false,
+        password_authentication: true,
+        required_auth: Vec::new(),
     };
     // Field-level validation with the server's own rules, so the server never rejects a file
     // the operator wrote.

@@ -6,10 +6,12 @@
 
 mod error;
 mod server;
+mod ssh;
 mod users;
 
 pub use error::{ConfigError, FieldError};
 pub use server::*;
+pub use ssh::*;
 pub use users::*;
 
 /// The only `apiVersion` both files accept today.

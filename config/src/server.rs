@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, FieldError, check_header, parse_yaml};
+use crate::{ConfigError, FieldError, SshConfig, check_header, parse_yaml};
 
 /// Largest passive range we accept: every port becomes a Kubernetes ServicePort, and a Service
 /// with thousands of ports is slow to program into kube-proxy.
@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub audit: AuditConfig,
     #[serde(default)]
     pub reload: ReloadConfig,
+    /// SSH settings of the SFTP listener; see [`SshConfig`].
+    #[serde(default, skip_serializing_if = "SshConfig::is_default")]
+    pub ssh: SshConfig,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -78,6 +81,9 @@ pub struct Listeners {
     /// Health, readiness and Prometheus metrics over plain HTTP, e.g. `0.0.0.0:8080`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<String>,
+    /// SFTP over SSH, e.g. `0.0.0.0:2222`; needs `ssh.hostKeyFiles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sftp: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -352,6 +358,7 @@ impl ServerConfig {
             ("listeners.ftpsExplicit", &self.listeners.ftps_explicit),
             ("listeners.ftpsImplicit", &self.listeners.ftps_implicit),
             ("listeners.health", &self.listeners.health),
+            ("listeners.sftp", &self.listeners.sftp),
         ];
         let mut seen: Vec<SocketAddr> = Vec::new();
         for (field, value) in listeners {
@@ -371,10 +378,13 @@ impl ServerConfig {
                 }
             }
         }
-        if self.listeners.ftps_explicit.is_none() && self.listeners.ftps_implicit.is_none() {
+        if self.listeners.ftps_explicit.is_none()
+            && self.listeners.ftps_implicit.is_none()
+            && self.listeners.sftp.is_none()
+        {
             err(
                 "listeners",
-                "at least one of ftpsExplicit or ftpsImplicit must be set".into(),
+                "at least one of ftpsExplicit, ftpsImplicit or sftp must be set".into(),
             );
         }
         if self.tls.cert_file.trim().is_empty() {
@@ -506,6 +516,8 @@ impl ServerConfig {
         {
             err("audit.file", "must not be empty when set".into());
         }
+        self.ssh
+            .validate(file, self.listeners.sftp.is_some(), &mut errors);
         errors
     }
 
@@ -528,6 +540,7 @@ impl ServerConfig {
         if self.tls.cipher_suites.iter().any(|s| s.contains("AES_128")) {
             warnings.push("tls.cipherSuites includes AES-128-GCM suites".to_string());
         }
+        warnings.extend(self.ssh.insecure_opt_ins());
         if !self.uploads.atomic {
             warnings.push(
                 "uploads.atomic is false: a broken upload can leave a truncated file".to_string(),
@@ -540,6 +553,7 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{DEFAULT_CIPHERS, DEFAULT_KEX};
 
     const MINIMAL: &str = "apiVersion: sluice.dev/v1alpha1
 kind: ServerConfig
@@ -637,5 +651,92 @@ tls:
             format!("{MINIMAL}  requireSessionResumption: false\nactiveMode:\n  enabled: true\n");
         let config = ServerConfig::parse("server.yaml", &text).unwrap();
         assert_eq!(config.insecure_opt_ins().len(), 2);
+    }
+
+    #[test]
+    fn sftp_listener_needs_host_keys() {
+        let text = MINIMAL.replace(
+            "  ftpsExplicit: 127.0.0.1:2121\n",
+            "  ftpsExplicit: 127.0.0.1:2121\n  sftp: 127.0.0.1:2222\n",
+        );
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "ssh.hostKeyFiles");
+        let text = format!("{text}ssh:\n  hostKeyFiles: [ssh/host_ed25519]\n");
+        let config = ServerConfig::parse("server.yaml", &text).unwrap();
+        assert_eq!(config.listeners.sftp.as_deref(), Some("127.0.0.1:2222"));
+        assert!(config.ssh.password_authentication);
+        assert_eq!(config.ssh.effective_ciphers(), DEFAULT_CIPHERS);
+        assert_eq!(config.ssh.effective_kex(), DEFAULT_KEX);
+        assert!(config.insecure_opt_ins().is_empty());
+    }
+
+    #[test]
+    fn sftp_port_clash_is_named() {
+        let text = MINIMAL.replace(
+            "  ftpsExplicit: 127.0.0.1:2121\n",
+            "  ftpsExplicit: 127.0.0.1:2121\n  sftp: 127.0.0.1:2121\n",
+        ) + "ssh:\n  hostKeyFiles: [k]\n";
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "listeners.sftp");
+    }
+
+    #[test]
+    fn weak_ssh_algorithms_can_never_be_named() {
+        for (field, value) in [
+            ("ciphers", "aes128-cbc"),
+            ("ciphers", "3des-cbc"),
+            ("ciphers", "arcfour256"),
+            ("macs", "hmac-sha1"),
+            ("macs", "hmac-sha1-etm@openssh.com"),
+            ("kex", "diffie-hellman-group1-sha1"),
+            ("kex", "diffie-hellman-group14-sha1"),
+            ("hostKeyAlgorithms", "ssh-rsa"),
+        ] {
+            let text =
+                format!("{MINIMAL}ssh:\n  {field}: [chacha20-poly1305@openssh.com, {value}]\n");
+            let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+            let fields: Vec<_> = error
+                .field_errors()
+                .iter()
+                .map(|e| e.field.clone())
+                .collect();
+            assert!(
+                fields.contains(&format!("ssh.{field}[1]")),
+                "{value}: {fields:?}"
+            );
+            assert!(error.to_string().contains("forbidden"), "{error}");
+        }
+        let text = format!("{MINIMAL}ssh:\n  ciphers: [rot13]\n");
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "ssh.ciphers[0]");
+        assert!(error.to_string().contains("unsupported"));
+    }
+
+    #[test]
+    fn compatibility_profile_adds_ctr_and_non_etm() {
+        let text = format!("{MINIMAL}ssh:\n  profile: compatibility\n");
+        let config = ServerConfig::parse("server.yaml", &text).unwrap();
+        let ciphers = config.ssh.effective_ciphers();
+        assert!(ciphers.contains(&"aes256-ctr".to_string()));
+        assert!(
+            config
+                .ssh
+                .effective_macs()
+                .contains(&"hmac-sha2-256".to_string())
+        );
+        assert_eq!(config.insecure_opt_ins().len(), 1);
+        let text = format!("{MINIMAL}ssh:\n  profile: weak\n");
+        assert!(ServerConfig::parse("server.yaml", &text).is_err());
+    }
+
+    #[test]
+    fn rsa_host_key_algorithms_need_opt_in() {
+        let text = format!("{MINIMAL}ssh:\n  hostKeyAlgorithms: [ssh-ed25519, rsa-sha2-256]\n");
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "ssh.hostKeyAlgorithms[1]");
+        let text = format!(
+            "{MINIMAL}ssh:\n  allowRsaHostKeys: true\n  hostKeyAlgorithms: [ssh-ed25519, rsa-sha2-256]\n"
+        );
+        assert!(ServerConfig::parse("server.yaml", &text).is_ok());
     }
 }

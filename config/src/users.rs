@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, FieldError, check_header, parse_yaml};
+use crate::{ConfigError, FieldError, SshAuthMethod, check_header, parse_yaml};
 
 /// What a user may do. Each FTP/SFTP verb needs exactly one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,6 +106,21 @@ pub struct User {
     /// A disabled user cannot log in and its open sessions end.
     #[serde(default)]
     pub disabled: bool,
+    /// Password authentication over SSH for this user (also needs the server-wide
+    /// `ssh.passwordAuthentication`). Default true; FTPS logins are not affected.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub password_authentication: bool,
+    /// SSH methods that must all succeed, e.g. `[publickey, password]`. Empty: any one method.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_auth: Vec<SshAuthMethod>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
 }
 
 impl User {
@@ -318,6 +333,37 @@ impl UserList {
                     format!("{expiry:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
                 );
             }
+            let mut methods = HashSet::new();
+            for method in &user.required_auth {
+                if !methods.insert(method) {
+                    err(
+                        "requiredAuth",
+                        format!("{} is listed twice", method.as_str()),
+                    );
+                }
+            }
+            if user.required_auth.contains(&SshAuthMethod::Password) {
+                if !user.password_authentication {
+                    err(
+                        "requiredAuth",
+                        "requires password but passwordAuthentication is false".into(),
+                    );
+                }
+                if user.password_hash.is_none() {
+                    err(
+                        "requiredAuth",
+                        "requires password but the user has no passwordHash".into(),
+                    );
+                }
+            }
+            if user.required_auth.contains(&SshAuthMethod::Publickey)
+                && user.ssh_authorized_keys.is_empty()
+            {
+                err(
+                    "requiredAuth",
+                    "requires publickey but the user has no sshAuthorizedKeys".into(),
+                );
+            }
             let mut seen = HashSet::new();
             for permission in &user.permissions {
                 if !seen.insert(permission) {
@@ -407,6 +453,36 @@ mod tests {
         let text = list("  - username: bob\n    home: bob\n    permissions: [fly]\n");
         let error = UserList::parse("users.yaml", &text).unwrap_err();
         assert!(error.to_string().contains("fly"), "{error}");
+    }
+
+    #[test]
+    fn ssh_auth_fields_default_and_validate() {
+        let text = list("  - username: bob\n    home: bob\n    permissions: [list]\n");
+        let users = UserList::parse("users.yaml", &text).unwrap();
+        assert!(users.users[0].password_authentication);
+        assert!(users.users[0].required_auth.is_empty());
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    passwordAuthentication: false\n    requiredAuth: [publickey, password, password]\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        let messages: Vec<String> = error
+            .field_errors()
+            .iter()
+            .filter(|e| e.field == "users[0].requiredAuth")
+            .map(|e| e.message.clone())
+            .collect();
+        assert!(messages.iter().any(|m| m.contains("twice")), "{messages:?}");
+        assert!(
+            messages
+                .iter()
+                .any(|m| m.contains("passwordAuthentication"))
+        );
+        assert!(messages.iter().any(|m| m.contains("no passwordHash")));
+        assert!(messages.iter().any(|m| m.contains("no sshAuthorizedKeys")));
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    requiredAuth: [otp]\n",
+        );
+        assert!(UserList::parse("users.yaml", &text).is_err());
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! sluice-server: a hardened FTPS server (explicit and implicit TLS) with per-user confined
-//! storage, hot reload and a JSON audit log. `run`, `check-config`, `demo`, `hash-password`.
+//! sluice-server: a hardened FTPS (explicit and implicit TLS) and SFTP server with per-user
+//! confined storage, hot reload and a JSON audit log. `run`, `check-config`, `demo`, `hash-password`.
 
 #![forbid(unsafe_code)]
 
@@ -10,6 +10,7 @@ mod ftp;
 mod limits;
 mod metrics;
 mod reload;
+mod sftp;
 mod snapshot;
 mod tls;
 mod userfs;
@@ -28,7 +29,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "sluice-server", version, about = "Hardened FTPS server")]
+#[command(
+    name = "sluice-server",
+    version,
+    about = "Hardened FTPS and SFTP server"
+)]
 struct Cli {
     /// Log format for operational logs on stderr (audit events always go to stdout as JSON).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "SLUICE_LOG_FORMAT")]
@@ -65,6 +70,8 @@ enum Command {
         health_port: u16,
         #[arg(long, default_value_t = 52000)]
         passive_start: u16,
+        #[arg(long, default_value_t = 2222)]
+        sftp_port: u16,
     },
     /// Read a password from stdin and print its argon2id PHC hash for users.yaml.
     HashPassword,
@@ -127,6 +134,7 @@ fn main() -> anyhow::Result<ExitCode> {
             implicit_port,
             health_port,
             passive_start,
+            sftp_port,
         } => {
             let (dir, _keep) = match dir {
                 Some(dir) => {
@@ -146,6 +154,7 @@ fn main() -> anyhow::Result<ExitCode> {
                     implicit: implicit_port,
                     health: health_port,
                     passive_start,
+                    sftp: sftp_port,
                 },
             )?;
             eprintln!("{}", prepared.instructions);
@@ -190,6 +199,11 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let metrics = metrics::Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let listeners = snapshot.config.listeners.clone();
+    let host_keys = snapshot
+        .ssh
+        .as_ref()
+        .map(|m| m.fingerprints.clone())
+        .unwrap_or_default();
     let users = snapshot.users.len();
     let (sender, receiver) = watch::channel(Arc::new(snapshot));
     let context = ftp::Context::new(receiver, audit.clone(), metrics.clone());
@@ -210,6 +224,10 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             context.clone(),
         ));
     }
+    if let Some(address) = &listeners.sftp {
+        let listener = bind(address, "sftp").await?;
+        tokio::spawn(sftp::serve(listener, context.clone()));
+    }
     if let Some(address) = &listeners.health {
         let listener = bind(address, "health").await?;
         tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
@@ -226,7 +244,9 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         users,
         explicit = ?listeners.ftps_explicit,
         implicit = ?listeners.ftps_implicit,
+        sftp = ?listeners.sftp,
         health = ?listeners.health,
+        ssh_host_keys = ?host_keys,
         "sluice-server ready"
     );
     audit.server_event(

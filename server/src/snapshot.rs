@@ -10,7 +10,9 @@ use sha2::{Digest, Sha256};
 use sluice_config::{ConfigError, FieldError, ServerConfig, User, UserList};
 
 use crate::auth;
+use crate::sftp::keys::{self as ssh_keys, HostKeyError, HostKeyFile, SshMaterial};
 use crate::tls::{self, TlsError, TlsMaterial};
+use russh::keys::PublicKey;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -23,6 +25,8 @@ pub enum LoadError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    Ssh(#[from] HostKeyError),
 }
 
 pub struct Snapshot {
@@ -30,6 +34,10 @@ pub struct Snapshot {
     pub data_root: PathBuf,
     pub users: HashMap<String, Arc<User>>,
     pub tls: Arc<rustls::ServerConfig>,
+    /// Host keys and algorithms of the SFTP listener (when `listeners.sftp` is set).
+    pub ssh: Option<Arc<SshMaterial>>,
+    /// Parsed `sshAuthorizedKeys` per user name.
+    pub ssh_keys: HashMap<String, Arc<Vec<PublicKey>>>,
     /// SHA-256 over every input file, to notice changes cheaply.
     pub digest: [u8; 32],
 }
@@ -107,8 +115,43 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         hasher.update(ca);
     }
 
+    let host_key_paths: Vec<PathBuf> = config
+        .ssh
+        .host_key_files
+        .iter()
+        .map(|file| resolve_relative(config_path, file))
+        .collect();
+    let mut host_key_bytes = Vec::new();
+    if config.listeners.sftp.is_some() {
+        for path in &host_key_paths {
+            let bytes = read(path)?;
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(&bytes);
+            host_key_bytes.push(bytes);
+        }
+    }
+
     let users_name = name_of(&users_path);
     let users = UserList::parse(&users_name, &String::from_utf8_lossy(&users_bytes))?;
+    let mut key_errors = Vec::new();
+    let mut parsed_keys = HashMap::new();
+    for (index, user) in users.users.iter().enumerate() {
+        let mut keys = Vec::new();
+        for (key_index, line) in user.ssh_authorized_keys.iter().enumerate() {
+            match ssh_keys::parse_authorized_key(line) {
+                Ok(key) => keys.push(key),
+                Err(message) => key_errors.push(FieldError::new(
+                    &users_name,
+                    format!("users[{index}].sshAuthorizedKeys[{key_index}]"),
+                    message,
+                )),
+            }
+        }
+        parsed_keys.insert(user.username.clone(), Arc::new(keys));
+    }
+    if !key_errors.is_empty() {
+        return Err(ConfigError::Invalid(key_errors).into());
+    }
     let hash_errors: Vec<FieldError> = users
         .users
         .iter()
@@ -142,6 +185,18 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         },
     )?;
 
+    let ssh = if config.listeners.sftp.is_some() {
+        let names: Vec<String> = host_key_paths.iter().map(|p| name_of(p)).collect();
+        let files: Vec<HostKeyFile<'_>> = names
+            .iter()
+            .zip(&host_key_bytes)
+            .map(|(path, bytes)| HostKeyFile { path, bytes })
+            .collect();
+        Some(Arc::new(ssh_keys::build(&config, &files)?))
+    } else {
+        None
+    };
+
     let data_root = resolve_relative(config_path, &config.data_root);
     let users = users
         .users
@@ -153,6 +208,8 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         data_root,
         users,
         tls,
+        ssh,
+        ssh_keys: parsed_keys,
         digest: [0; 32],
     })
 }

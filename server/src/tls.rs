@@ -5,10 +5,11 @@
 //! Crypto provider: `ring`. On this class of CPU it ran AES-256-GCM ~2x faster than aws-lc-rs
 //! in the design prototypes and builds without cmake; see docs/server-config.md.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ServerSessionMemoryCache, WebPkiClientVerifier};
+use rustls::server::{StoresServerSessions, WebPkiClientVerifier};
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -139,9 +140,12 @@ pub struct SessionTls {
     pub data: Arc<ServerConfig>,
 }
 
+/// Sessions one FTP session's cache keeps (oldest evicted first).
+pub const SESSION_CACHE_ENTRIES: usize = 32;
+
 pub fn per_session(base: &Arc<ServerConfig>) -> Result<SessionTls, TlsError> {
     let mut control = (**base).clone();
-    control.session_storage = ServerSessionMemoryCache::new(32);
+    control.session_storage = Arc::new(SessionCache::default());
     control.ticketer =
         rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut data = control.clone();
@@ -150,6 +154,56 @@ pub fn per_session(base: &Arc<ServerConfig>) -> Result<SessionTls, TlsError> {
         control: Arc::new(control),
         data: Arc::new(data),
     })
+}
+
+/// One FTP session's private server-side TLS session cache: at most
+/// [`SESSION_CACHE_ENTRIES`] entries, oldest evicted first, like rustls'
+/// `ServerSessionMemoryCache`, but allocating nothing until a session is stored. With the
+/// ticketer enabled rustls stores sessions here only for TLS 1.2 clients without ticket
+/// support, so most FTP sessions never use it; `ServerSessionMemoryCache::new(32)` reserved
+/// ~3.9 KiB per FTP session up front (measured with heaptrack).
+#[derive(Debug, Default)]
+pub struct SessionCache {
+    entries: Mutex<VecDeque<(Vec<u8>, Vec<u8>)>>,
+}
+
+impl SessionCache {
+    fn entries(&self) -> std::sync::MutexGuard<'_, VecDeque<(Vec<u8>, Vec<u8>)>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl StoresServerSessions for SessionCache {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        let mut entries = self.entries();
+        if let Some(entry) = entries.iter_mut().find(|(k, _)| *k == key) {
+            entry.1 = value;
+            return true;
+        }
+        if entries.len() >= SESSION_CACHE_ENTRIES {
+            entries.pop_front();
+        }
+        entries.push_back((key, value));
+        true
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let entries = self.entries();
+        entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        let mut entries = self.entries();
+        let index = entries.iter().position(|(k, _)| k == key)?;
+        entries.remove(index).map(|(_, v)| v)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
 }
 
 /// SHA-256 (hex) of a DER certificate, as the audit log and client-certificate mapping use it.
@@ -210,6 +264,62 @@ mod tests {
         assert_eq!(offered, suites);
         assert!(offered.iter().all(|s| !s.contains("128")));
         assert!(per_session(&config).is_ok());
+    }
+
+    #[test]
+    fn session_cache_is_bounded_fifo_and_lazy() {
+        let cache = SessionCache::default();
+        assert_eq!(cache.entries().capacity(), 0);
+        assert!(cache.can_cache());
+        assert!(cache.get(b"a").is_none());
+        for i in 0..SESSION_CACHE_ENTRIES + 3 {
+            assert!(cache.put(vec![i as u8], vec![i as u8; 3]));
+        }
+        assert_eq!(cache.entries().len(), SESSION_CACHE_ENTRIES);
+        // The three oldest were evicted.
+        assert!((0..3u8).all(|i| cache.get(&[i]).is_none()));
+        assert_eq!(cache.get(&[3]), Some(vec![3; 3]));
+        // Replacing keeps one entry per key.
+        assert!(cache.put(vec![3], vec![9]));
+        assert_eq!(cache.get(&[3]), Some(vec![9]));
+        assert_eq!(cache.entries().len(), SESSION_CACHE_ENTRIES);
+        // take removes.
+        assert_eq!(cache.take(&[4]), Some(vec![4; 3]));
+        assert!(cache.take(&[4]).is_none());
+        assert!(cache.get(&[4]).is_none());
+    }
+
+    #[test]
+    fn per_session_configs_share_a_private_cache_and_ticketer() {
+        let (cert, key) = self_signed(&["localhost"]).unwrap();
+        let material = TlsMaterial {
+            cert_path: "tls.crt",
+            cert_pem: cert.as_bytes(),
+            key_path: "tls.key",
+            key_pem: key.as_bytes(),
+            client_ca: None,
+        };
+        let base =
+            build_server_config(&tls_config(&["TLS13_AES_256_GCM_SHA384"]), &material).unwrap();
+        let one = per_session(&base).unwrap();
+        let two = per_session(&base).unwrap();
+        assert!(Arc::ptr_eq(
+            &one.control.session_storage,
+            &one.data.session_storage
+        ));
+        assert!(Arc::ptr_eq(&one.control.ticketer, &one.data.ticketer));
+        assert!(!Arc::ptr_eq(
+            &one.control.session_storage,
+            &two.control.session_storage
+        ));
+        assert!(!Arc::ptr_eq(&one.control.ticketer, &two.control.ticketer));
+        assert!(one.control.ticketer.enabled());
+        assert_eq!(one.data.send_tls13_tickets, 0);
+        one.control
+            .session_storage
+            .put(b"k".to_vec(), b"v".to_vec());
+        assert_eq!(one.data.session_storage.get(b"k"), Some(b"v".to_vec()));
+        assert!(two.data.session_storage.get(b"k").is_none());
     }
 
     #[test]

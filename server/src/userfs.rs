@@ -546,3 +546,311 @@ impl UploadSink {
         }
     }
 }
+
+/// Attributes an SFTP client sees (ownership is deliberately not exposed).
+#[derive(Debug, Clone, Copy)]
+pub struct FileStat {
+    pub kind: EntryKind,
+    pub size: u64,
+    /// Permission bits (`0o7777` part of `st_mode`).
+    pub permissions: u32,
+    pub atime: u64,
+    pub mtime: u64,
+}
+
+fn stat_from(meta: &cap_std::fs::Metadata) -> FileStat {
+    use cap_std::fs::MetadataExt;
+    let file_type = meta.file_type();
+    let kind = if file_type.is_symlink() {
+        EntryKind::Symlink
+    } else if file_type.is_dir() {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
+    };
+    FileStat {
+        kind,
+        size: meta.len(),
+        permissions: meta.mode() & 0o7777,
+        atime: u64::try_from(meta.atime()).unwrap_or(0),
+        mtime: u64::try_from(meta.mtime()).unwrap_or(0),
+    }
+}
+
+/// Converts `std` metadata (of an open file) to [`FileStat`].
+pub fn stat_of_std(meta: &std::fs::Metadata) -> FileStat {
+    use std::os::unix::fs::MetadataExt;
+    let kind = if meta.is_dir() {
+        EntryKind::Dir
+    } else {
+        EntryKind::File
+    };
+    FileStat {
+        kind,
+        size: meta.len(),
+        permissions: meta.mode() & 0o7777,
+        atime: u64::try_from(meta.atime()).unwrap_or(0),
+        mtime: u64::try_from(meta.mtime()).unwrap_or(0),
+    }
+}
+
+/// How an SFTP write handle opens its file.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenForWrite {
+    pub create: bool,
+    pub truncate: bool,
+    pub exclusive: bool,
+    pub append: bool,
+    /// Write to a temporary name and rename on close (only with create + truncate).
+    pub atomic: bool,
+}
+
+/// A file opened for writing: the file, whether it existed, and the atomic temporary name.
+pub struct OpenedForWrite {
+    pub file: std::fs::File,
+    pub existed: bool,
+    pub temp_name: Option<String>,
+}
+
+impl UserFs {
+    /// `stat` (following symlinks that stay inside) or `lstat`, with permission bits.
+    pub async fn stat(&self, path: &VirtualPath, follow: bool) -> Result<FileStat, FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let meta = if follow {
+                home.metadata(path.relative())
+            } else {
+                home.symlink_metadata(path.relative())
+            };
+            meta.map(|m| stat_from(&m))
+                .map_err(|e| FsError::from_io(&path, e))
+        })
+        .await
+    }
+
+    /// Directory entries with their attributes (not following symlinks), sorted, without
+    /// atomic-upload temporary files.
+    pub async fn read_dir(&self, path: &VirtualPath) -> Result<Vec<(String, FileStat)>, FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let dir = home
+                .open_dir(path.relative())
+                .map_err(|e| FsError::from_io(&path, e))?;
+            let mut entries = Vec::new();
+            for entry in dir.entries().map_err(|e| FsError::from_io(&path, e))? {
+                let entry = entry.map_err(|e| FsError::from_io(&path, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(TEMP_PREFIX) {
+                    continue;
+                }
+                if let Ok(meta) = entry.metadata() {
+                    entries.push((name, stat_from(&meta)));
+                }
+            }
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(entries)
+        })
+        .await
+    }
+
+    /// Opens a regular file for reading (shared by the read-ahead worker).
+    pub async fn open_read(&self, path: &VirtualPath) -> Result<std::fs::File, FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || open_regular_file(&home, &path)).await
+    }
+
+    /// Opens a file for an SFTP write handle.
+    pub async fn open_write(
+        &self,
+        path: &VirtualPath,
+        how: OpenForWrite,
+    ) -> Result<OpenedForWrite, FsError> {
+        if path.is_root() {
+            return Err(FsError::IsADirectory(path.to_string()));
+        }
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let existed = match home.metadata(path.relative()) {
+                Ok(meta) if meta.is_dir() => return Err(FsError::IsADirectory(path.to_string())),
+                Ok(_) => true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Err(e) => return Err(FsError::from_io(&path, e)),
+            };
+            if existed && how.exclusive {
+                return Err(FsError::Exists(path.to_string()));
+            }
+            if !existed && !how.create {
+                return Err(FsError::NotFound(path.to_string()));
+            }
+            // Always readable by the worker: it hashes the final file when writes were not
+            // sequential. Whether the client may READ is decided by the handle.
+            let mut options = OpenOptions::new();
+            options.read(true);
+            if how.atomic && how.truncate && how.create && !how.append {
+                let temp = temp_name_for(&path);
+                options.write(true).create_new(true);
+                let file = home
+                    .open_with(&temp, &options)
+                    .map_err(|e| FsError::from_io(&path, e))?;
+                return Ok(OpenedForWrite {
+                    file: file.into_std(),
+                    existed,
+                    temp_name: Some(temp),
+                });
+            }
+            if how.append {
+                options.append(true);
+            } else {
+                options.write(true);
+            }
+            if how.exclusive {
+                options.create_new(true);
+            } else if how.create {
+                options.create(true);
+            }
+            if how.truncate {
+                options.truncate(true);
+            }
+            let file = home
+                .open_with(path.relative(), &options)
+                .map_err(|e| FsError::from_io(&path, e))?;
+            let file = file.into_std();
+            if file
+                .metadata()
+                .map_err(|e| FsError::from_io(&path, e))?
+                .is_dir()
+            {
+                return Err(FsError::IsADirectory(path.to_string()));
+            }
+            Ok(OpenedForWrite {
+                file,
+                existed,
+                temp_name: None,
+            })
+        })
+        .await
+    }
+
+    /// Renames an atomic upload's temporary file over its target.
+    pub async fn commit_temp(&self, temp: String, target: &VirtualPath) -> Result<(), FsError> {
+        let home = self.home.clone();
+        let target = target.clone();
+        blocking(move || {
+            home.rename(&temp, &home, target.relative()).map_err(|e| {
+                let _ = home.remove_file(&temp);
+                FsError::from_io(&target, e)
+            })
+        })
+        .await
+    }
+
+    /// Removes a temporary file (a broken atomic upload).
+    pub async fn remove_temp(&self, temp: String) {
+        let home = self.home.clone();
+        let _ = blocking(move || {
+            home.remove_file(&temp).ok();
+            Ok(())
+        })
+        .await;
+    }
+
+    /// Sets access and modification times (seconds since the epoch) of a file or directory.
+    pub async fn set_times(
+        &self,
+        path: &VirtualPath,
+        atime: u64,
+        mtime: u64,
+    ) -> Result<(), FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let meta = home
+                .metadata(path.relative())
+                .map_err(|e| FsError::from_io(&path, e))?;
+            let file = if meta.is_dir() {
+                home.open_dir(path.relative())
+                    .map_err(|e| FsError::from_io(&path, e))?
+                    .into_std_file()
+            } else {
+                home.open(path.relative())
+                    .map_err(|e| FsError::from_io(&path, e))?
+                    .into_std()
+            };
+            set_file_times(&file, atime, mtime).map_err(|e| FsError::from_io(&path, e))
+        })
+        .await
+    }
+
+    /// Truncates or extends a regular file.
+    pub async fn set_len(&self, path: &VirtualPath, len: u64) -> Result<(), FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            let mut options = OpenOptions::new();
+            options.write(true);
+            let file = home
+                .open_with(path.relative(), &options)
+                .map_err(|e| FsError::from_io(&path, e))?;
+            file.set_len(len).map_err(|e| FsError::from_io(&path, e))
+        })
+        .await
+    }
+
+    /// The text of a symlink.
+    pub async fn read_link(&self, path: &VirtualPath) -> Result<String, FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        blocking(move || {
+            home.read_link_contents(path.relative())
+                .map(|target| target.to_string_lossy().into_owned())
+                .map_err(|e| FsError::from_io(&path, e))
+        })
+        .await
+    }
+
+    /// File system statistics of the volume holding the home directory.
+    pub async fn statvfs(&self) -> Result<rustix::fs::StatVfs, FsError> {
+        let home = self.home.clone();
+        blocking(move || {
+            rustix::fs::fstatvfs(&*home).map_err(|e| {
+                FsError::from_io(
+                    &VirtualPath::root(),
+                    io::Error::from_raw_os_error(e.raw_os_error()),
+                )
+            })
+        })
+        .await
+    }
+}
+
+/// Sets the times of an open file.
+pub fn set_file_times(file: &std::fs::File, atime: u64, mtime: u64) -> io::Result<()> {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(atime);
+    let mt = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+    file.set_times(std::fs::FileTimes::new().set_accessed(at).set_modified(mt))
+}
+
+/// SHA-256 of an open file from its start, read in large chunks (blocking).
+pub fn sha256_of_file(file: &std::fs::File) -> io::Result<(String, u64)> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut offset = 0u64;
+    loop {
+        let n = match file.read_at(&mut buffer, offset) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        offset += n as u64;
+    }
+    Ok((hex::encode(hasher.finalize()), offset))
+}

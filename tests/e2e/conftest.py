@@ -87,8 +87,13 @@ def cluster(k8s_bin, request):
 def crds(cluster):
     """The Sluice CRDs from crds/, applied and Established."""
     cluster.kubectl("apply", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                    "crd/filetransferservers.sluice.dev", "crd/transferusers.sluice.dev")
+    # `kubectl wait` fails outright ("status.conditions accessor error") when it reads a CRD
+    # before the apiextensions controller has written any status: retry until it succeeds.
+    cluster.wait_for(
+        lambda: cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s",
+                                "crd/filetransferservers.sluice.dev", "crd/transferusers.sluice.dev",
+                                check=False).returncode == 0,
+        60, "the Sluice CRDs to be Established")
     return cluster
 
 
@@ -103,3 +108,58 @@ def namespace(cluster):
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The operator (under the chart's RBAC) and the process kubelet running the server pods
+# --------------------------------------------------------------------------------------------
+
+
+def _binary(env: str, name: str) -> Path:
+    path = Path(os.environ.get(env) or REPO / "target" / "debug" / name).resolve()
+    if not os.access(path, os.X_OK):
+        msg = f"{path} missing: cargo build -p sluice-operator -p sluice-server (or set {env})"
+        if _required():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator(crds, request):
+    """`sluice-operator run` as a process, authenticated as the chart's ServiceAccount and
+    authorised only by the chart's RBAC rules (rendered from charts/sluice/templates)."""
+    from operator_process import Operator
+
+    op = Operator(crds, _binary("SLUICE_OPERATOR_BIN", "sluice-operator"), REPO / "charts" / "sluice",
+                  crds.workdir / "operator")
+    op.install()
+    yield op
+    op.stop()
+    if request.session.testsfailed:
+        print(f"\n===== operator log {op.log} (tail) =====\n{op.tail(80)}")
+
+
+@pytest.fixture(scope="session")
+def kubelet(cluster, request):
+    """The test-only process kubelet (see kubelet.py): runs sluice-server Pods as processes."""
+    from kubelet import ProcessKubelet
+
+    k = ProcessKubelet(cluster, _binary("SLUICE_SERVER_BIN", "sluice-server"),
+                       cluster.workdir / "kubelet").start()
+    yield k
+    k.stop()
+    if request.session.testsfailed or k.errors:
+        print("\n" + k.log_tails())
+    if k.errors:
+        print(f"\n[kubelet] {len(k.errors)} sync error(s), first:\n{k.errors[0]}")
+
+
+@pytest.fixture
+def rbac_guard(operator):
+    """Fails the test when the API server refused the operator anything during it."""
+    start = operator.offset()
+    yield operator
+    denied = operator.forbidden_lines(start)
+    assert not denied, "the operator was refused by its RBAC rules:\n" + "\n".join(denied[:10])
+    assert operator.alive(), f"the operator exited:\n{operator.tail()}"

@@ -363,9 +363,16 @@ class SluiceServer:
         shutil.copy(cert[1], self.dir / "tls.key")
         self.cafile = self.dir / "ca.crt"  # what clients trust; survives a cert swap in tests
         shutil.copy(cert[0], self.cafile)
-        ports = free_ports(3)
+        ports = free_ports(4)
         passive = free_ports(20)
-        self.explicit_port, self.implicit_port, self.health_port = ports
+        self.explicit_port, self.implicit_port, self.health_port, self.sftp_port = ports
+        # SFTP: an ed25519 host key and a known_hosts file for clients.
+        self.host_key = self.dir / "ssh_host_ed25519_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sluice-test", "-f", str(self.host_key)],
+                       check=True, capture_output=True)
+        self.known_hosts = self.dir / "known_hosts"
+        host_pub = (self.dir / "ssh_host_ed25519_key.pub").read_text().split()
+        self.known_hosts.write_text(f"[127.0.0.1]:{self.sftp_port} {host_pub[0]} {host_pub[1]}\n")
         self.passive_range = (passive[0], passive[-1])
         self.config_path = self.dir / "server.yaml"
         self.users_path = self.dir / "users.yaml"
@@ -381,7 +388,9 @@ class SluiceServer:
                 "ftpsExplicit": f"127.0.0.1:{self.explicit_port}",
                 "ftpsImplicit": f"127.0.0.1:{self.implicit_port}",
                 "health": f"127.0.0.1:{self.health_port}",
+                "sftp": f"127.0.0.1:{self.sftp_port}",
             },
+            "ssh": {"hostKeyFiles": ["ssh_host_ed25519_key"]},
             "tls": {"certFile": "tls.crt", "keyFile": "tls.key"},
             "passive": {"portStart": self.passive_range[0], "portEnd": self.passive_range[1]},
             "activeMode": {"enabled": False},

@@ -21,6 +21,9 @@ pub enum Incoming {
     Eof,
 }
 
+/// Spare buffer capacity ensured before each read (a command line is rarely longer).
+const READ_SIZE: usize = 256;
+
 pub struct Control {
     pub io: ControlIo,
     buffer: Vec<u8>,
@@ -33,7 +36,7 @@ impl Control {
     pub fn new(io: ControlIo, max_line: usize) -> Control {
         Control {
             io,
-            buffer: Vec::with_capacity(256),
+            buffer: Vec::with_capacity(READ_SIZE),
             discarding: false,
             max_line,
             last_code: 0,
@@ -84,19 +87,23 @@ impl Control {
                     return Ok(Incoming::TooLong);
                 }
                 if self.buffer.capacity() > 4 * self.max_line {
-                    self.buffer.shrink_to(256);
+                    self.buffer.shrink_to(READ_SIZE);
                 }
                 return Ok(Incoming::Line(line));
             }
             if self.buffer.len() > self.max_line {
                 self.buffer.clear();
-                self.buffer.shrink_to(256);
+                self.buffer.shrink_to(READ_SIZE);
                 self.discarding = true;
             }
-            let mut chunk = [0u8; 1024];
+            // Read straight into the buffer's spare capacity: a stack chunk would live in
+            // every session's future while it waits, idle, for its next command.
+            if self.buffer.capacity() - self.buffer.len() < 64 {
+                self.buffer.reserve(READ_SIZE);
+            }
             let read = match &mut self.io {
-                ControlIo::Plain(stream) => stream.read(&mut chunk).await,
-                ControlIo::Tls(stream) => stream.read(&mut chunk).await,
+                ControlIo::Plain(stream) => stream.read_buf(&mut self.buffer).await,
+                ControlIo::Tls(stream) => stream.read_buf(&mut self.buffer).await,
                 ControlIo::Gone => Ok(0),
             };
             let n = match read {
@@ -107,7 +114,6 @@ impl Control {
             if n == 0 {
                 return Ok(Incoming::Eof);
             }
-            self.buffer.extend_from_slice(&chunk[..n]);
         }
     }
 

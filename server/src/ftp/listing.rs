@@ -99,6 +99,8 @@ mod tests {
             protocols: vec![],
             expires_at: None,
             disabled: false,
+            password_authentication: true,
+            required_auth: vec![],
         }
     }
 

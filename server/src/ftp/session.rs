@@ -184,7 +184,10 @@ impl Session {
     }
 
     async fn serve(&mut self, kind: ListenerKind) -> &'static str {
-        if kind == ListenerKind::Implicit && !self.start_tls().await {
+        // The TLS handshake and the command handlers (transfers, listings) are boxed: their
+        // state lives on the heap only while they run, so the session's task, which waits
+        // idle in `next_incoming` most of its life, stays ~1 KiB instead of ~6 KiB.
+        if kind == ListenerKind::Implicit && !Box::pin(self.start_tls()).await {
             return "tls handshake failed";
         }
         let banner = match kind {
@@ -236,7 +239,7 @@ impl Session {
                     continue;
                 }
             };
-            let flow = self.dispatch(&parsed).await;
+            let flow = Box::pin(self.dispatch(&parsed)).await;
             let verb = if KNOWN_VERBS.contains(&parsed.verb.as_str()) {
                 parsed.verb.as_str()
             } else {

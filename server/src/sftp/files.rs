@@ -1,0 +1,340 @@
+//! Open SFTP file handles without a thread-pool hop per request: downloads are served from a
+//! read-ahead worker that streams large chunks ahead of the client's (pipelined, in-order)
+//! READ requests; uploads go to a write-behind worker that writes at the requested offsets and
+//! hashes with SHA-256 while the writes are sequential.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::userfs::{self, CHUNK_BYTES, FileStat};
+
+/// Chunks the read-ahead worker may hold ready (so at most ~1.25 MiB ahead per handle).
+const READ_AHEAD_CHUNKS: usize = 4;
+/// Queued writes per handle before the session waits for the disk (backpressure).
+const WRITE_QUEUE: usize = 64;
+/// A READ this far beyond what was read ahead restarts the worker instead of skipping to it.
+const SKIP_LIMIT: u64 = 4 * CHUNK_BYTES as u64;
+
+type Chunk = io::Result<(u64, Vec<u8>)>;
+
+/// A download: serves READ requests from chunks read ahead.
+pub struct ReadAhead {
+    file: Arc<std::fs::File>,
+    rx: Option<mpsc::Receiver<Chunk>>,
+    /// Offset of the next chunk the worker will send.
+    next: u64,
+    /// True when the worker has sent its last chunk.
+    finished: bool,
+    chunks: VecDeque<(u64, Vec<u8>)>,
+    /// Bytes sent to the client (for the audit event).
+    pub bytes: u64,
+}
+
+fn spawn_reader(file: Arc<std::fs::File>, start: u64) -> mpsc::Receiver<Chunk> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
+    tokio::task::spawn_blocking(move || {
+        let mut position = start;
+        loop {
+            let mut buffer = vec![0u8; CHUNK_BYTES];
+            let mut filled = 0;
+            while filled < CHUNK_BYTES {
+                match file.read_at(&mut buffer[filled..], position + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+            }
+            buffer.truncate(filled);
+            let last = filled < CHUNK_BYTES;
+            if tx.blocking_send(Ok((position, buffer))).is_err() || last {
+                return;
+            }
+            position += filled as u64;
+        }
+    });
+    rx
+}
+
+impl ReadAhead {
+    pub fn new(file: std::fs::File) -> Self {
+        ReadAhead {
+            file: Arc::new(file),
+            rx: None,
+            next: 0,
+            finished: false,
+            chunks: VecDeque::new(),
+            bytes: 0,
+        }
+    }
+
+    pub fn file(&self) -> &Arc<std::fs::File> {
+        &self.file
+    }
+
+    fn restart(&mut self, offset: u64) {
+        self.chunks.clear();
+        self.rx = Some(spawn_reader(self.file.clone(), offset));
+        self.next = offset;
+        self.finished = false;
+    }
+
+    /// Up to `len` bytes at `offset`; an empty result means end of file.
+    pub async fn read(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        if self.rx.is_none() && !self.finished {
+            self.restart(offset);
+        }
+        let buffered_start = self.chunks.front().map(|c| c.0).unwrap_or(self.next);
+        if offset < buffered_start || offset > self.next + SKIP_LIMIT {
+            self.restart(offset);
+        }
+        let mut out = Vec::with_capacity(len.min(CHUNK_BYTES * 2));
+        loop {
+            // Drop chunks that end before the wanted position.
+            let want = offset + out.len() as u64;
+            while let Some((start, data)) = self.chunks.front() {
+                if start + data.len() as u64 <= want && !(data.is_empty()) {
+                    self.chunks.pop_front();
+                } else {
+                    break;
+                }
+            }
+            // Copy from contiguous chunks.
+            let mut progressed = false;
+            for (start, data) in &self.chunks {
+                let want = offset + out.len() as u64;
+                if *start > want || out.len() >= len {
+                    break;
+                }
+                let from = (want - start) as usize;
+                if from >= data.len() {
+                    continue;
+                }
+                let take = (data.len() - from).min(len - out.len());
+                out.extend_from_slice(&data[from..from + take]);
+                progressed = true;
+            }
+            if out.len() >= len {
+                break;
+            }
+            let _ = progressed;
+            if self.finished {
+                break;
+            }
+            let Some(rx) = self.rx.as_mut() else { break };
+            match rx.recv().await {
+                Some(Ok((start, data))) => {
+                    self.next = start + data.len() as u64;
+                    if data.len() < CHUNK_BYTES {
+                        self.finished = true;
+                    }
+                    self.chunks.push_back((start, data));
+                }
+                Some(Err(e)) => {
+                    self.rx = None;
+                    return Err(e);
+                }
+                None => {
+                    self.finished = true;
+                }
+            }
+        }
+        self.bytes += out.len() as u64;
+        Ok(out)
+    }
+}
+
+enum WriteCommand {
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+    },
+    Fsync(oneshot::Sender<io::Result<()>>),
+    Stat(oneshot::Sender<io::Result<FileStat>>),
+    SetLen(u64, oneshot::Sender<io::Result<()>>),
+    SetTimes(u64, u64, oneshot::Sender<io::Result<()>>),
+    Read {
+        offset: u64,
+        len: usize,
+        reply: oneshot::Sender<io::Result<Vec<u8>>>,
+    },
+}
+
+/// What a finished write worker reports.
+pub struct WriteOutcome {
+    /// SHA-256 of the whole file, hex (streamed when the writes were sequential from 0,
+    /// otherwise computed from the file at close).
+    pub sha256: Option<String>,
+    /// Bytes written by this handle.
+    pub written: u64,
+    /// Size of the file at close.
+    pub size: u64,
+    pub error: Option<io::Error>,
+}
+
+/// An upload: writes go to a dedicated blocking worker.
+pub struct WriteBehind {
+    tx: Option<mpsc::Sender<WriteCommand>>,
+    worker: tokio::task::JoinHandle<WriteOutcome>,
+    /// First write error, shared so that later WRITE replies report it at once.
+    failed: Arc<Mutex<Option<String>>>,
+    pub first_offset: Option<u64>,
+}
+
+impl WriteBehind {
+    pub fn new(file: std::fs::File) -> Self {
+        let (tx, mut rx) = mpsc::channel::<WriteCommand>(WRITE_QUEUE);
+        let failed = Arc::new(Mutex::new(None));
+        let worker_failed = failed.clone();
+        let worker = tokio::task::spawn_blocking(move || {
+            let mut hasher = Sha256::new();
+            let mut sequential = true;
+            let mut next = 0u64;
+            let mut written = 0u64;
+            let mut error: Option<io::Error> = None;
+            while let Some(command) = rx.blocking_recv() {
+                match command {
+                    WriteCommand::Write { offset, data } => {
+                        if error.is_some() {
+                            continue;
+                        }
+                        if let Err(e) = file.write_all_at(&data, offset) {
+                            if let Ok(mut slot) = worker_failed.lock() {
+                                *slot = Some(e.to_string());
+                            }
+                            error = Some(e);
+                            continue;
+                        }
+                        if sequential && offset == next {
+                            hasher.update(&data);
+                            next += data.len() as u64;
+                        } else {
+                            sequential = false;
+                        }
+                        written += data.len() as u64;
+                    }
+                    WriteCommand::Fsync(reply) => {
+                        let _ = reply.send(file.sync_all());
+                    }
+                    WriteCommand::Stat(reply) => {
+                        let _ = reply.send(file.metadata().map(|m| userfs::stat_of_std(&m)));
+                    }
+                    WriteCommand::SetLen(len, reply) => {
+                        sequential = false;
+                        let _ = reply.send(file.set_len(len));
+                    }
+                    WriteCommand::SetTimes(atime, mtime, reply) => {
+                        let _ = reply.send(userfs::set_file_times(&file, atime, mtime));
+                    }
+                    WriteCommand::Read { offset, len, reply } => {
+                        let mut buffer = vec![0u8; len];
+                        let result = file.read_at(&mut buffer, offset).map(|n| {
+                            buffer.truncate(n);
+                            buffer
+                        });
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+            if error.is_none()
+                && let Err(e) = file.sync_all()
+            {
+                error = Some(e);
+            }
+            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+            let sha256 = if error.is_some() {
+                None
+            } else if sequential && next == size {
+                Some(hex::encode(hasher.finalize()))
+            } else {
+                userfs::sha256_of_file(&file).ok().map(|(hash, _)| hash)
+            };
+            WriteOutcome {
+                sha256,
+                written,
+                size,
+                error,
+            }
+        });
+        WriteBehind {
+            tx: Some(tx),
+            worker,
+            failed,
+            first_offset: None,
+        }
+    }
+
+    /// The first write error, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().ok().and_then(|slot| slot.clone())
+    }
+
+    /// Queues a write; false when the worker is gone.
+    pub async fn write(&mut self, offset: u64, data: Vec<u8>) -> bool {
+        if self.first_offset.is_none() {
+            self.first_offset = Some(offset);
+        }
+        match &self.tx {
+            Some(tx) => tx.send(WriteCommand::Write { offset, data }).await.is_ok(),
+            None => false,
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<io::Result<T>>) -> WriteCommand,
+    ) -> io::Result<T> {
+        let (reply, answer) = oneshot::channel();
+        let gone = || io::Error::other("file worker stopped");
+        let Some(tx) = &self.tx else {
+            return Err(gone());
+        };
+        tx.send(make(reply)).await.map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
+    pub async fn fsync(&self) -> io::Result<()> {
+        self.ask(WriteCommand::Fsync).await
+    }
+
+    pub async fn stat(&self) -> io::Result<FileStat> {
+        self.ask(WriteCommand::Stat).await
+    }
+
+    pub async fn set_len(&self, len: u64) -> io::Result<()> {
+        self.ask(|reply| WriteCommand::SetLen(len, reply)).await
+    }
+
+    pub async fn set_times(&self, atime: u64, mtime: u64) -> io::Result<()> {
+        self.ask(|reply| WriteCommand::SetTimes(atime, mtime, reply))
+            .await
+    }
+
+    pub async fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.ask(|reply| WriteCommand::Read { offset, len, reply })
+            .await
+    }
+
+    /// Waits for every queued write and the final fsync.
+    pub async fn finish(mut self) -> WriteOutcome {
+        self.tx = None;
+        match (&mut self.worker).await {
+            Ok(outcome) => outcome,
+            Err(join) => WriteOutcome {
+                sha256: None,
+                written: 0,
+                size: 0,
+                error: Some(io::Error::other(join.to_string())),
+            },
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! The russh handler of one SSH connection: authentication (public key, password, required
+//! combinations with partial success) with the same account checks as FTPS, and channel
+//! policy: only the `sftp` subsystem; shell, exec, pty, env, X11, agent and every kind of
+//! forwarding are refused at once and audited.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use russh::keys::ssh_key::{Algorithm, HashAlg};
+use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet};
+use serde_json::json;
+use sluice_config::{Protocol, SshAuthMethod, User};
+
+use super::Shared;
+use super::keys::{self, SshMaterial};
+use super::session::{self, End, SessionEnv};
+use super::tap::{self, KillSwitch, SharedCapture};
+use crate::audit::SessionTag;
+use crate::ftp::Context;
+use crate::limits::UserGuard;
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::userfs::UserFs;
+
+/// Session channels one connection may open (OpenSSH clients use one).
+const MAX_CHANNELS: usize = 4;
+
+struct LoggedIn {
+    user: Arc<User>,
+    fs: UserFs,
+    _guard: Arc<UserGuard>,
+}
+
+pub struct SshHandler {
+    context: Arc<Context>,
+    material: Arc<SshMaterial>,
+    snapshot: Arc<Snapshot>,
+    tag: SessionTag,
+    client_ip: IpAddr,
+    capture: SharedCapture,
+    shared: Arc<Shared>,
+    kill: Arc<KillSwitch>,
+    handshake_logged: bool,
+    failures: u32,
+    /// Methods that succeeded so far, and for which user (a different name starts over).
+    passed: HashSet<SshAuthMethod>,
+    passed_user: Option<String>,
+    key_fingerprint: Option<String>,
+    logged_in: Option<LoggedIn>,
+    channels: HashMap<ChannelId, Channel<Msg>>,
+    opened: usize,
+}
+
+impl SshHandler {
+    pub fn new(
+        context: Arc<Context>,
+        material: Arc<SshMaterial>,
+        tag: SessionTag,
+        client_ip: IpAddr,
+        capture: SharedCapture,
+        shared: Arc<Shared>,
+        kill: Arc<KillSwitch>,
+    ) -> Self {
+        let snapshot = context.snapshot.borrow().clone();
+        SshHandler {
+            context,
+            material,
+            snapshot,
+            tag,
+            client_ip,
+            capture,
+            shared,
+            kill,
+            handshake_logged: false,
+            failures: 0,
+            passed: HashSet::new(),
+            passed_user: None,
+            key_fingerprint: None,
+            logged_in: None,
+            channels: HashMap::new(),
+            opened: 0,
+        }
+    }
+
+    fn audit(&self, event: &str, fields: serde_json::Value) {
+        self.context.audit.event(&self.tag, event, fields);
+    }
+
+    /// The `ssh` event: client version and the negotiated algorithms, once, when the key
+    /// exchange is done (at the first authentication request).
+    fn log_handshake(&mut self) {
+        if self.handshake_logged {
+            return;
+        }
+        self.handshake_logged = true;
+        let hello = tap::client_hello(&self.capture).unwrap_or_default();
+        let config = &self.snapshot.config.ssh;
+        let cipher = tap::negotiate(&hello.cipher, &config.effective_ciphers());
+        let aead = cipher
+            .as_deref()
+            .is_some_and(|c| c.contains("gcm") || c.contains("poly1305"));
+        let mac = if aead {
+            None
+        } else {
+            tap::negotiate(&hello.mac, &config.effective_macs())
+        };
+        let ours: Vec<String> = self
+            .material
+            .config
+            .keys
+            .iter()
+            .map(|k| k.algorithm().as_str().to_string())
+            .collect();
+        let host_keys: Vec<String> = config
+            .effective_host_key_algorithms()
+            .into_iter()
+            .filter(|a| {
+                ours.iter()
+                    .any(|o| o == a || (o == "ssh-rsa" && a.starts_with("rsa-sha2-")))
+            })
+            .collect();
+        self.audit(
+            "ssh",
+            json!({
+                "result": "success",
+                "client_version": hello.version,
+                "kex": tap::negotiate(&hello.kex, &config.effective_kex()),
+                "host_key_algorithm": tap::negotiate(&hello.host_key, &host_keys),
+                "cipher": cipher,
+                "mac": mac,
+                "compression": "none",
+            }),
+        );
+    }
+
+    fn refresh_snapshot(&mut self) {
+        self.snapshot = self.context.snapshot.borrow().clone();
+    }
+
+    fn methods_remaining(&self, user: &User) -> MethodSet {
+        let mut methods = Vec::new();
+        for method in &user.required_auth {
+            if !self.passed.contains(method) {
+                methods.push(match method {
+                    SshAuthMethod::Publickey => MethodKind::PublicKey,
+                    SshAuthMethod::Password => MethodKind::Password,
+                });
+            }
+        }
+        MethodSet::from(methods.as_slice())
+    }
+
+    async fn failed(&mut self, user: &str, method: &str, reason: &str) -> Auth {
+        self.failures += 1;
+        Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
+        let mut tag = self.tag.clone();
+        tag.user = Some(user.chars().take(128).collect());
+        self.context.audit.event(
+            &tag,
+            "login",
+            json!({
+                "result": "failure",
+                "method": method,
+                "reason": reason,
+                "attempt": self.failures,
+                "key_sha256": if method == "publickey" { self.key_fingerprint.clone() } else { None },
+            }),
+        );
+        if self.failures >= self.snapshot.config.limits.max_auth_attempts
+            && let Ok(mut slot) = self.shared.end_reason.lock()
+        {
+            *slot = Some("too many failed logins".into());
+        }
+        self.rejection()
+    }
+
+    /// Ends the connection once `limits.maxAuthAttempts` attempts have failed.
+    fn over_limit(&self) -> Result<(), russh::Error> {
+        if self.failures >= self.snapshot.config.limits.max_auth_attempts {
+            return Err(russh::Error::Disconnect);
+        }
+        Ok(())
+    }
+
+    /// A rejection that keeps offering every configured method (russh would otherwise drop
+    /// the method that just failed, and clients such as paramiko then stop trying).
+    fn rejection(&self) -> Auth {
+        let mut methods = vec![MethodKind::PublicKey];
+        if self.material.password_authentication {
+            methods.push(MethodKind::Password);
+        }
+        Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(methods.as_slice())),
+            partial_success: false,
+        }
+    }
+
+    /// One method succeeded for `name`: ask for the remaining required methods, or run the
+    /// account checks (disabled, expired, protocol, address, per-user limit, home) and log in.
+    async fn method_passed(&mut self, name: &str, method: SshAuthMethod) -> Auth {
+        if self.passed_user.as_deref() != Some(name) {
+            self.passed.clear();
+            self.passed_user = Some(name.to_string());
+        }
+        self.passed.insert(method);
+        let Some(user) = self.snapshot.user(name).cloned() else {
+            return self
+                .failed(name, method.as_str(), "invalid credentials")
+                .await;
+        };
+        let remaining = self.methods_remaining(&user);
+        if !remaining.is_empty() {
+            let mut tag = self.tag.clone();
+            tag.user = Some(name.to_string());
+            self.context.audit.event(
+                &tag,
+                "login",
+                json!({
+                    "result": "partial",
+                    "method": method.as_str(),
+                    "key_sha256": self.key_fingerprint,
+                    "remaining": user.required_auth.iter().filter(|m| !self.passed.contains(m)).map(|m| m.as_str()).collect::<Vec<_>>(),
+                }),
+            );
+            return Auth::Reject {
+                proceed_with_methods: Some(remaining),
+                partial_success: true,
+            };
+        }
+        let now = jiff::Timestamp::now();
+        let refusal = if user.disabled {
+            Some("account disabled")
+        } else if user.is_expired_at(now) {
+            Some("account expired")
+        } else if !user.allows_protocol(Protocol::Sftp) {
+            Some("SFTP is not allowed for this account")
+        } else if !user.allows_ip(self.client_ip) {
+            Some("your address is not allowed for this account")
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return self.failed(name, method.as_str(), reason).await;
+        }
+        let guard = match self.context.limits.login(
+            &user.username,
+            self.snapshot.config.limits.max_sessions_per_user,
+        ) {
+            Ok(guard) => guard,
+            Err(_) => {
+                return self
+                    .failed(name, method.as_str(), "too many sessions for this user")
+                    .await;
+            }
+        };
+        let data_root = self.snapshot.data_root.display().to_string();
+        let fs = match UserFs::open(data_root, user.home.clone()).await {
+            Ok(fs) => fs,
+            Err(error) => {
+                tracing::error!(user = %user.username, %error, "cannot open home directory");
+                return self
+                    .failed(
+                        name,
+                        method.as_str(),
+                        &format!("home directory unavailable: {error}"),
+                    )
+                    .await;
+            }
+        };
+        let methods: Vec<&str> = if user.required_auth.is_empty() {
+            vec![method.as_str()]
+        } else {
+            user.required_auth.iter().map(|m| m.as_str()).collect()
+        };
+        self.tag.user = Some(user.username.clone());
+        Metrics::inc(&self.context.metrics.logins, &[("result", "success")]);
+        self.audit(
+            "login",
+            json!({
+                "result": "success",
+                "method": methods.join("+"),
+                "key_sha256": if self.passed.contains(&SshAuthMethod::Publickey) { self.key_fingerprint.clone() } else { None },
+            }),
+        );
+        if let Ok(mut slot) = self.shared.user.lock() {
+            *slot = Some(user.username.clone());
+        }
+        self.logged_in = Some(LoggedIn {
+            user,
+            fs,
+            _guard: Arc::new(guard),
+        });
+        Auth::Accept
+    }
+
+    fn key_allowed(&self, name: &str, key: &russh::keys::PublicKey) -> bool {
+        let Some(user) = self.snapshot.user(name) else {
+            return false;
+        };
+        if user.required_auth.is_empty() || user.required_auth.contains(&SshAuthMethod::Publickey) {
+            self.snapshot
+                .ssh_keys
+                .get(name)
+                .is_some_and(|keys| keys.iter().any(|k| k.key_data() == key.key_data()))
+        } else {
+            false
+        }
+    }
+
+    fn refuse(&self, request: &str, extra: serde_json::Value) {
+        let mut fields = json!({"request": request});
+        if let (Some(target), serde_json::Value::Object(extra)) = (fields.as_object_mut(), extra) {
+            target.extend(extra);
+        }
+        self.audit("request_refused", fields);
+    }
+}
+
+impl russh::server::Handler for SshHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        self.log_handshake();
+        Ok(self.rejection())
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        self.log_handshake();
+        self.refresh_snapshot();
+        self.over_limit()?;
+        if *offer.algorithm == (Algorithm::Rsa { hash: None }) {
+            // ssh-rsa signatures use SHA-1.
+            return Ok(self.rejection());
+        }
+        if self.key_allowed(user, offer.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            self.key_fingerprint = Some(keys::fingerprint(offer.public_key));
+            let result = self.failed(user, "publickey", "key not accepted").await;
+            self.key_fingerprint = None;
+            Ok(result)
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        self.log_handshake();
+        self.refresh_snapshot();
+        self.over_limit()?;
+        self.key_fingerprint = Some(key.public_key.fingerprint(HashAlg::Sha256).to_string());
+        if *key.algorithm == (Algorithm::Rsa { hash: None })
+            || !self.key_allowed(user, key.public_key)
+        {
+            return Ok(self.failed(user, "publickey", "invalid credentials").await);
+        }
+        Ok(self.method_passed(user, SshAuthMethod::Publickey).await)
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        self.log_handshake();
+        self.refresh_snapshot();
+        self.over_limit()?;
+        let account = self.snapshot.user(user).cloned();
+        let allowed = self.material.password_authentication
+            && account.as_ref().is_some_and(|u| {
+                u.password_authentication
+                    && (u.required_auth.is_empty()
+                        || u.required_auth.contains(&SshAuthMethod::Password))
+            });
+        // Unknown users, users without a hash and users with password login turned off all
+        // verify against a dummy hash, so that timing does not tell them apart.
+        let hash = if allowed {
+            account.as_ref().and_then(|u| u.password_hash.clone())
+        } else {
+            None
+        };
+        let verified = self
+            .context
+            .verifier
+            .verify(password.to_string(), hash)
+            .await;
+        if !verified {
+            return Ok(self.failed(user, "password", "invalid credentials").await);
+        }
+        Ok(self.method_passed(user, SshAuthMethod::Password).await)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if self.logged_in.is_none() || self.opened >= MAX_CHANNELS {
+            self.refuse("session", json!({"reason": "too many channels"}));
+            reply.reject(ChannelOpenFailure::ResourceShortage).await;
+            return Ok(());
+        }
+        self.opened += 1;
+        self.channels.insert(channel.id(), channel);
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11", json!({}));
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let target: String = host_to_connect.chars().take(255).collect();
+        self.refuse(
+            "direct-tcpip",
+            json!({"target": format!("{target}:{port_to_connect}")}),
+        );
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        _host_to_connect: &str,
+        _port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("forwarded-tcpip", json!({}));
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        _socket_path: &str,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("direct-streamlocal", json!({}));
+        reply
+            .reject(ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("pty-req", json!({}));
+        session.channel_failure(channel)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("x11-req", json!({}));
+        session.channel_failure(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let name: String = variable_name.chars().take(64).collect();
+        self.refuse("env", json!({"name": name}));
+        session.channel_failure(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse("shell", json!({}));
+        session.channel_failure(channel)?;
+        self.channels.remove(&channel);
+        session.close(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let command: String = String::from_utf8_lossy(data).chars().take(256).collect();
+        self.refuse("exec", json!({"command": command}));
+        session.channel_failure(channel)?;
+        self.channels.remove(&channel);
+        session.close(channel)
+    }
+
+    async fn agent_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("auth-agent-req", json!({}));
+        session.channel_failure(channel)?;
+        Ok(false)
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        let address: String = address.chars().take(255).collect();
+        self.refuse(
+            "tcpip-forward",
+            json!({"target": format!("{address}:{port}")}),
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        _socket_path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse("streamlocal-forward", json!({}));
+        Ok(false)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel_id: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let channel = self.channels.remove(&channel_id);
+        let (Some(channel), Some(logged_in), "sftp") = (channel, self.logged_in.as_ref(), name)
+        else {
+            let name: String = name.chars().take(64).collect();
+            self.refuse("subsystem", json!({"name": name}));
+            session.channel_failure(channel_id)?;
+            return session.close(channel_id);
+        };
+        session.channel_success(channel_id)?;
+        self.audit("subsystem", json!({"name": "sftp"}));
+        let env = SessionEnv {
+            audit: self.context.audit.clone(),
+            metrics: self.context.metrics.clone(),
+            snapshot: self.context.snapshot.clone(),
+            tag: self.tag.clone(),
+            client_ip: self.client_ip,
+            user: logged_in.user.clone(),
+            fs: logged_in.fs.clone(),
+        };
+        let guard = logged_in._guard.clone();
+        let handle = session.handle();
+        let audit = self.context.audit.clone();
+        let tag = self.tag.clone();
+        let kill = self.kill.clone();
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let end = session::run(channel.into_stream(), env).await;
+            drop(guard);
+            match end {
+                End::ClientClosed => {
+                    let _ = handle.close(channel_id).await;
+                }
+                End::Io(error) => {
+                    tracing::debug!(%error, "sftp channel i/o ended");
+                    let _ = handle.close(channel_id).await;
+                }
+                End::Ended(reason) => {
+                    if let Ok(mut slot) = shared.end_reason.lock() {
+                        *slot = Some(reason.clone());
+                    }
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        handle.disconnect(russh::Disconnect::ByApplication, reason, String::new()),
+                    )
+                    .await;
+                    kill.fire();
+                }
+                End::Fatal(reason) => {
+                    audit.event(&tag, "protocol_error", json!({"error": reason}));
+                    if let Ok(mut slot) = shared.end_reason.lock() {
+                        *slot = Some("sftp protocol error".into());
+                    }
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        handle.disconnect(
+                            russh::Disconnect::ProtocolError,
+                            "SFTP protocol error".into(),
+                            String::new(),
+                        ),
+                    )
+                    .await;
+                    kill.fire();
+                }
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,568 @@
+"""SFTP over SSH: real clients (OpenSSH sftp/ssh, sshpass, paramiko, curl) against the real
+binary, sharing users, confinement, permissions, limits, reload and audit with FTPS."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import paramiko
+import pytest
+
+PASSWORD = "correct horse battery staple 42"
+ALL = ["list", "download", "upload", "overwrite", "delete", "rename", "mkdir", "rmdir"]
+
+
+# ------------------------------------------------------------------------------------------
+# Keys, clients
+# ------------------------------------------------------------------------------------------
+
+
+def _keygen(path: Path) -> Path:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sshkeys")
+    return {"alice": _keygen(d / "alice"), "other": _keygen(d / "other")}
+
+
+def pub(key: Path) -> str:
+    return Path(str(key) + ".pub").read_text().strip()
+
+
+def fingerprint(key: Path) -> str:
+    out = subprocess.run(["ssh-keygen", "-lf", str(key) + ".pub", "-E", "sha256"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+@pytest.fixture
+def sftp_server(make_server, user_entry, keys):
+    return make_server(users=[
+        user_entry("alice", sshAuthorizedKeys=[pub(keys["alice"])]),
+        user_entry("bob", password="bob's long password 7"),
+    ])
+
+
+def ssh_base(srv, key: Path | None = None, password: bool = False) -> list[str]:
+    opts = ["-o", f"UserKnownHostsFile={srv.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ConnectTimeout=10"]
+    if key is not None:
+        opts += ["-i", str(key), "-o", "PasswordAuthentication=no"]
+    if password:
+        opts += ["-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
+                 "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=1"]
+    return opts
+
+
+def askpass_env(directory: Path, password: str) -> dict:
+    """OpenSSH asks this script for the password (every time it is asked)."""
+    script = directory / "askpass.sh"
+    script.write_text("#!/bin/sh\nprintf '%s\\n' " + "'" + password.replace("'", "'\\''") + "'\n")
+    script.chmod(0o700)
+    return {**os.environ, "SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+
+
+def run_sftp(srv, batch: str, user: str = "alice", key: Path | None = None, password: str | None = None,
+             cwd: Path | None = None, timeout: float = 60, askpass: str | None = None,
+             extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    cmd = ["sftp", *ssh_base(srv, key, password is not None), *extra, "-b", "-", "-P", str(srv.sftp_port),
+           f"{user}@127.0.0.1"]
+    env = dict(os.environ)
+    if password is not None:
+        cmd = ["sshpass", "-e", *cmd]
+        env["SSHPASS"] = password
+    if askpass is not None:
+        env = askpass_env(srv.root, askpass)
+    return subprocess.run(cmd, input=batch, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env,
+                          stdin=None if batch is not None else subprocess.DEVNULL)
+
+
+def run_ssh(srv, *args: str, key: Path, timeout: float = 20) -> subprocess.CompletedProcess:
+    cmd = ["ssh", *ssh_base(srv, key), "-p", str(srv.sftp_port), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def host_key(srv) -> paramiko.PKey:
+    return paramiko.Ed25519Key(filename=str(srv.host_key))
+
+
+def transport(srv) -> paramiko.Transport:
+    t = paramiko.Transport(("127.0.0.1", srv.sftp_port))
+    t.banner_timeout = 10
+    t.start_client(timeout=10)
+    assert t.get_remote_server_key().asbytes() == host_key(srv).asbytes()
+    return t
+
+
+def paramiko_sftp(srv, user: str = "alice", key: Path | None = None, password: str | None = None):
+    t = transport(srv)
+    if key is not None:
+        t.auth_publickey(user, paramiko.Ed25519Key(filename=str(key)))
+    else:
+        t.auth_password(user, password or srv.passwords[user])
+    return t, paramiko.SFTPClient.from_transport(t)
+
+
+def transfers(srv, **match):
+    return srv.events("transfer", protocol="sftp", **match)
+
+
+# ------------------------------------------------------------------------------------------
+# Logins and transfers
+# ------------------------------------------------------------------------------------------
+
+
+def test_key_login_put_get_with_sha256_and_ssh_parameters_in_audit(sftp_server, keys, tmp_path):
+    srv = sftp_server
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    (tmp_path / "up.bin").write_bytes(payload)
+    proc = run_sftp(srv, "put up.bin\nget up.bin down.bin\nls -l\ndf\n", key=keys["alice"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "down.bin").read_bytes() == payload
+    assert (srv.home("alice") / "up.bin").read_bytes() == payload
+    upload = srv.wait_event("transfer", protocol="sftp", direction="upload", result="ok")
+    assert upload["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert upload["bytes"] == len(payload) and upload["user"] == "alice" and upload["path"] == "/up.bin"
+    download = srv.wait_event("transfer", protocol="sftp", direction="download", result="ok")
+    assert download["bytes"] == len(payload)
+    ssh = srv.wait_event("ssh", protocol="sftp")
+    assert ssh["client_version"].startswith("SSH-2.0-OpenSSH")
+    assert ssh["kex"] in ("mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org")
+    assert ssh["cipher"] in ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com")
+    assert ssh["host_key_algorithm"] == "ssh-ed25519"
+    login = srv.wait_event("login", protocol="sftp", result="success")
+    assert login["method"] == "publickey"
+    assert login["key_sha256"] == fingerprint(keys["alice"])
+    srv.wait_event("disconnect", protocol="sftp")
+
+
+def test_password_login_with_sshpass(sftp_server, tmp_path):
+    srv = sftp_server
+    (tmp_path / "a.txt").write_bytes(b"hello over sftp\n")
+    proc = run_sftp(srv, "put a.txt\nget a.txt b.txt\n", user="bob", password=srv.passwords["bob"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "b.txt").read_bytes() == b"hello over sftp\n"
+    login = srv.wait_event("login", protocol="sftp", result="success", user="bob")
+    assert login["method"] == "password" and login["key_sha256"] is None
+
+
+def test_paramiko_file_and_directory_operations(sftp_server, keys):
+    srv = sftp_server
+    t, sftp = paramiko_sftp(srv, key=keys["alice"])
+    try:
+        data = os.urandom(700_000)
+        with sftp.open("/p.bin", "wb") as f:
+            f.set_pipelined(True)
+            f.write(data)
+        assert sftp.stat("/p.bin").st_size == len(data)
+        with sftp.open("/p.bin", "rb") as f:
+            assert f.read() == data
+            assert f.check("sha256") == hashlib.sha256(data).digest()
+        sftp.mkdir("/dir")
+        sftp.rename("/p.bin", "/dir/q.bin")
+        assert sftp.listdir("/dir") == ["q.bin"]
+        sftp.chmod("/dir/q.bin", 0o600)  # accepted and ignored
+        sftp.utime("/dir/q.bin", (1_000_000_000, 1_000_000_000))
+        assert sftp.stat("/dir/q.bin").st_mtime == 1_000_000_000
+        with pytest.raises(PermissionError):
+            sftp.chown("/dir/q.bin", 0, 0)
+        (srv.home("alice") / "other.bin").write_bytes(b"x")
+        with pytest.raises(IOError):
+            sftp.rename("/other.bin", "/dir/q.bin")  # plain SFTP rename never overwrites
+        sftp.posix_rename("/other.bin", "/dir/q.bin")
+        assert sftp.open("/dir/q.bin").read() == b"x"
+        assert sftp.normalize("/a/../dir/./") == "/dir"
+        with pytest.raises(IOError):
+            sftp.rmdir("/dir")  # not empty
+        sftp.remove("/dir/q.bin")
+        sftp.rmdir("/dir")
+        with pytest.raises(FileNotFoundError):
+            sftp.stat("/dir")
+        with pytest.raises(FileNotFoundError):
+            sftp.open("/missing.bin")
+        # Out-of-order writes: the SHA-256 in the audit log is computed from the final file.
+        with sftp.open("/ooo.bin", "wb") as f:
+            f.seek(5)
+            f.write(b"world")
+            f.seek(0)
+            f.write(b"hello")
+        assert sftp.open("/ooo.bin").read() == b"helloworld"
+    finally:
+        t.close()
+    event = srv.wait_event("transfer", protocol="sftp", direction="upload", path="/ooo.bin")
+    assert event["sha256"] == hashlib.sha256(b"helloworld").hexdigest()
+    ops = {e["operation"] for e in srv.events("file_operation", protocol="sftp")}
+    assert {"mkdir", "rename", "delete", "rmdir", "setstat"} <= ops
+    assert srv.events("request_refused", protocol="sftp", request="chown")
+
+
+def test_resume_upload_and_download(sftp_server, keys, tmp_path):
+    srv = sftp_server
+    payload = os.urandom(2_000_000)
+    (tmp_path / "big.bin").write_bytes(payload)
+    home = srv.make_home("alice")
+    (home / "big.bin").write_bytes(payload[:750_000])
+    proc = run_sftp(srv, "reput big.bin\n", key=keys["alice"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "big.bin").read_bytes() == payload
+    event = srv.wait_event("transfer", protocol="sftp", direction="upload", result="ok")
+    assert event["mode"] in ("append", "resume") and event["offset"] == 750_000
+    assert event["sha256"] == hashlib.sha256(payload).hexdigest()
+    (tmp_path / "got.bin").write_bytes(payload[:1_234_567])
+    proc = run_sftp(srv, "reget big.bin got.bin\n", key=keys["alice"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "got.bin").read_bytes() == payload
+
+
+def test_upload_only_user_permissions(make_server, user_entry, keys, tmp_path):
+    srv = make_server(users=[user_entry("drop", permissions=["upload"], sshAuthorizedKeys=[pub(keys["alice"])])])
+    (tmp_path / "f.txt").write_bytes(b"one")
+    proc = run_sftp(srv, "put f.txt\n", user="drop", key=keys["alice"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for batch in ("put f.txt\n", "get f.txt g.txt\n", "rm f.txt\n", "mkdir d\n", "rename f.txt g.txt\n"):
+        proc = run_sftp(srv, batch, user="drop", key=keys["alice"], cwd=tmp_path)
+        assert proc.returncode != 0, batch
+    proc = run_sftp(srv, "ls\n", user="drop", key=keys["alice"], cwd=tmp_path)
+    assert "Permission denied" in proc.stderr
+    assert (srv.home("drop") / "f.txt").read_bytes() == b"one"
+    denied = {e["permission"] for e in srv.events("permission_denied", protocol="sftp")}
+    assert {"overwrite", "list", "delete", "mkdir", "rename"} <= denied
+
+
+# ------------------------------------------------------------------------------------------
+# Authentication policy
+# ------------------------------------------------------------------------------------------
+
+
+def test_required_publickey_and_password(make_server, user_entry, keys):
+    srv = make_server(users=[user_entry("carol", sshAuthorizedKeys=[pub(keys["alice"])],
+                                        requiredAuth=["publickey", "password"])])
+    # The key alone is not enough, and neither is the password alone.
+    assert run_sftp(srv, "ls\n", user="carol", key=keys["alice"]).returncode != 0
+    assert run_sftp(srv, "ls\n", user="carol", password=PASSWORD).returncode != 0
+    # Key, then password (OpenSSH follows the server's partial success).
+    proc = run_sftp(srv, "ls\n", user="carol", askpass=PASSWORD,
+                    extra=("-i", str(keys["alice"]), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=no",
+                           "-o", "PreferredAuthentications=publickey,password"))
+    assert proc.returncode == 0, proc.stderr
+    assert srv.wait_event("login", protocol="sftp", result="partial", user="carol")["remaining"] == ["password"]
+    assert srv.wait_event("login", protocol="sftp", result="success", user="carol")["method"] == "publickey+password"
+
+
+def test_password_authentication_off_per_user_and_server_wide(make_server, user_entry, keys):
+    srv = make_server(users=[user_entry("dave", passwordAuthentication=False),
+                             user_entry("erin", sshAuthorizedKeys=[pub(keys["alice"])])])
+    assert run_sftp(srv, "ls\n", user="dave", password=PASSWORD).returncode != 0
+    assert srv.wait_event("login", protocol="sftp", result="failure", user="dave")["reason"] == "invalid credentials"
+    # FTPS is not affected by the SSH setting.
+    srv.ftp("dave", password=PASSWORD).quit()
+    srv2 = make_server(users=[user_entry("erin", sshAuthorizedKeys=[pub(keys["alice"])])],
+                       config={"ssh": {"passwordAuthentication": False}})
+    t = transport(srv2)
+    try:
+        with pytest.raises(paramiko.BadAuthenticationType) as info:
+            t.auth_password("erin", PASSWORD)
+        assert info.value.allowed_types == ["publickey"]
+    finally:
+        t.close()
+    assert run_sftp(srv2, "ls\n", user="erin", key=keys["alice"]).returncode == 0
+
+
+def test_wrong_password_and_wrong_key_n_times(sftp_server, keys):
+    srv = sftp_server
+    start = time.monotonic()
+    proc = run_sftp(srv, "ls\n", askpass="wrong password!",
+                    extra=("-o", "BatchMode=no", "-o", "PubkeyAuthentication=no",
+                           "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=10"))
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 20
+    attempts = [e["attempt"] for e in srv.events("login", protocol="sftp", result="failure")]
+    assert attempts == [1, 2, 3], "the connection must end after limits.maxAuthAttempts failures"
+    srv.wait_event("disconnect", protocol="sftp", reason="too many failed logins")
+    proc = run_sftp(srv, "ls\n", key=keys["other"])
+    assert proc.returncode != 0 and "Permission denied" in proc.stderr
+    assert srv.events("login", protocol="sftp", result="failure", reason="key not accepted")
+    # Unknown and known users are refused the same way.
+    assert run_sftp(srv, "ls\n", user="nobody", password=PASSWORD).returncode != 0
+    assert srv.wait_event("login", protocol="sftp", user="nobody")["reason"] == "invalid credentials"
+
+
+def test_account_rules_apply_to_sftp(make_server, user_entry, keys):
+    k = pub(keys["alice"])
+    srv = make_server(users=[
+        user_entry("gone", sshAuthorizedKeys=[k], disabled=True),
+        user_entry("old", sshAuthorizedKeys=[k], expiresAt="2001-01-01T00:00:00Z"),
+        user_entry("ftponly", sshAuthorizedKeys=[k], protocols=["ftps"]),
+        user_entry("far", sshAuthorizedKeys=[k], allowedCidrs=["10.0.0.0/8"]),
+    ])
+    reasons = {}
+    for name in ("gone", "old", "ftponly", "far"):
+        assert run_sftp(srv, "ls\n", user=name, key=keys["alice"]).returncode != 0
+        reasons[name] = srv.wait_event("login", protocol="sftp", user=name, result="failure")["reason"]
+    assert reasons == {
+        "gone": "account disabled",
+        "old": "account expired",
+        "ftponly": "SFTP is not allowed for this account",
+        "far": "your address is not allowed for this account",
+    }
+
+
+def test_login_timeout(make_server, user_entry):
+    srv = make_server(config={"timeouts": {"loginSeconds": 2}})
+    s = socket.create_connection(("127.0.0.1", srv.sftp_port), timeout=10)
+    s.sendall(b"SSH-2.0-slowpoke\r\n")
+    start = time.monotonic()
+    try:
+        while s.recv(4096):
+            pass
+    except OSError:
+        pass
+    assert time.monotonic() - start < 6
+    srv.wait_event("disconnect", protocol="sftp", reason="login timeout")
+
+
+# ------------------------------------------------------------------------------------------
+# Hostile input
+# ------------------------------------------------------------------------------------------
+
+
+def test_shell_exec_pty_and_forwarding_refused_fast(sftp_server, keys):
+    srv = sftp_server
+    start = time.monotonic()
+    proc = run_ssh(srv, "alice@127.0.0.1", "id", key=keys["alice"])
+    assert proc.returncode != 0 and "exec request failed" in proc.stderr
+    proc = run_ssh(srv, "-tt", "alice@127.0.0.1", key=keys["alice"])
+    assert proc.returncode != 0
+    proc = run_ssh(srv, "-N", "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:22", "alice@127.0.0.1",
+                   key=keys["alice"])
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 15
+    t, _ = paramiko_sftp(srv, key=keys["alice"])
+    try:
+        with pytest.raises(paramiko.ChannelException):
+            t.open_channel("direct-tcpip", ("127.0.0.1", srv.health_port), ("127.0.0.1", 1234), timeout=5)
+        chan = t.open_session(timeout=5)
+        with pytest.raises(paramiko.SSHException):
+            chan.invoke_subsystem("netconf")
+    finally:
+        t.close()
+    refused = {e["request"] for e in srv.events("request_refused", protocol="sftp")}
+    assert {"exec", "pty-req", "shell", "tcpip-forward", "direct-tcpip", "subsystem"} <= refused
+    assert run_sftp(srv, "ls\n", key=keys["alice"]).returncode == 0
+
+
+def test_traversal_and_symlink_escape(sftp_server, keys):
+    srv = sftp_server
+    home = srv.make_home("alice")
+    (srv.outside / "secret.txt").write_text("secret")
+    (home / "abs").symlink_to(srv.outside / "secret.txt")
+    (home / "rel").symlink_to("../../outside/secret.txt")
+    (home / "absdir").symlink_to(srv.outside)
+    (home / "ok.txt").write_text("fine")
+    (home / "inner").symlink_to("ok.txt")
+    t, sftp = paramiko_sftp(srv, key=keys["alice"])
+    try:
+        for path in ("/../../outside/secret.txt", "../outside/secret.txt", "/abs", "/rel", "/absdir/secret.txt"):
+            with pytest.raises(IOError):
+                sftp.open(path).read()
+        with pytest.raises(IOError):
+            sftp.listdir("/absdir")
+        assert sftp.normalize("/../../..") == "/"
+        assert sftp.open("/inner").read() == b"fine"  # a symlink that stays inside works
+        with pytest.raises(PermissionError) as info:
+            sftp.symlink("/etc/passwd", "/link")
+        assert "symlinks are not allowed" in str(info.value)
+        with pytest.raises(IOError):
+            sftp.readlink("/abs")
+        assert sftp.readlink("/inner") == "ok.txt"
+        with pytest.raises(IOError):
+            sftp.put(__file__, "/absdir/planted.txt")
+    finally:
+        t.close()
+    assert not (srv.outside / "planted.txt").exists()
+    assert not (home / "link").exists()
+
+
+def _raw_sftp_channel(srv, keys):
+    t = transport(srv)
+    t.auth_publickey("alice", paramiko.Ed25519Key(filename=str(keys["alice"])))
+    chan = t.open_session(timeout=5)
+    chan.invoke_subsystem("sftp")
+    chan.sendall(struct.pack(">IBI", 5, 1, 3))  # SSH_FXP_INIT v3
+    chan.settimeout(5)
+    header = chan.recv(4)
+    (length,) = struct.unpack(">I", header)
+    body = b""
+    while len(body) < length:
+        body += chan.recv(length - len(body))
+    assert body[0] == 2  # SSH_FXP_VERSION
+    return t, chan
+
+
+def _ends(t, chan, timeout=5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not t.is_active() or chan.closed or chan.eof_received:
+            return True
+        try:
+            if chan.recv_ready():
+                chan.recv(65536)
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("packet", [
+    struct.pack(">I", 0xFFFFFFF0) + b"\x03",            # absurd length
+    struct.pack(">IBI", 9, 3, 7) + b"\x00\x00\x00\x10",  # OPEN with a truncated file name
+])
+def test_malformed_packets_end_only_that_session(sftp_server, keys, packet):
+    srv = sftp_server
+    other_t, other = paramiko_sftp(srv, key=keys["alice"])
+    t, chan = _raw_sftp_channel(srv, keys)
+    try:
+        chan.sendall(packet)
+        assert _ends(t, chan), "the session must end"
+    finally:
+        t.close()
+    srv.wait_event("protocol_error", protocol="sftp")
+    try:
+        assert other.listdir("/") is not None  # an existing session is unaffected
+    finally:
+        other_t.close()
+    assert run_sftp(srv, "ls\n", key=keys["alice"]).returncode == 0
+    assert srv.alive()
+
+
+def test_disabled_cipher_refused(sftp_server, keys):
+    proc = run_ssh(sftp_server, "-o", "Ciphers=aes128-cbc", "alice@127.0.0.1", "true", key=keys["alice"])
+    assert proc.returncode != 0 and "no matching cipher" in proc.stderr
+    proc = run_ssh(sftp_server, "-o", "MACs=hmac-sha1", "-o", "Ciphers=aes128-ctr", "alice@127.0.0.1", "true",
+                   key=keys["alice"])
+    assert proc.returncode != 0 and "no matching" in proc.stderr
+    proc = run_ssh(sftp_server, "-o", "KexAlgorithms=diffie-hellman-group14-sha1", "alice@127.0.0.1", "true",
+                   key=keys["alice"])
+    assert proc.returncode != 0 and "no matching" in proc.stderr
+
+
+def _ssh_audit() -> list[str] | None:
+    if shutil.which("ssh-audit"):
+        return ["ssh-audit"]
+    probe = subprocess.run(["python3", "-c", "import ssh_audit"], capture_output=True)
+    return ["python3", "-m", "ssh_audit"] if probe.returncode == 0 else None
+
+
+def test_ssh_audit_finds_no_weakness_in_the_default_profile(sftp_server):
+    cmd = _ssh_audit()
+    if cmd is None:
+        pytest.skip("ssh-audit is not installed (tests/run installs it from PyPI)")
+    proc = subprocess.run([*cmd, "-n", "-p", str(sftp_server.sftp_port), "127.0.0.1"],
+                          capture_output=True, text=True, timeout=120)
+    lines = [l for l in proc.stdout.splitlines() if "[fail]" in l or "[warn]" in l]
+    # The only accepted note: curve25519 has no post-quantum protection. It stays in the
+    # default list because OpenSSH < 9.9 (Debian 12) has no ML-KEM; mlkem768x25519-sha256 is
+    # offered first and used by clients that support it.
+    unexpected = [l for l in lines if not ("curve25519-sha256" in l and "post-quantum" in l)]
+    assert not unexpected, proc.stdout
+    assert "mlkem768x25519-sha256" in proc.stdout
+
+
+# ------------------------------------------------------------------------------------------
+# Compatibility profile, reload
+# ------------------------------------------------------------------------------------------
+
+
+def test_curl_sftp_needs_and_works_with_the_compatibility_profile(make_server, user_entry, tmp_path):
+    if "sftp" not in subprocess.run(["curl", "-V"], capture_output=True, text=True).stdout:
+        pytest.skip("this curl has no sftp support")
+    srv = make_server(users=[user_entry("alice")], config={"ssh": {"profile": "compatibility"}})
+    key_b64 = Path(str(srv.host_key) + ".pub").read_text().split()[1]
+    pin = base64.b64encode(hashlib.sha256(base64.b64decode(key_b64)).digest()).decode().rstrip("=")
+    payload = os.urandom(300_000)
+    (tmp_path / "c.bin").write_bytes(payload)
+    base = ["curl", "--silent", "--show-error", "--max-time", "30", "--hostpubsha256", pin,
+            "--user", f"alice:{PASSWORD}"]
+    url = f"sftp://127.0.0.1:{srv.sftp_port}"
+    proc = subprocess.run([*base, "-T", str(tmp_path / "c.bin"), f"{url}/c.bin"], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([*base, f"{url}/c.bin"], capture_output=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout == payload, proc.stderr
+    ssh = srv.wait_event("ssh", protocol="sftp", predicate=lambda e: "libssh2" in e["client_version"])
+    assert ssh["cipher"].endswith("-ctr") or "gcm" in ssh["cipher"] or "poly1305" in ssh["cipher"]
+    # The default profile has no algorithm this libssh2 (1.10) speaks.
+    strict = make_server(users=[user_entry("alice")])
+    proc = subprocess.run([*base, f"sftp://127.0.0.1:{strict.sftp_port}/"], capture_output=True, timeout=60)
+    assert proc.returncode != 0
+
+
+def test_reload_ends_session_of_removed_user(sftp_server, user_entry, keys):
+    srv = sftp_server
+    t, sftp = paramiko_sftp(srv, key=keys["alice"])
+    bob_t, bob = paramiko_sftp(srv, user="bob")
+    srv.reload_users([user_entry("bob", password=srv.passwords["bob"])])
+    deadline = time.monotonic() + 8
+    while t.is_active() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not t.is_active(), "the removed user's SSH connection must end"
+    srv.wait_event("session_ended", protocol="sftp", user="alice")
+    assert bob.listdir("/") is not None
+    bob_t.close()
+    assert run_sftp(srv, "ls\n", key=keys["alice"]).returncode != 0
+
+
+def test_sessions_are_limited_per_user(make_server, user_entry, keys):
+    srv = make_server(users=[user_entry("alice", sshAuthorizedKeys=[pub(keys["alice"])])],
+                      config={"limits": {"maxSessionsPerUser": 1}})
+    t, sftp = paramiko_sftp(srv, key=keys["alice"])
+    try:
+        assert run_sftp(srv, "ls\n", key=keys["alice"]).returncode != 0
+        assert srv.wait_event("login", protocol="sftp", result="failure")["reason"] == "too many sessions for this user"
+    finally:
+        t.close()
+
+
+def test_host_key_reload_serves_new_connections(sftp_server, keys):
+    srv = sftp_server
+    old = host_key(srv).asbytes()
+    t, sftp = paramiko_sftp(srv, key=keys["alice"])
+    new_key = srv.root / "new_host_key"
+    _keygen(new_key)
+    before = len(srv.events("config_reload", result="applied"))
+    shutil.copy(new_key, srv.host_key.with_name("staged"))
+    os.replace(srv.host_key.with_name("staged"), srv.host_key)
+    srv.wait_event("config_reload", result="applied", after=before)
+    t2 = paramiko.Transport(("127.0.0.1", srv.sftp_port))
+    t2.start_client(timeout=10)
+    try:
+        presented = t2.get_remote_server_key().asbytes()
+        assert presented == paramiko.Ed25519Key(filename=str(new_key)).asbytes() and presented != old
+    finally:
+        t2.close()
+    assert sftp.listdir("/") is not None  # the open session keeps working
+    t.close()
+
+
+def test_weak_or_missing_host_keys_are_config_errors(make_server, sluice_bin):
+    srv = make_server(start=False)
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", str(srv.dir / "rsa_key")],
+                   check=True)
+    config = dict(srv.config, ssh={"hostKeyFiles": ["rsa_key"]})
+    srv.write_config(config)
+    proc = subprocess.run([str(sluice_bin), "check-config", str(srv.config_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "ssh.hostKeyFiles[0]" in proc.stderr and "RSA" in proc.stderr, proc.stderr
+    srv.write_config(dict(srv.config, ssh={"hostKeyFiles": ["ssh_host_ed25519_key"], "ciphers": ["aes128-cbc"]}))
+    proc = subprocess.run([str(sluice_bin), "check-config", str(srv.config_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "ssh.ciphers[0]" in proc.stderr and "forbidden" in proc.stderr, proc.stderr
