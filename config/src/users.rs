@@ -146,6 +146,30 @@ impl User {
         self.allowed_cidrs.is_empty() || self.allowed_networks().iter().any(|n| n.contains(&ip))
     }
 
+    /// Why a user whose credentials were verified may still not log in over `protocol` from
+    /// `ip` at `now`; `None` when the login is allowed. Shared by FTPS and SFTP.
+    pub fn login_refusal(
+        &self,
+        protocol: Protocol,
+        ip: IpAddr,
+        now: jiff::Timestamp,
+    ) -> Option<&'static str> {
+        if self.disabled {
+            Some("account disabled")
+        } else if self.is_expired_at(now) {
+            Some("account expired")
+        } else if !self.allows_protocol(protocol) {
+            Some(match protocol {
+                Protocol::Ftps => "FTPS is not allowed for this account",
+                Protocol::Sftp => "SFTP is not allowed for this account",
+            })
+        } else if !self.allows_ip(ip) {
+            Some("your address is not allowed for this account")
+        } else {
+            None
+        }
+    }
+
     pub fn expiry(&self) -> Option<jiff::Timestamp> {
         self.expires_at.as_deref().and_then(|t| t.parse().ok())
     }
@@ -406,6 +430,20 @@ mod tests {
         assert!(alice.allows_ip("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!alice.allows_ip("127.0.0.2".parse().unwrap()));
         assert!(!alice.is_expired_at(jiff::Timestamp::now()));
+        let now = jiff::Timestamp::now();
+        assert_eq!(
+            alice.login_refusal(Protocol::Ftps, "127.0.0.1".parse().unwrap(), now),
+            None
+        );
+        assert_eq!(
+            alice.login_refusal(Protocol::Ftps, "127.0.0.2".parse().unwrap(), now),
+            Some("your address is not allowed for this account")
+        );
+        let past: jiff::Timestamp = "2100-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(
+            alice.login_refusal(Protocol::Sftp, "127.0.0.1".parse().unwrap(), past),
+            Some("account expired")
+        );
     }
 
     #[test]

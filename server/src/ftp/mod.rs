@@ -111,6 +111,30 @@ fn host_name() -> String {
         .unwrap_or_default()
 }
 
+/// Admits a new connection of any protocol against the total and per-address session limits,
+/// counting and auditing a refusal. Shared by the FTPS and SFTP accept loops.
+pub fn admit(
+    context: &Context,
+    ip: std::net::IpAddr,
+    listener: &str,
+) -> Result<crate::limits::ConnectionGuard, crate::limits::LimitError> {
+    let ip = canonical_ip(ip);
+    let limits = context.snapshot.borrow().config.limits.clone();
+    context
+        .limits
+        .connect(ip, limits.max_sessions, limits.max_sessions_per_ip)
+        .inspect_err(|refused| {
+            Metrics::inc(
+                &context.metrics.sessions_refused,
+                &[("reason", &format!("{refused:?}").to_lowercase())],
+            );
+            context.audit.server_event(
+                "connection_refused",
+                json!({"ip": ip.to_string(), "reason": refused.to_string(), "listener": listener}),
+            );
+        })
+}
+
 /// Accepts control connections forever, enforcing the total and per-address session limits
 /// before anything else is said. Accept errors (e.g. EMFILE) are logged and retried, never fatal.
 pub async fn serve(listener: TcpListener, kind: ListenerKind, context: Arc<Context>) {
@@ -126,22 +150,9 @@ pub async fn serve(listener: TcpListener, kind: ListenerKind, context: Arc<Conte
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let limits = context.snapshot.borrow().config.limits.clone();
-        let guard = match context.limits.connect(
-            canonical_ip(peer.ip()),
-            limits.max_sessions,
-            limits.max_sessions_per_ip,
-        ) {
+        let guard = match admit(&context, peer.ip(), kind.as_str()) {
             Ok(guard) => guard,
             Err(refused) => {
-                Metrics::inc(
-                    &context.metrics.sessions_refused,
-                    &[("reason", &format!("{refused:?}").to_lowercase())],
-                );
-                context.audit.server_event(
-                    "connection_refused",
-                    json!({"ip": canonical_ip(peer.ip()).to_string(), "reason": refused.to_string(), "listener": kind.as_str()}),
-                );
                 if kind == ListenerKind::Explicit {
                     tokio::spawn(async move {
                         let message = format!("421 {refused}; try again later\r\n");

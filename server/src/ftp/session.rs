@@ -634,17 +634,7 @@ impl Session {
                 .await;
         };
         let now = jiff::Timestamp::now();
-        let refusal = if user.disabled {
-            Some("account disabled")
-        } else if user.is_expired_at(now) {
-            Some("account expired")
-        } else if !user.allows_protocol(Protocol::Ftps) {
-            Some("FTPS is not allowed for this account")
-        } else if !user.allows_ip(self.client_ip) {
-            Some("your address is not allowed for this account")
-        } else {
-            None
-        };
+        let refusal = user.login_refusal(Protocol::Ftps, self.client_ip, now);
         if let Some(reason) = refusal {
             let text = format!("login refused: {reason}");
             return self.login_failed(reason, &text).await;

@@ -230,17 +230,7 @@ impl SshHandler {
             };
         }
         let now = jiff::Timestamp::now();
-        let refusal = if user.disabled {
-            Some("account disabled")
-        } else if user.is_expired_at(now) {
-            Some("account expired")
-        } else if !user.allows_protocol(Protocol::Sftp) {
-            Some("SFTP is not allowed for this account")
-        } else if !user.allows_ip(self.client_ip) {
-            Some("your address is not allowed for this account")
-        } else {
-            None
-        };
+        let refusal = user.login_refusal(Protocol::Sftp, self.client_ip, now);
         if let Some(reason) = refusal {
             return self.failed(name, method.as_str(), reason).await;
         }

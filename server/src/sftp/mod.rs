@@ -37,25 +37,9 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
                 continue;
             }
         };
-        let limits = context.snapshot.borrow().config.limits.clone();
-        let guard = match context.limits.connect(
-            canonical_ip(peer.ip()),
-            limits.max_sessions,
-            limits.max_sessions_per_ip,
-        ) {
-            Ok(guard) => guard,
-            Err(refused) => {
-                Metrics::inc(
-                    &context.metrics.sessions_refused,
-                    &[("reason", &format!("{refused:?}").to_lowercase())],
-                );
-                context.audit.server_event(
-                    "connection_refused",
-                    json!({"ip": canonical_ip(peer.ip()).to_string(), "reason": refused.to_string(), "listener": "sftp"}),
-                );
-                drop(stream);
-                continue;
-            }
+        let Ok(guard) = crate::ftp::admit(&context, peer.ip(), "sftp") else {
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(run_connection(context.clone(), stream, peer, guard));
