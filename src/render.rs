@@ -227,6 +227,7 @@ pub fn server_config(
         uploads: config::Uploads::default(),
         audit: config::AuditConfig::default(),
         reload: config::ReloadConfig::default(),
+        bans: config::BanConfig::default(),
         ssh: config::SshConfig {
             host_key_files: if serves(fts, ServedProtocol::Sftp) {
                 vec![format!("{SSH_DIR}/{SSH_HOST_KEY}")]

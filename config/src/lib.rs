@@ -4,11 +4,13 @@
 //! This crate is deliberately free of runtime dependencies (no tokio, no TLS) so that the
 //! operator can render these files from the very same types the server parses.
 
+mod bans;
 mod error;
 mod server;
 mod ssh;
 mod users;
 
+pub use bans::BanConfig;
 pub use error::{ConfigError, FieldError};
 pub use server::*;
 pub use ssh::*;

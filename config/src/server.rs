@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ConfigError, FieldError, SshConfig, check_header, parse_yaml};
+use crate::{BanConfig, ConfigError, FieldError, SshConfig, check_header, parse_yaml};
 
 /// Largest passive range we accept: every port becomes a Kubernetes ServicePort, and a Service
 /// with thousands of ports is slow to program into kube-proxy.
@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// SSH settings of the SFTP listener; see [`SshConfig`].
     #[serde(default, skip_serializing_if = "SshConfig::is_default")]
     pub ssh: SshConfig,
+    /// Brute-force protection shared by FTPS and SFTP.
+    #[serde(default)]
+    pub bans: BanConfig,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -518,6 +521,7 @@ impl ServerConfig {
         }
         self.ssh
             .validate(file, self.listeners.sftp.is_some(), &mut errors);
+        errors.extend(self.bans.validate(file, "bans"));
         errors
     }
 
@@ -541,6 +545,11 @@ impl ServerConfig {
             warnings.push("tls.cipherSuites includes AES-128-GCM suites".to_string());
         }
         warnings.extend(self.ssh.insecure_opt_ins());
+        if !self.bans.enabled {
+            warnings.push(
+                "bans.enabled is false: repeated failed logins never ban an address".to_string(),
+            );
+        }
         if !self.uploads.atomic {
             warnings.push(
                 "uploads.atomic is false: a broken upload can leave a truncated file".to_string(),

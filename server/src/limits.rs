@@ -25,6 +25,8 @@ pub enum LimitError {
     PerIp,
     #[error("too many sessions for this user")]
     PerUser,
+    #[error("your address is banned for a while after repeated failed logins")]
+    Banned,
 }
 
 pub struct ConnectionGuard {

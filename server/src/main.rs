@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod bans;
 mod demo;
 mod ftp;
 mod limits;

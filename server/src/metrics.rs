@@ -30,6 +30,8 @@ pub struct Metrics {
     pub tls_failures: Family<Labels, Counter>,
     pub data_rejected: Family<Labels, Counter>,
     pub reloads: Family<Labels, Counter>,
+    pub bans: Family<Labels, Counter>,
+    pub bans_active: Family<Labels, Gauge>,
     registry: std::sync::OnceLock<Registry>,
 }
 
@@ -73,6 +75,16 @@ impl Metrics {
             "data_connections_rejected",
             "Data connections refused by reason",
             metrics.data_rejected.clone(),
+        );
+        registry.register(
+            "bans",
+            "Bans imposed after repeated failed logins, by scope (ip or user)",
+            metrics.bans.clone(),
+        );
+        registry.register(
+            "bans_active",
+            "Bans in force, by scope",
+            metrics.bans_active.clone(),
         );
         registry.register(
             "config_reloads",

@@ -4,6 +4,7 @@ binary, sharing users, confinement, permissions, limits, reload and audit with F
 from __future__ import annotations
 
 import base64
+import ftplib
 import hashlib
 import os
 import shutil
@@ -566,3 +567,24 @@ def test_weak_or_missing_host_keys_are_config_errors(make_server, sluice_bin):
     srv.write_config(dict(srv.config, ssh={"hostKeyFiles": ["ssh_host_ed25519_key"], "ciphers": ["aes128-cbc"]}))
     proc = subprocess.run([str(sluice_bin), "check-config", str(srv.config_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "ssh.ciphers[0]" in proc.stderr and "forbidden" in proc.stderr, proc.stderr
+
+
+def test_wrong_sftp_passwords_ban_the_address_shared_with_ftps(make_server, user_entry, keys):
+    """The ban engine is shared: SFTP failures ban the address for SFTP and FTPS alike."""
+    srv = make_server(
+        users=[user_entry("alice", sshAuthorizedKeys=[pub(keys["alice"])]),
+               user_entry("bob", password="bob's long password 7")],
+        config={"bans": {"threshold": 4, "windowSeconds": 60, "baseBanSeconds": 30,
+                         "maxBanSeconds": 60}})
+    for attempt in range(4):
+        r = run_sftp(srv, "ls\n", user="bob", password=f"wrong {attempt}",
+                     extra=("-o", "BindAddress=127.0.0.5"))
+        assert r.returncode != 0
+    srv.wait_event("ban", scope="ip", key="127.0.0.5")
+    banned = run_sftp(srv, "ls\n", user="bob", password="bob's long password 7",
+                      extra=("-o", "BindAddress=127.0.0.5"))
+    assert banned.returncode != 0, "the banned address logged in with the right password"
+    with pytest.raises((EOFError, ConnectionError, OSError, ftplib.Error)):
+        srv.ftp("bob", source="127.0.0.5")
+    ok = run_sftp(srv, "ls\n", key=keys["alice"], extra=("-o", "BindAddress=127.0.0.6"))
+    assert ok.returncode == 0, ok.stderr

@@ -55,6 +55,8 @@ pub struct Context {
     pub host_name: String,
     /// The argon2id verification pool.
     pub verifier: crate::auth::Verifier,
+    /// Failed-login bans shared by every listener.
+    pub bans: crate::bans::BanEngine,
 }
 
 impl Context {
@@ -79,6 +81,7 @@ impl Context {
             session_counter: AtomicU64::new(1),
             session_prefix: format!("{:08x}", rand::random::<u32>()),
             host_name: host_name(),
+            bans: crate::bans::BanEngine::default(),
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -119,7 +122,22 @@ pub fn admit(
     listener: &str,
 ) -> Result<crate::limits::ConnectionGuard, crate::limits::LimitError> {
     let ip = canonical_ip(ip);
-    let limits = context.snapshot.borrow().config.limits.clone();
+    let (limits, bans) = {
+        let snapshot = context.snapshot.borrow();
+        (snapshot.config.limits.clone(), snapshot.config.bans.clone())
+    };
+    let now = std::time::Instant::now();
+    if let Some(remaining) = context.bans.ip_banned(&bans, ip, now) {
+        Metrics::inc(&context.metrics.sessions_refused, &[("reason", "banned")]);
+        if context.bans.log_refusal(&bans, ip, now) {
+            context.audit.server_event(
+                "connection_refused",
+                json!({"ip": ip.to_string(), "reason": "banned", "listener": listener,
+                       "ban_remaining_seconds": remaining.as_secs()}),
+            );
+        }
+        return Err(crate::limits::LimitError::Banned);
+    }
     context
         .limits
         .connect(ip, limits.max_sessions, limits.max_sessions_per_ip)
@@ -133,6 +151,44 @@ pub fn admit(
                 json!({"ip": ip.to_string(), "reason": refused.to_string(), "listener": listener}),
             );
         })
+}
+
+/// Counts a failed login for the ban engine; new bans are audited and counted. Shared by FTPS
+/// and SFTP.
+pub fn record_login_failure(context: &Context, ip: std::net::IpAddr, user: Option<&str>) {
+    let bans = context.snapshot.borrow().config.bans.clone();
+    let now = std::time::Instant::now();
+    for ban in context.bans.record_failure(&bans, ip, user, now) {
+        Metrics::inc(&context.metrics.bans, &[("scope", ban.scope)]);
+        context.audit.server_event(
+            "ban",
+            json!({"scope": ban.scope, "key": ban.key, "duration_seconds": ban.duration.as_secs(),
+                   "count": ban.count, "ip": canonical_ip(ip).to_string()}),
+        );
+        tracing::warn!(scope = ban.scope, key = %ban.key, seconds = ban.duration.as_secs(), "banned after repeated failed logins");
+    }
+    update_ban_gauges(context, now);
+}
+
+/// Whether `user` is banned for logins from `ip` (safelisted addresses never are).
+pub fn user_banned(context: &Context, user: &str, ip: std::net::IpAddr) -> bool {
+    let bans = context.snapshot.borrow().config.bans.clone();
+    context
+        .bans
+        .user_banned(&bans, user, ip, std::time::Instant::now())
+        .is_some()
+}
+
+fn update_ban_gauges(context: &Context, now: std::time::Instant) {
+    let active = context.bans.active(now);
+    for scope in ["ip", "user"] {
+        let count = active.iter().filter(|(s, _, _)| *s == scope).count();
+        context
+            .metrics
+            .bans_active
+            .get_or_create(&vec![("scope", scope.to_string())])
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
+    }
 }
 
 /// Accepts control connections forever, enforcing the total and per-address session limits

@@ -624,6 +624,14 @@ impl Session {
             return self.done(503, "send USER first").await;
         };
         self.tag.user = Some(name.clone());
+        if super::user_banned(&self.context, &name, self.client_ip) {
+            return self
+                .login_failed(
+                    "user banned after repeated failed logins",
+                    "login refused: too many failed logins; try again later",
+                )
+                .await;
+        }
         let user = self.snapshot.user(&name).cloned();
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let password = password.to_string();
@@ -675,6 +683,7 @@ impl Session {
 
     async fn login_failed(&mut self, reason: &str, reply: &str) -> Flow {
         self.failures += 1;
+        super::record_login_failure(&self.context, self.client_ip, self.tag.user.as_deref());
         Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
         self.audit(
             "login",

@@ -154,6 +154,7 @@ impl SshHandler {
 
     async fn failed(&mut self, user: &str, method: &str, reason: &str) -> Auth {
         self.failures += 1;
+        crate::ftp::record_login_failure(&self.context, self.client_ip, Some(user));
         Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
         let mut tag = self.tag.clone();
         tag.user = Some(user.chars().take(128).collect());
@@ -347,6 +348,15 @@ impl russh::server::Handler for SshHandler {
         self.refresh_snapshot();
         self.over_limit()?;
         self.key_fingerprint = Some(key.public_key.fingerprint(HashAlg::Sha256).to_string());
+        if crate::ftp::user_banned(&self.context, user, self.client_ip) {
+            return Ok(self
+                .failed(
+                    user,
+                    "publickey",
+                    "user banned after repeated failed logins",
+                )
+                .await);
+        }
         if *key.algorithm == (Algorithm::Rsa { hash: None })
             || !self.key_allowed(user, key.public_key)
         {
@@ -359,6 +369,11 @@ impl russh::server::Handler for SshHandler {
         self.log_handshake();
         self.refresh_snapshot();
         self.over_limit()?;
+        if crate::ftp::user_banned(&self.context, user, self.client_ip) {
+            return Ok(self
+                .failed(user, "password", "user banned after repeated failed logins")
+                .await);
+        }
         let account = self.snapshot.user(user).cloned();
         let allowed = self.material.password_authentication
             && account.as_ref().is_some_and(|u| {

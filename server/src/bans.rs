@@ -1,0 +1,415 @@
+//! The ban engine shared by FTPS and SFTP: weighted failed logins per source address and per
+//! username within a sliding window lead to a ban that doubles with each repeat up to a
+//! maximum; safelisted networks are never banned. A username is banned only when failures come
+//! from many distinct addresses (a distributed attack): one address alone cannot lock a user
+//! out everywhere. Pure state with the clock passed in, so the timing is testable; the
+//! protocols call it at accept time and after each failed login.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use sluice_config::{BanConfig, canonical_ip, parse_cidr};
+
+/// Records kept at most per map; beyond it, expired records are pruned and then the oldest.
+const MAX_RECORDS: usize = 100_000;
+
+#[derive(Default)]
+struct Record {
+    /// (when, weight, source address) of each failure in the window.
+    failures: VecDeque<(Instant, u32, IpAddr)>,
+    banned_until: Option<Instant>,
+    bans: u32,
+    refusal_logged_at: Option<Instant>,
+}
+
+impl Record {
+    fn weight_within(&mut self, now: Instant, window: Duration) -> u32 {
+        while let Some((at, _, _)) = self.failures.front() {
+            if now.duration_since(*at) > window {
+                self.failures.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.failures.iter().map(|(_, w, _)| *w).sum()
+    }
+
+    fn banned(&self, now: Instant) -> Option<Duration> {
+        self.banned_until
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+    }
+}
+
+/// A ban that was just imposed (for the audit log and metrics).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBan {
+    /// `ip` or `user`.
+    pub scope: &'static str,
+    pub key: String,
+    pub duration: Duration,
+    /// How many times this key has been banned (1 for the first).
+    pub count: u32,
+}
+
+#[derive(Default)]
+struct State {
+    by_ip: HashMap<IpAddr, Record>,
+    by_user: HashMap<String, Record>,
+}
+
+pub struct BanEngine {
+    state: Mutex<State>,
+}
+
+fn safelisted(config: &BanConfig, ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    config
+        .safelist
+        .iter()
+        .filter_map(|c| parse_cidr(c).ok())
+        .any(|net: IpNet| net.contains(&ip))
+}
+
+fn ban_duration(config: &BanConfig, count: u32) -> Duration {
+    let factor = 1u64 << count.saturating_sub(1).min(20);
+    Duration::from_secs(
+        config
+            .base_ban_seconds
+            .saturating_mul(factor)
+            .min(config.max_ban_seconds),
+    )
+}
+
+fn prune<K: Eq + std::hash::Hash + Clone>(
+    map: &mut HashMap<K, Record>,
+    now: Instant,
+    window: Duration,
+) {
+    if map.len() < MAX_RECORDS {
+        return;
+    }
+    map.retain(|_, record| record.banned(now).is_some() || record.weight_within(now, window) > 0);
+    if map.len() >= MAX_RECORDS {
+        // Still full of live records: forget the ones without a ban first.
+        map.retain(|_, record| record.banned(now).is_some());
+    }
+}
+
+impl Default for BanEngine {
+    fn default() -> Self {
+        BanEngine {
+            state: Mutex::new(State::default()),
+        }
+    }
+}
+
+impl BanEngine {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remaining ban of a source address, if any. Safelisted addresses are never banned.
+    pub fn ip_banned(&self, config: &BanConfig, ip: IpAddr, now: Instant) -> Option<Duration> {
+        if !config.enabled || safelisted(config, ip) {
+            return None;
+        }
+        self.lock()
+            .by_ip
+            .get(&canonical_ip(ip))
+            .and_then(|r| r.banned(now))
+    }
+
+    /// Remaining ban of a username (logins as it are refused from any non-safelisted address).
+    pub fn user_banned(
+        &self,
+        config: &BanConfig,
+        user: &str,
+        ip: IpAddr,
+        now: Instant,
+    ) -> Option<Duration> {
+        if !config.enabled || safelisted(config, ip) {
+            return None;
+        }
+        self.lock()
+            .by_user
+            .get(&user.to_ascii_lowercase())
+            .and_then(|r| r.banned(now))
+    }
+
+    /// Whether a refused connection from `ip` should be logged now: once per window, not per
+    /// attempt, so a banned scanner cannot flood the audit log.
+    pub fn log_refusal(&self, config: &BanConfig, ip: IpAddr, now: Instant) -> bool {
+        let window = Duration::from_secs(config.window_seconds);
+        let mut state = self.lock();
+        let Some(record) = state.by_ip.get_mut(&canonical_ip(ip)) else {
+            return true;
+        };
+        match record.refusal_logged_at {
+            Some(at) if now.duration_since(at) < window => false,
+            _ => {
+                record.refusal_logged_at = Some(now);
+                true
+            }
+        }
+    }
+
+    /// Counts a failed login and returns the bans it caused.
+    pub fn record_failure(
+        &self,
+        config: &BanConfig,
+        ip: IpAddr,
+        user: Option<&str>,
+        now: Instant,
+    ) -> Vec<NewBan> {
+        if !config.enabled || safelisted(config, ip) {
+            return Vec::new();
+        }
+        let window = Duration::from_secs(config.window_seconds);
+        let user = user.map(str::to_ascii_lowercase);
+        let weight = match &user {
+            Some(name)
+                if config
+                    .well_known_usernames
+                    .iter()
+                    .any(|w| w.eq_ignore_ascii_case(name)) =>
+            {
+                config.well_known_weight
+            }
+            _ => 1,
+        };
+        let mut state = self.lock();
+        prune(&mut state.by_ip, now, window);
+        prune(&mut state.by_user, now, window);
+        let mut bans = Vec::new();
+        let ip = canonical_ip(ip);
+        let record = state.by_ip.entry(ip).or_default();
+        record.failures.push_back((now, weight, ip));
+        if record.banned(now).is_none() && record.weight_within(now, window) >= config.threshold {
+            record.bans += 1;
+            let duration = ban_duration(config, record.bans);
+            record.banned_until = Some(now + duration);
+            record.failures.clear();
+            bans.push(NewBan {
+                scope: "ip",
+                key: ip.to_string(),
+                duration,
+                count: record.bans,
+            });
+        }
+        if let Some(name) = user {
+            // A username counts failures from distinct addresses only: one address hammering
+            // a user is the address's ban to earn, and must not lock the user out everywhere.
+            let record = state.by_user.entry(name.clone()).or_default();
+            record.weight_within(now, window);
+            if !record.failures.iter().any(|(_, _, from)| *from == ip) {
+                record.failures.push_back((now, 1, ip));
+            }
+            if record.banned(now).is_none() && record.weight_within(now, window) >= config.threshold
+            {
+                record.bans += 1;
+                let duration = ban_duration(config, record.bans);
+                record.banned_until = Some(now + duration);
+                record.failures.clear();
+                bans.push(NewBan {
+                    scope: "user",
+                    key: name,
+                    duration,
+                    count: record.bans,
+                });
+            }
+        }
+        bans
+    }
+
+    /// Active bans: (scope, key, remaining), for metrics and status.
+    pub fn active(&self, now: Instant) -> Vec<(&'static str, String, Duration)> {
+        let state = self.lock();
+        let ips = state
+            .by_ip
+            .iter()
+            .filter_map(|(ip, r)| r.banned(now).map(|d| ("ip", ip.to_string(), d)));
+        let users = state
+            .by_user
+            .iter()
+            .filter_map(|(u, r)| r.banned(now).map(|d| ("user", u.clone(), d)));
+        ips.chain(users).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BanConfig {
+        BanConfig {
+            threshold: 5,
+            window_seconds: 60,
+            base_ban_seconds: 10,
+            max_ban_seconds: 25,
+            safelist: vec!["127.0.0.9/32".into()],
+            ..BanConfig::default()
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn failures_within_the_window_ban_and_the_ban_expires() {
+        let engine = BanEngine::default();
+        let config = config();
+        let start = Instant::now();
+        for i in 0..4 {
+            assert!(
+                engine
+                    .record_failure(
+                        &config,
+                        ip("127.0.0.3"),
+                        Some("alice"),
+                        start + Duration::from_secs(i)
+                    )
+                    .is_empty()
+            );
+        }
+        let bans = engine.record_failure(
+            &config,
+            ip("127.0.0.3"),
+            Some("bob"),
+            start + Duration::from_secs(4),
+        );
+        assert_eq!(bans[0].scope, "ip");
+        assert_eq!(bans[0].duration, Duration::from_secs(10));
+        let at = start + Duration::from_secs(5);
+        assert!(engine.ip_banned(&config, ip("127.0.0.3"), at).is_some());
+        assert!(engine.ip_banned(&config, ip("127.0.0.4"), at).is_none());
+        assert!(
+            engine
+                .ip_banned(&config, ip("::ffff:127.0.0.3"), at)
+                .is_some()
+        );
+        assert!(
+            engine
+                .ip_banned(&config, ip("127.0.0.3"), start + Duration::from_secs(15))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn old_failures_fall_out_of_the_window() {
+        let engine = BanEngine::default();
+        let config = config();
+        let start = Instant::now();
+        for i in 0..10u64 {
+            let bans = engine.record_failure(
+                &config,
+                ip("127.0.0.3"),
+                None,
+                start + Duration::from_secs(i * 20),
+            );
+            assert!(bans.is_empty(), "banned at failure {i}");
+        }
+    }
+
+    #[test]
+    fn repeated_bans_double_up_to_the_maximum() {
+        let engine = BanEngine::default();
+        let config = config();
+        let mut now = Instant::now();
+        let mut durations = Vec::new();
+        for _ in 0..3 {
+            for _ in 0..5 {
+                for ban in engine.record_failure(&config, ip("127.0.0.5"), None, now) {
+                    durations.push(ban.duration.as_secs());
+                }
+            }
+            now += Duration::from_secs(100);
+        }
+        assert_eq!(durations, [10, 20, 25]);
+    }
+
+    #[test]
+    fn safelisted_addresses_are_never_banned() {
+        let engine = BanEngine::default();
+        let config = config();
+        let now = Instant::now();
+        for _ in 0..50 {
+            assert!(
+                engine
+                    .record_failure(&config, ip("127.0.0.9"), Some("root"), now)
+                    .is_empty()
+            );
+        }
+        assert!(engine.ip_banned(&config, ip("127.0.0.9"), now).is_none());
+    }
+
+    #[test]
+    fn well_known_usernames_weigh_more_and_users_are_banned_too() {
+        let engine = BanEngine::default();
+        let config = config();
+        let now = Instant::now();
+        assert!(
+            engine
+                .record_failure(&config, ip("127.0.0.6"), Some("root"), now)
+                .is_empty()
+        );
+        let bans = engine.record_failure(&config, ip("127.0.0.6"), Some("Root"), now);
+        assert_eq!(bans.len(), 1, "3 + 3 >= 5 bans the address: {bans:?}");
+        for _ in 0..20 {
+            engine.record_failure(&config, ip("127.0.3.1"), Some("dave"), now);
+        }
+        assert!(
+            engine
+                .user_banned(&config, "dave", ip("127.0.2.1"), now)
+                .is_none(),
+            "one address alone must not lock a user out"
+        );
+        for n in 0..5 {
+            engine.record_failure(&config, ip(&format!("127.0.1.{n}")), Some("carol"), now);
+        }
+        assert!(
+            engine
+                .user_banned(&config, "CAROL", ip("127.0.2.1"), now)
+                .is_some()
+        );
+        assert!(
+            engine
+                .user_banned(&config, "carol", ip("127.0.0.9"), now)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_window() {
+        let engine = BanEngine::default();
+        let config = config();
+        let now = Instant::now();
+        for _ in 0..5 {
+            engine.record_failure(&config, ip("127.0.0.7"), None, now);
+        }
+        assert!(engine.log_refusal(&config, ip("127.0.0.7"), now));
+        assert!(!engine.log_refusal(&config, ip("127.0.0.7"), now + Duration::from_secs(30)));
+        assert!(engine.log_refusal(&config, ip("127.0.0.7"), now + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn disabled_engine_does_nothing() {
+        let engine = BanEngine::default();
+        let config = BanConfig {
+            enabled: false,
+            ..config()
+        };
+        let now = Instant::now();
+        for _ in 0..50 {
+            assert!(
+                engine
+                    .record_failure(&config, ip("127.0.0.8"), None, now)
+                    .is_empty()
+            );
+        }
+    }
+}
