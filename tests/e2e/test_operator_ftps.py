@@ -46,6 +46,7 @@ def server_manifest(name: str = SERVER, **overrides) -> dict:
     (fts,) = _example("ftps-server.yaml")
     fts["metadata"] = {"name": name}
     spec = fts["spec"]
+    spec["protocols"] = ["ftpsExplicit", "ftpsImplicit"]
     spec["passive"] = {"portStart": PASSIVE_START, "portEnd": PASSIVE_END}
     spec["exposure"] = {"serviceType": "ClusterIP"}
     spec["tls"]["ipAddresses"] = ["127.0.0.1"]

@@ -80,8 +80,17 @@ def test_sftp_user_with_a_key_uploads_and_the_host_key_is_stable(crds, operator,
 
         # The host key Secret is never regenerated, also across a pod restart.
         resource_version = secret["metadata"]["resourceVersion"]
+        old_pid = server.pid()
         cluster.kubectl("delete", "pod", f"{NAME}-0", "-n", ns)
-        cluster.kubectl("wait", "--for=condition=Ready", f"fts/{NAME}", "-n", ns, "--timeout=120s",
+
+        def restarted():
+            try:
+                pid, ports = server.pid(), server.ports()
+            except KeyError:
+                return None  # the process kubelet has no running pod yet
+            return ports if pid and pid != old_pid else None
+        cluster.wait_for(restarted, 120, "the recreated pod to run", interval=1)
+        cluster.kubectl("wait", "--for=condition=Ready", f"pod/{NAME}-0", "-n", ns, "--timeout=120s",
                         timeout=130)
         again = cluster.kubectl_json("get", "secret", f"{NAME}-ssh-host-keys", "-n", ns)
         assert again["metadata"]["resourceVersion"] == resource_version
