@@ -105,15 +105,19 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-fn info_from(name: String, meta: &cap_std::fs::Metadata) -> EntryInfo {
+fn kind_of(meta: &cap_std::fs::Metadata) -> EntryKind {
     let file_type = meta.file_type();
-    let kind = if file_type.is_symlink() {
+    if file_type.is_symlink() {
         EntryKind::Symlink
     } else if file_type.is_dir() {
         EntryKind::Dir
     } else {
         EntryKind::File
-    };
+    }
+}
+
+fn info_from(name: String, meta: &cap_std::fs::Metadata) -> EntryInfo {
+    let kind = kind_of(meta);
     EntryInfo {
         name,
         kind,
@@ -560,14 +564,7 @@ pub struct FileStat {
 
 fn stat_from(meta: &cap_std::fs::Metadata) -> FileStat {
     use cap_std::fs::MetadataExt;
-    let file_type = meta.file_type();
-    let kind = if file_type.is_symlink() {
-        EntryKind::Symlink
-    } else if file_type.is_dir() {
-        EntryKind::Dir
-    } else {
-        EntryKind::File
-    };
+    let kind = kind_of(meta);
     FileStat {
         kind,
         size: meta.len(),

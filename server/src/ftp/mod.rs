@@ -122,14 +122,12 @@ pub fn admit(
     listener: &str,
 ) -> Result<crate::limits::ConnectionGuard, crate::limits::LimitError> {
     let ip = canonical_ip(ip);
-    let (limits, bans) = {
-        let snapshot = context.snapshot.borrow();
-        (snapshot.config.limits.clone(), snapshot.config.bans.clone())
-    };
+    let snapshot = context.snapshot.borrow();
+    let (limits, bans) = (&snapshot.config.limits, &snapshot.config.bans);
     let now = std::time::Instant::now();
-    if let Some(remaining) = context.bans.ip_banned(&bans, ip, now) {
+    if let Some(remaining) = context.bans.ip_banned(bans, ip, now) {
         Metrics::inc(&context.metrics.sessions_refused, &[("reason", "banned")]);
-        if context.bans.log_refusal(&bans, ip, now) {
+        if context.bans.log_refusal(bans, ip, now) {
             context.audit.server_event(
                 "connection_refused",
                 json!({"ip": ip.to_string(), "reason": "banned", "listener": listener,
@@ -156,9 +154,11 @@ pub fn admit(
 /// Counts a failed login for the ban engine; new bans are audited and counted. Shared by FTPS
 /// and SFTP.
 pub fn record_login_failure(context: &Context, ip: std::net::IpAddr, user: Option<&str>) {
-    let bans = context.snapshot.borrow().config.bans.clone();
     let now = std::time::Instant::now();
-    for ban in context.bans.record_failure(&bans, ip, user, now) {
+    let bans = context
+        .bans
+        .record_failure(&context.snapshot.borrow().config.bans, ip, user, now);
+    for ban in bans {
         Metrics::inc(&context.metrics.bans, &[("scope", ban.scope)]);
         context.audit.server_event(
             "ban",
@@ -172,10 +172,14 @@ pub fn record_login_failure(context: &Context, ip: std::net::IpAddr, user: Optio
 
 /// Whether `user` is banned for logins from `ip` (safelisted addresses never are).
 pub fn user_banned(context: &Context, user: &str, ip: std::net::IpAddr) -> bool {
-    let bans = context.snapshot.borrow().config.bans.clone();
     context
         .bans
-        .user_banned(&bans, user, ip, std::time::Instant::now())
+        .user_banned(
+            &context.snapshot.borrow().config.bans,
+            user,
+            ip,
+            std::time::Instant::now(),
+        )
         .is_some()
 }
 

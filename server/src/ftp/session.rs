@@ -482,6 +482,19 @@ impl Session {
         }
     }
 
+    async fn done_lines(&mut self, code: u16, first: &str, lines: &[String], last: &str) -> Flow {
+        if self
+            .control
+            .reply_lines(code, first, lines, last)
+            .await
+            .is_ok()
+        {
+            Flow::Continue
+        } else {
+            Flow::Close("connection lost")
+        }
+    }
+
     async fn done(&mut self, code: u16, text: &str) -> Flow {
         if self.reply(code, text).await {
             Flow::Continue
@@ -511,16 +524,7 @@ impl Session {
         if self.config().active_mode.enabled {
             features.push("EPRT".into());
         }
-        if self
-            .control
-            .reply_lines(211, "Features:", &features, "End")
-            .await
-            .is_ok()
-        {
-            Flow::Continue
-        } else {
-            Flow::Close("connection lost")
-        }
+        self.done_lines(211, "Features:", &features, "End").await
     }
 
     async fn help(&mut self) -> Flow {
@@ -529,21 +533,13 @@ impl Session {
             "MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD QUIT REST RETR".to_string(),
             "RMD RNFR RNTO SIZE STAT STOR STRU SYST TYPE USER XSHA256".to_string(),
         ];
-        if self
-            .control
-            .reply_lines(
-                214,
-                "The following commands are recognized:",
-                &lines,
-                "Help OK",
-            )
-            .await
-            .is_ok()
-        {
-            Flow::Continue
-        } else {
-            Flow::Close("connection lost")
-        }
+        self.done_lines(
+            214,
+            "The following commands are recognized:",
+            &lines,
+            "Help OK",
+        )
+        .await
     }
 
     async fn auth(&mut self, argument: &str) -> Flow {
@@ -1081,16 +1077,7 @@ impl Session {
                 info.name = path.to_string();
                 let facts = listing::mlsx_facts(&info, &user, None);
                 let first = format!("Listing {path}");
-                if self
-                    .control
-                    .reply_lines(250, &first, &[facts], "End")
-                    .await
-                    .is_ok()
-                {
-                    Flow::Continue
-                } else {
-                    Flow::Close("connection lost")
-                }
+                self.done_lines(250, &first, &[facts], "End").await
             }
             Err(error) => self.fs_error(error).await,
         }
@@ -1112,24 +1099,11 @@ impl Session {
                 format!("control connection protected by {version}"),
                 "data connections protected (PROT P required)".to_string(),
             ];
-            return if self
-                .control
-                .reply_lines(211, "Sluice FTPS status", &lines, "End of status")
-                .await
-                .is_ok()
-            {
-                Flow::Continue
-            } else {
-                Flow::Close("connection lost")
-            };
+            return self
+                .done_lines(211, "Sluice FTPS status", &lines, "End of status")
+                .await;
         }
-        let Some(path) = self.path(target).await else {
-            return Flow::Continue;
-        };
-        if !self.allowed(Permission::List, &path).await {
-            return Flow::Continue;
-        }
-        let Some(fs) = self.fs() else {
+        let Some((path, fs)) = self.checked(target, Permission::List).await else {
             return Flow::Continue;
         };
         match fs.list(&path).await {
@@ -1140,29 +1114,14 @@ impl Session {
                     .map(|e| listing::list_line(e, now).trim_end().to_string())
                     .collect();
                 let first = format!("status of {path}");
-                if self
-                    .control
-                    .reply_lines(213, &first, &lines, "End of status")
-                    .await
-                    .is_ok()
-                {
-                    Flow::Continue
-                } else {
-                    Flow::Close("connection lost")
-                }
+                self.done_lines(213, &first, &lines, "End of status").await
             }
             Err(error) => self.fs_error(error).await,
         }
     }
 
     async fn size_or_mdtm(&mut self, verb: &str, argument: &str) -> Flow {
-        let Some(path) = self.path(argument).await else {
-            return Flow::Continue;
-        };
-        if !self.allowed(Permission::List, &path).await {
-            return Flow::Continue;
-        }
-        let Some(fs) = self.fs() else {
+        let Some((path, fs)) = self.checked(argument, Permission::List).await else {
             return Flow::Continue;
         };
         match fs.metadata(&path).await {
@@ -1339,17 +1298,27 @@ impl Session {
         }
     }
 
+    /// Resolves a path argument and checks `permission` on it, replying 501/550 when either
+    /// fails; the path with the user's filesystem otherwise.
+    async fn checked(
+        &mut self,
+        argument: &str,
+        permission: Permission,
+    ) -> Option<(VirtualPath, UserFs)> {
+        let path = self.path(argument).await?;
+        if !self.allowed(permission, &path).await {
+            return None;
+        }
+        Some((path, self.fs()?))
+    }
+
     async fn simple_op(
         &mut self,
         argument: &str,
         permission: Permission,
         op: &str,
     ) -> Option<(VirtualPath, UserFs)> {
-        let path = self.path(argument).await?;
-        if !self.allowed(permission, &path).await {
-            return None;
-        }
-        let fs = self.fs()?;
+        let (path, fs) = self.checked(argument, permission).await?;
         self.audit(
             "file_operation",
             json!({"operation": op, "path": path.to_string()}),
@@ -1398,13 +1367,7 @@ impl Session {
 
     async fn rnfr(&mut self, argument: &str) -> Flow {
         self.rename_from = None;
-        let Some(path) = self.path(argument).await else {
-            return Flow::Continue;
-        };
-        if !self.allowed(Permission::Rename, &path).await {
-            return Flow::Continue;
-        }
-        let Some(fs) = self.fs() else {
+        let Some((path, fs)) = self.checked(argument, Permission::Rename).await else {
             return Flow::Continue;
         };
         match fs.exists(&path).await {
@@ -1452,13 +1415,7 @@ impl Session {
     }
 
     async fn hash(&mut self, verb: &str, argument: &str) -> Flow {
-        let Some(path) = self.path(argument).await else {
-            return Flow::Continue;
-        };
-        if !self.allowed(Permission::Download, &path).await {
-            return Flow::Continue;
-        }
-        let Some(fs) = self.fs() else {
+        let Some((path, fs)) = self.checked(argument, Permission::Download).await else {
             return Flow::Continue;
         };
         match fs.sha256(&path).await {
