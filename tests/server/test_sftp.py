@@ -206,7 +206,7 @@ def test_paramiko_file_and_directory_operations(sftp_server, keys):
     assert event["sha256"] == hashlib.sha256(b"helloworld").hexdigest()
     ops = {e["operation"] for e in srv.events("file_operation", protocol="sftp")}
     assert {"mkdir", "rename", "delete", "rmdir", "setstat"} <= ops
-    assert srv.events("request_refused", protocol="sftp", request="chown")
+    srv.wait_event("request_refused", protocol="sftp", request="chown")
 
 
 def test_resume_upload_and_download(sftp_server, keys, tmp_path):
@@ -238,8 +238,8 @@ def test_upload_only_user_permissions(make_server, user_entry, keys, tmp_path):
     proc = run_sftp(srv, "ls\n", user="drop", key=keys["alice"], cwd=tmp_path)
     assert "Permission denied" in proc.stderr
     assert (srv.home("drop") / "f.txt").read_bytes() == b"one"
-    denied = {e["permission"] for e in srv.events("permission_denied", protocol="sftp")}
-    assert {"overwrite", "list", "delete", "mkdir", "rename"} <= denied
+    for permission in ("overwrite", "list", "delete", "mkdir", "rename"):
+        srv.wait_event("permission_denied", protocol="sftp", permission=permission)
 
 
 # ------------------------------------------------------------------------------------------
@@ -289,12 +289,12 @@ def test_wrong_password_and_wrong_key_n_times(sftp_server, keys):
                            "-o", "PreferredAuthentications=password", "-o", "NumberOfPasswordPrompts=10"))
     assert proc.returncode != 0
     assert time.monotonic() - start < 20
+    srv.wait_event("disconnect", protocol="sftp", reason="too many failed logins")
     attempts = [e["attempt"] for e in srv.events("login", protocol="sftp", result="failure")]
     assert attempts == [1, 2, 3], "the connection must end after limits.maxAuthAttempts failures"
-    srv.wait_event("disconnect", protocol="sftp", reason="too many failed logins")
     proc = run_sftp(srv, "ls\n", key=keys["other"])
     assert proc.returncode != 0 and "Permission denied" in proc.stderr
-    assert srv.events("login", protocol="sftp", result="failure", reason="key not accepted")
+    srv.wait_event("login", protocol="sftp", result="failure", reason="key not accepted")
     # Unknown and known users are refused the same way.
     assert run_sftp(srv, "ls\n", user="nobody", password=PASSWORD).returncode != 0
     assert srv.wait_event("login", protocol="sftp", user="nobody")["reason"] == "invalid credentials"
@@ -359,8 +359,9 @@ def test_shell_exec_pty_and_forwarding_refused_fast(sftp_server, keys):
             chan.invoke_subsystem("netconf")
     finally:
         t.close()
-    refused = {e["request"] for e in srv.events("request_refused", protocol="sftp")}
-    assert {"exec", "pty-req", "shell", "tcpip-forward", "direct-tcpip", "subsystem"} <= refused
+    # The audit writer is asynchronous: wait for each refusal instead of reading once.
+    for request in ("exec", "pty-req", "shell", "tcpip-forward", "direct-tcpip", "subsystem"):
+        srv.wait_event("request_refused", protocol="sftp", request=request)
     assert run_sftp(srv, "ls\n", key=keys["alice"]).returncode == 0
 
 
