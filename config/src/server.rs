@@ -739,6 +739,21 @@ tls:
     }
 
     #[test]
+    fn post_quantum_profile_offers_only_ml_kem_and_is_no_opt_in() {
+        let text = format!("{MINIMAL}ssh:\n  profile: postQuantum\n");
+        let config = ServerConfig::parse("server.yaml", &text).unwrap();
+        assert_eq!(config.ssh.effective_kex(), vec!["mlkem768x25519-sha256"]);
+        assert_eq!(
+            config.ssh.effective_ciphers(),
+            ServerConfig::parse("server.yaml", MINIMAL)
+                .unwrap()
+                .ssh
+                .effective_ciphers()
+        );
+        assert!(config.insecure_opt_ins().is_empty());
+    }
+
+    #[test]
     fn rsa_host_key_algorithms_need_opt_in() {
         let text = format!("{MINIMAL}ssh:\n  hostKeyAlgorithms: [ssh-ed25519, rsa-sha2-256]\n");
         let error = ServerConfig::parse("server.yaml", &text).unwrap_err();

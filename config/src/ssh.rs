@@ -63,6 +63,10 @@ pub const DEFAULT_MACS: &[&str] = &[
 ];
 pub const DEFAULT_HOST_KEY_ALGORITHMS: &[&str] =
     &["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384"];
+/// The `postQuantum` profile's key exchange: hybrid ML-KEM only, for endpoints that must show no
+/// classical-only key exchange (e.g. an `ssh-audit` report without warnings). Clients need
+/// OpenSSH 9.9 or later (or another client with `mlkem768x25519-sha256`).
+pub const POST_QUANTUM_KEX: &[&str] = &["mlkem768x25519-sha256"];
 /// What the `compatibility` profile adds for old clients (libssh2 before 1.11: no AEAD ciphers,
 /// no ETM MACs).
 pub const COMPATIBILITY_EXTRA_CIPHERS: &[&str] = &["aes256-ctr", "aes128-ctr"];
@@ -99,6 +103,9 @@ pub enum SshProfile {
     /// Also `aes256-ctr`/`aes128-ctr` and non-ETM `hmac-sha2-256`/`-512`, for clients such as
     /// libssh2 < 1.11 (e.g. curl on Debian 12).
     Compatibility,
+    /// The default lists, but key exchange with `mlkem768x25519-sha256` only: no key exchange
+    /// without post-quantum protection. Needs clients with ML-KEM (OpenSSH 9.9 or later).
+    PostQuantum,
 }
 
 /// How a user may or must authenticate over SSH.
@@ -130,7 +137,7 @@ pub struct SshConfig {
     /// Accept RSA host keys (offered as rsa-sha2-512/256 only). Off by default.
     #[serde(default)]
     pub allow_rsa_host_keys: bool,
-    /// `default` or `compatibility`; the explicit lists below override it.
+    /// `default`, `compatibility` or `postQuantum`; the explicit lists below override it.
     #[serde(default)]
     pub profile: SshProfile,
     /// Key exchange methods in preference order; see [`SUPPORTED_KEX`].
@@ -183,7 +190,10 @@ impl SshConfig {
 
     /// The key exchange list in effect.
     pub fn effective_kex(&self) -> Vec<String> {
-        self.kex.clone().unwrap_or_else(|| owned(DEFAULT_KEX))
+        self.kex.clone().unwrap_or_else(|| match self.profile {
+            SshProfile::PostQuantum => owned(POST_QUANTUM_KEX),
+            SshProfile::Default | SshProfile::Compatibility => owned(DEFAULT_KEX),
+        })
     }
 
     pub fn effective_ciphers(&self) -> Vec<String> {

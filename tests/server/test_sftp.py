@@ -482,6 +482,23 @@ def test_ssh_audit_finds_no_weakness_in_the_default_profile(sftp_server):
     assert "mlkem768x25519-sha256" in proc.stdout
 
 
+def test_ssh_audit_finds_nothing_at_all_in_the_post_quantum_profile(make_server, user_entry):
+    cmd = _ssh_audit()
+    if cmd is None:
+        pytest.skip("ssh-audit is not installed (tests/run installs it from PyPI)")
+    srv = make_server(users=[user_entry("alice")], config={"ssh": {"profile": "postQuantum"}})
+    proc = subprocess.run([*cmd, "-n", "-p", str(srv.sftp_port), "127.0.0.1"],
+                          capture_output=True, text=True, timeout=120)
+    lines = [l for l in proc.stdout.splitlines() if "[fail]" in l or "[warn]" in l]
+    assert not lines, proc.stdout
+    assert "mlkem768x25519-sha256" in proc.stdout and "curve25519-sha256" not in proc.stdout
+    client_kex = subprocess.run(["ssh", "-Q", "kex"], capture_output=True, text=True).stdout.split()
+    if "mlkem768x25519-sha256" not in client_kex:
+        # e.g. Debian 12's OpenSSH 9.2: the key exchange fails with a clear message.
+        proc = run_sftp(srv, "ls\n", password=None)
+        assert proc.returncode != 0 and "no matching key exchange method" in proc.stderr
+
+
 # ------------------------------------------------------------------------------------------
 # Compatibility profile, reload
 # ------------------------------------------------------------------------------------------
