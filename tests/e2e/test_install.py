@@ -43,6 +43,12 @@ def test_chart_installs_into_the_api_server(crds):
         assert can("create", "statefulsets", "-n", "default") == "yes"
         assert can("delete", "secrets", "-n", "default") == "no"
         assert can("create", "pods", "-n", "default") == "no"
+        # cert-manager Certificates: created and updated by server-side apply, nothing more;
+        # cert-manager's presence comes from discovery, not from reading CRDs.
+        assert can("patch", "certificates.cert-manager.io", "-n", "default") == "yes"
+        assert can("create", "certificates.cert-manager.io", "-n", "default") == "yes"
+        assert can("delete", "certificates.cert-manager.io", "-n", "default") == "no"
+        assert can("get", "customresourcedefinitions.apiextensions.k8s.io") == "no"
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         cluster.kubectl("delete", "clusterrolebinding,clusterrole", "sluice-operator", check=False)
