@@ -170,6 +170,22 @@ pub fn inspect(what: &str, pem: &str) -> Result<CertInfo, CertError> {
     })
 }
 
+/// Whether the first certificate in `cert_pem` is signed by the CA in `ca_pem`.
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let parse = |pem: &str| {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .ok()
+            .map(|(_, p)| p)
+    };
+    let (Some(cert), Some(ca)) = (parse(cert_pem), parse(ca_pem)) else {
+        return false;
+    };
+    let (Ok(cert), Ok(ca)) = (cert.parse_x509(), ca.parse_x509()) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// When to renew: `renew_before` ahead of expiry, or at 2/3 of the lifetime by default.
 pub fn renewal_at(info: &CertInfo, renew_before: Option<SignedDuration>) -> Timestamp {
     match renew_before {
@@ -302,6 +318,13 @@ mod tests {
         let leaf = leaf_block.parse_x509().unwrap();
         assert_eq!(leaf.issuer(), ca_cert.subject());
         assert!(leaf.verify_signature(Some(ca_cert.public_key())).is_ok());
+        assert!(issued_by(&server.cert_pem, &ca.cert_pem));
+        let other = generate_ca("sluice test CA", now, days(1000)).unwrap();
+        assert!(
+            !issued_by(&server.cert_pem, &other.cert_pem),
+            "same name, other key"
+        );
+        assert!(!issued_by("garbage", &ca.cert_pem));
     }
 
     #[test]

@@ -480,6 +480,9 @@ async fn ensure_certificate(
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
     let now = (context.now)();
     let tls = &server.spec.tls;
+    if tls.source != TlsSource::CertManager {
+        remove_stale_certificate(server, names, context).await?;
+    }
     match tls.source {
         TlsSource::SecretRef => {
             let secret_name = tls.secret_name.clone().unwrap_or_default();
@@ -661,11 +664,17 @@ async fn ensure_certificate(
                 Err(message) => return Ok(CertOutcome::not_ready("InvalidSpec", message)),
             };
             let current = secrets.get_opt(&names.tls_secret()).await?;
-            let current_info = current
+            let current_pem = current.as_ref().and_then(|s| secret_text(s, "tls.crt"));
+            let current_info = current_pem
                 .as_ref()
-                .and_then(|s| secret_text(s, "tls.crt"))
-                .and_then(|pem| certs::inspect("server certificate", &pem).ok());
+                .and_then(|pem| certs::inspect("server certificate", pem).ok());
+            // A certificate someone else issued into the Secret (cert-manager, before the
+            // source became `generated`) is replaced.
+            let foreign = current_pem
+                .as_ref()
+                .is_some_and(|pem| !certs::issued_by(pem, &ca.cert_pem));
             let info = if rotated_ca
+                || foreign
                 || certs::needs_renewal(current_info.as_ref(), &cert_names, now, renew_before)
             {
                 let issued = certs::issue_server(&ca, &cert_names, now, lifetime)?;
@@ -698,6 +707,45 @@ async fn ensure_certificate(
             })
         }
     }
+}
+
+/// A server that no longer uses `certManager` must not keep its cert-manager Certificate:
+/// cert-manager would go on writing the TLS Secret. Only the Certificate this server owns is
+/// deleted (a user's own Certificate of the same name is left alone).
+async fn remove_stale_certificate(
+    server: &FileTransferServer,
+    names: &Names,
+    context: &Context,
+) -> Result<(), ControllerError> {
+    if !certmanager::installed(&context.client).await? {
+        return Ok(());
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        context.client.clone(),
+        &names.namespace,
+        &certmanager::api_resource(),
+    );
+    let Some(certificate) = api.get_opt(&names.server).await? else {
+        return Ok(());
+    };
+    let ours = certificate
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == server.metadata.uid.as_ref() && o.controller == Some(true));
+    if ours {
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: certificate.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        api.delete(&names.server, &params).await?;
+        info!(server = %names.server, "deleted the cert-manager Certificate: spec.tls.source is no longer certManager");
+    }
+    Ok(())
 }
 
 fn unreachable_info(now: Timestamp) -> certs::CertInfo {

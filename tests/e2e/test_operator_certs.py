@@ -190,6 +190,22 @@ def test_cert_manager_certificate_is_created_and_its_secret_served(crds, operato
         assert status["certificateRenewal"].startswith(renewal_text[:19].replace("Z", "")), status
         # A real FTPS client sees exactly the certificate "cert-manager" issued.
         assert _served_der(kubelet, namespace, f"{name}-0", ca, tmp_path) == der
+
+        # Back to the operator's own CA: its Certificate goes (cert-manager would otherwise keep
+        # writing the Secret) and the operator's certificate replaces cert-manager's.
+        cluster.kubectl("patch", "fts", name, "-n", namespace, "--type=json", "-p", json.dumps([
+            {"op": "replace", "path": "/spec/tls/source", "value": "generated"},
+            {"op": "remove", "path": "/spec/tls/issuerRef"}]))
+        cluster.wait_for(lambda: not cluster.exists(CRD_NAME, name, "-n", namespace), 60,
+                         "the operator to delete its Certificate")
+
+        def operator_issued():
+            secret = cluster.kubectl_json("get", "secret", f"{name}-tls", "-n", namespace)
+            own_ca = base64.b64decode(secret["data"]["ca.crt"])
+            served = _served_der(kubelet, namespace, f"{name}-0", own_ca, tmp_path)
+            return served if served != der else None
+        cluster.wait_for(operator_issued, 90, "the operator's own certificate to be served")
+        assert _conditions(cluster, namespace, name)["CertificateReady"]["reason"] == "Issued"
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
         cluster.kubectl("delete", "crd", CRD_NAME, "--ignore-not-found", "--wait=false", check=False)
