@@ -170,6 +170,22 @@ pub fn inspect(what: &str, pem: &str) -> Result<CertInfo, CertError> {
     })
 }
 
+/// Whether the first certificate in `cert_pem` is signed by the CA in `ca_pem`.
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    let parse = |pem: &str| {
+        x509_parser::pem::parse_x509_pem(pem.as_bytes())
+            .ok()
+            .map(|(_, p)| p)
+    };
+    let (Some(cert), Some(ca)) = (parse(cert_pem), parse(ca_pem)) else {
+        return false;
+    };
+    let (Ok(cert), Ok(ca)) = (cert.parse_x509(), ca.parse_x509()) else {
+        return false;
+    };
+    cert.issuer() == ca.subject() && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// When to renew: `renew_before` ahead of expiry, or at 2/3 of the lifetime by default.
 pub fn renewal_at(info: &CertInfo, renew_before: Option<SignedDuration>) -> Timestamp {
     match renew_before {
@@ -193,6 +209,73 @@ pub fn needs_renewal(
         Some(info) => {
             names.iter().any(|n| !info.names.contains(n)) || now >= renewal_at(info, renew_before)
         }
+    }
+}
+
+/// How long before expiry a certificate the operator does not renew itself is reported
+/// (`CertificateExpiringSoon`: a Warning Event and the `CertificateReady` reason).
+pub const EXPIRY_WARNING: SignedDuration = SignedDuration::from_hours(24 * 30);
+
+/// How late a renewer (cert-manager) may be before an expiring certificate is reported.
+pub const RENEWAL_GRACE: SignedDuration = SignedDuration::from_mins(10);
+
+/// Whether a certificate with the SANs `cert_names` is valid for `name` (a DNS name or an IP
+/// address): exact match, case-insensitive for DNS names, or a `*.` wildcard standing for
+/// exactly one leftmost label (RFC 6125).
+pub fn covers(cert_names: &[String], name: &str) -> bool {
+    if name.parse::<std::net::IpAddr>().is_ok() {
+        return cert_names.iter().any(|n| n == name);
+    }
+    let name = name.to_ascii_lowercase();
+    cert_names.iter().any(|cert_name| {
+        let cert_name = cert_name.to_ascii_lowercase();
+        match cert_name.strip_prefix("*.") {
+            Some(parent) => name
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => cert_name == name,
+        }
+    })
+}
+
+/// The state of a certificate the operator does not issue itself (`secretRef`, `certManager`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assessment {
+    Valid,
+    /// Within [`EXPIRY_WARNING`] of `notAfter`, and nobody renewed it on time.
+    ExpiringSoon,
+    Expired,
+    /// Names the certificate must carry but does not.
+    NamesMissing(Vec<String>),
+}
+
+/// Assesses `info` at `now`. `required` are names the certificate must cover. `renewal` is when
+/// a renewer (cert-manager) plans to replace it; the expiry warning then waits until that
+/// renewal is overdue by [`RENEWAL_GRACE`], so a certificate that is routinely renewed 30 days
+/// before its expiry does not warn. Without a renewer (`secretRef`) it warns 30 days before.
+pub fn assess(
+    info: &CertInfo,
+    required: &[String],
+    now: Timestamp,
+    renewal: Option<Timestamp>,
+) -> Assessment {
+    if info.not_after <= now {
+        return Assessment::Expired;
+    }
+    let missing: Vec<String> = required
+        .iter()
+        .filter(|name| !covers(&info.names, name))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Assessment::NamesMissing(missing);
+    }
+    let within_window = info.not_after - EXPIRY_WARNING <= now;
+    let renewal_overdue = renewal.is_none_or(|at| now >= at + RENEWAL_GRACE);
+    if within_window && renewal_overdue {
+        Assessment::ExpiringSoon
+    } else {
+        Assessment::Valid
     }
 }
 
@@ -235,6 +318,13 @@ mod tests {
         let leaf = leaf_block.parse_x509().unwrap();
         assert_eq!(leaf.issuer(), ca_cert.subject());
         assert!(leaf.verify_signature(Some(ca_cert.public_key())).is_ok());
+        assert!(issued_by(&server.cert_pem, &ca.cert_pem));
+        let other = generate_ca("sluice test CA", now, days(1000)).unwrap();
+        assert!(
+            !issued_by(&server.cert_pem, &other.cert_pem),
+            "same name, other key"
+        );
+        assert!(!issued_by("garbage", &ca.cert_pem));
     }
 
     #[test]
@@ -298,6 +388,63 @@ mod tests {
         let error = parse_duration("spec.tls.duration", "soon").unwrap_err();
         assert!(error.contains("spec.tls.duration"), "{error}");
         assert!(parse_duration("d", "0s").is_err());
+    }
+
+    #[test]
+    fn wildcards_cover_one_label_and_ips_match_exactly() {
+        let names = vec!["*.Example.com".to_string(), "192.0.2.10".to_string()];
+        assert!(covers(&names, "ftp.example.com"));
+        assert!(!covers(&names, "example.com"));
+        assert!(!covers(&names, "a.ftp.example.com"));
+        assert!(covers(&names, "192.0.2.10"));
+        assert!(!covers(&names, "192.0.2.11"));
+        assert!(!covers(&["*.0.2.10".to_string()], "192.0.2.10"));
+    }
+
+    #[test]
+    fn expiry_is_reported_thirty_days_ahead_with_an_injected_clock() {
+        let issued: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let ca = generate_ca("ca", issued, days(1000)).unwrap();
+        let names = vec!["ftp.example.com".to_string()];
+        let cert = issue_server(&ca, &names, issued, days(90)).unwrap();
+        let info = inspect("tls.crt", &cert.cert_pem).unwrap();
+        // secretRef: nobody renews it; 30 days before expiry it is reported.
+        assert_eq!(
+            assess(&info, &names, issued + days(59), None),
+            Assessment::Valid
+        );
+        assert_eq!(
+            assess(&info, &names, issued + days(61), None),
+            Assessment::ExpiringSoon
+        );
+        assert_eq!(
+            assess(&info, &names, issued + days(90), None),
+            Assessment::Expired
+        );
+        // certManager: renewal planned at day 60; reported only once that is overdue.
+        let renewal = Some(issued + days(60));
+        assert_eq!(
+            assess(
+                &info,
+                &names,
+                issued + days(60) + SignedDuration::from_mins(5),
+                renewal
+            ),
+            Assessment::Valid
+        );
+        assert_eq!(
+            assess(&info, &names, issued + days(61), renewal),
+            Assessment::ExpiringSoon
+        );
+        // A renewal planned later than the warning window (long-lived certificate).
+        assert_eq!(
+            assess(&info, &names, issued + days(62), Some(issued + days(80))),
+            Assessment::Valid
+        );
+        assert_eq!(
+            assess(&info, &["other.example.com".to_string()], issued, None),
+            Assessment::NamesMissing(vec!["other.example.com".to_string()])
+        );
     }
 
     #[test]

@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -27,10 +27,11 @@ use serde_json::json;
 use sluice_config as config;
 use tracing::{debug, info, warn};
 
-use crate::certs;
 use crate::crd::{FileTransferServer, FileTransferServerStatus, TlsSource, TransferUser};
+use crate::lenient::{Invalid, Lenient};
 use crate::render::{self, Names};
 use crate::users::{self, UserInputs};
+use crate::{certmanager, certs};
 
 pub const FIELD_MANAGER: &str = "sluice-operator";
 const CA_LIFETIME_DAYS: i64 = 1095;
@@ -96,8 +97,9 @@ pub async fn run(
         metrics,
         now: Timestamp::now,
     });
-    let servers: Api<FileTransferServer> = scoped(&client, ns);
-    let users: Api<TransferUser> = scoped(&client, ns);
+    // Read leniently: one object the types reject must not stop the watch for every other.
+    let servers: Api<Lenient<FileTransferServer>> = scoped(&client, ns);
+    let users: Api<Lenient<TransferUser>> = scoped(&client, ns);
     let secrets: Api<Secret> = scoped(&client, ns);
     let server_controller = Controller::new(servers, watcher::Config::default());
     let store = server_controller.store();
@@ -112,9 +114,10 @@ pub async fn run(
         .watches(
             users.clone(),
             watcher::Config::default(),
-            |user: TransferUser| {
+            |user: Lenient<TransferUser>| {
+                let server = user.parsed.as_ref().ok()?.spec.server_ref.name.clone();
                 user.namespace()
-                    .map(|ns| ObjectRef::new(&user.spec.server_ref.name).within(&ns))
+                    .map(|ns| ObjectRef::new(&server).within(&ns))
             },
         )
         // A user's password Secret changed: reconcile the servers of that namespace. Secrets
@@ -153,16 +156,20 @@ pub async fn run(
     // (ServerNotFound), so users are also reconciled when their server changes.
     let user_loop = user_controller
         .watches(
-            scoped::<FileTransferServer>(&client, ns),
+            scoped::<Lenient<FileTransferServer>>(&client, ns),
             watcher::Config::default(),
-            move |server: FileTransferServer| {
+            move |server: Lenient<FileTransferServer>| {
                 let namespace = server.namespace();
                 let name = server.name_any();
                 user_store
                     .state()
                     .into_iter()
                     .filter(|user| {
-                        user.namespace() == namespace && user.spec.server_ref.name == name
+                        user.namespace() == namespace
+                            && user
+                                .parsed
+                                .as_ref()
+                                .is_ok_and(|u| u.spec.server_ref.name == name)
                     })
                     .map(|user| ObjectRef::from_obj(user.as_ref()))
                     .collect::<Vec<_>>()
@@ -179,11 +186,14 @@ pub async fn run(
 }
 
 async fn measured_reconcile_server(
-    server: Arc<FileTransferServer>,
+    object: Arc<Lenient<FileTransferServer>>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
-    let result = reconcile_server(server, context.clone()).await;
+    let result = match &object.parsed {
+        Ok(server) => reconcile_server(Arc::new(server.clone()), context.clone()).await,
+        Err(invalid) => report_invalid(&object, invalid, &context).await,
+    };
     let kind = ("kind", "FileTransferServer".to_string());
     context
         .metrics
@@ -207,7 +217,7 @@ async fn measured_reconcile_server(
 }
 
 fn error_policy(
-    server: Arc<FileTransferServer>,
+    server: Arc<Lenient<FileTransferServer>>,
     error: &ControllerError,
     _: Arc<Context>,
 ) -> Action {
@@ -215,8 +225,74 @@ fn error_policy(
     Action::requeue(Duration::from_secs(15))
 }
 
-fn user_error_policy(_: Arc<TransferUser>, _: &ControllerError, _: Arc<Context>) -> Action {
+fn user_error_policy(
+    _: Arc<Lenient<TransferUser>>,
+    _: &ControllerError,
+    _: Arc<Context>,
+) -> Action {
     Action::requeue(Duration::from_secs(30))
+}
+
+/// An object the Rust types reject (see [`crate::lenient`]): `Ready=False` with reason
+/// `InvalidSpec` and the serde error naming the field, a Warning Event once, and no requeue
+/// until the object changes. Nothing else is touched: its children stay as they were.
+async fn report_invalid<K>(
+    object: &Lenient<K>,
+    invalid: &Invalid,
+    context: &Context,
+) -> Result<Action, ControllerError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let (Some(name), Some(namespace)) = (object.metadata.name.clone(), object.namespace()) else {
+        return Ok(Action::await_change());
+    };
+    let kind = K::kind(&()).to_string();
+    let message = format!(
+        "{}; the object does not match the {kind} schema of this operator: fix that field",
+        invalid.message
+    );
+    let generation = object.metadata.generation;
+    let ready = condition(
+        &invalid.conditions,
+        "Ready",
+        false,
+        "InvalidSpec",
+        &message,
+        generation,
+        (context.now)(),
+    );
+    context
+        .metrics
+        .failures
+        .get_or_create(&vec![("reason", "InvalidSpec".to_string())])
+        .inc();
+    let previous = invalid.conditions.iter().find(|c| c.type_ == "Ready");
+    if previous.is_some_and(|p| {
+        p.status == ready.status
+            && p.reason == ready.reason
+            && p.message == ready.message
+            && p.observed_generation == generation
+    }) {
+        return Ok(Action::await_change());
+    }
+    warn!(%kind, %namespace, %name, error = %invalid.message, "cannot read the object; reported in its status");
+    if previous.map(|p| p.reason.as_str()) != Some("InvalidSpec") {
+        publish(context, object, EventType::Warning, "InvalidSpec", &message).await;
+    }
+    Api::<Lenient<K>>::namespaced(context.client.clone(), &namespace)
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"status": {"observedGeneration": generation, "conditions": [ready]}}),
+            ),
+        )
+        .await?;
+    Ok(Action::await_change())
 }
 
 async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, ControllerError>
@@ -266,7 +342,93 @@ struct CertOutcome {
     reason: &'static str,
     message: String,
     info: Option<certs::CertInfo>,
+    /// The next renewal shown in the status (the operator's own or cert-manager's).
     renew_at: Option<Timestamp>,
+    /// When to look again (a renewal, the start of the expiry warning, the expiry).
+    recheck_at: Option<Timestamp>,
+    /// Look again soon: waiting for something outside the operator (cert-manager).
+    retry: Option<Duration>,
+}
+
+impl CertOutcome {
+    fn not_ready(reason: &'static str, message: String) -> CertOutcome {
+        CertOutcome {
+            ready: false,
+            reason,
+            message,
+            info: None,
+            renew_at: None,
+            recheck_at: None,
+            retry: None,
+        }
+    }
+}
+
+/// The CertificateReady verdict on a certificate the operator does not issue itself, from
+/// [`certs::assess`]: `source` says who provides it, `pending_reason` what a missing name means
+/// (the user must fix the Secret; cert-manager will re-issue).
+fn external_outcome(
+    info: certs::CertInfo,
+    assessment: certs::Assessment,
+    source: &str,
+    renewal: Option<Timestamp>,
+    now: Timestamp,
+) -> CertOutcome {
+    let not_after = info.not_after;
+    let (ready, reason, message) = match assessment {
+        certs::Assessment::Valid => (
+            true,
+            "Valid",
+            format!("certificate from {source} valid until {not_after}"),
+        ),
+        certs::Assessment::ExpiringSoon => (
+            true,
+            "CertificateExpiringSoon",
+            match renewal {
+                Some(at) => format!(
+                    "certificate from {source} expires at {not_after} and was not renewed at {at}: check the cert-manager Certificate's status"
+                ),
+                None => format!(
+                    "certificate from {source} expires at {not_after}, in less than 30 days: replace it"
+                ),
+            },
+        ),
+        certs::Assessment::Expired => (
+            false,
+            "Expired",
+            format!("certificate from {source} expired at {not_after}"),
+        ),
+        certs::Assessment::NamesMissing(missing) => (
+            false,
+            if renewal.is_some() {
+                "CertificatePending"
+            } else {
+                "NamesNotCovered"
+            },
+            format!(
+                "certificate from {source} does not cover {}",
+                missing.join(", ")
+            ),
+        ),
+    };
+    let recheck_at = [
+        renewal.map(|at| at + certs::RENEWAL_GRACE),
+        Some(not_after - certs::EXPIRY_WARNING),
+        Some(not_after),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|at| *at > now)
+    .min();
+    CertOutcome {
+        ready,
+        reason,
+        message,
+        info: Some(info),
+        renew_at: renewal,
+        recheck_at,
+        retry: None,
+    }
 }
 
 fn secret_text(secret: &Secret, key: &str) -> Option<String> {
@@ -318,61 +480,121 @@ async fn ensure_certificate(
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &namespace);
     let now = (context.now)();
     let tls = &server.spec.tls;
+    if tls.source != TlsSource::CertManager {
+        remove_stale_certificate(server, names, context).await?;
+    }
     match tls.source {
         TlsSource::SecretRef => {
             let secret_name = tls.secret_name.clone().unwrap_or_default();
             let Some(secret) = secrets.get_opt(&secret_name).await? else {
-                return Ok(CertOutcome {
-                    ready: false,
-                    reason: "SecretNotFound",
-                    message: format!("spec.tls.secretName: Secret {secret_name} not found"),
-                    info: None,
-                    renew_at: None,
-                });
+                return Ok(CertOutcome::not_ready(
+                    "SecretNotFound",
+                    format!("spec.tls.secretName: Secret {secret_name} not found"),
+                ));
             };
             let Some(pem) = secret_text(&secret, "tls.crt") else {
+                return Ok(CertOutcome::not_ready(
+                    "InvalidCertificate",
+                    format!("Secret {secret_name} has no tls.crt"),
+                ));
+            };
+            match certs::inspect(&format!("Secret {secret_name} tls.crt"), &pem) {
+                Ok(info) => {
+                    // The names the spec asks for explicitly must be covered.
+                    let required: Vec<String> = tls
+                        .dns_names
+                        .iter()
+                        .chain(&tls.ip_addresses)
+                        .cloned()
+                        .collect();
+                    let assessment = certs::assess(&info, &required, now, None);
+                    Ok(external_outcome(
+                        info,
+                        assessment,
+                        &format!("Secret {secret_name}"),
+                        None,
+                        now,
+                    ))
+                }
+                Err(error) => Ok(CertOutcome::not_ready(
+                    "InvalidCertificate",
+                    error.to_string(),
+                )),
+            }
+        }
+        TlsSource::CertManager => {
+            if !certmanager::installed(&context.client).await? {
                 return Ok(CertOutcome {
-                    ready: false,
-                    reason: "InvalidCertificate",
-                    message: format!("Secret {secret_name} has no tls.crt"),
-                    info: None,
-                    renew_at: None,
+                    retry: Some(Duration::from_secs(30)),
+                    ..CertOutcome::not_ready(
+                        "CertManagerMissing",
+                        certmanager::MISSING_MESSAGE.into(),
+                    )
+                });
+            }
+            let cert_names = certificate_names(server, addresses);
+            let certificate = certmanager::certificate(server, &cert_names)?;
+            let api: Api<DynamicObject> = Api::namespaced_with(
+                context.client.clone(),
+                &namespace,
+                &certmanager::api_resource(),
+            );
+            let applied = api
+                .patch(
+                    &names.server,
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&certificate),
+                )
+                .await?;
+            let issuer_status = certmanager::status(&applied);
+            let secret_name = names.tls_secret();
+            let source = format!(
+                "cert-manager (Certificate {}, Secret {secret_name})",
+                names.server
+            );
+            let pem = secrets
+                .get_opt(&secret_name)
+                .await?
+                .and_then(|s| secret_text(&s, "tls.crt"));
+            let Some(pem) = pem else {
+                let detail = issuer_status
+                    .not_ready_message
+                    .map(|m| format!("; cert-manager says {m}"))
+                    .unwrap_or_default();
+                return Ok(CertOutcome {
+                    retry: Some(Duration::from_secs(10)),
+                    ..CertOutcome::not_ready(
+                        "CertificatePending",
+                        format!(
+                            "waiting for cert-manager to issue Certificate {} into Secret {secret_name}{detail}",
+                            names.server
+                        ),
+                    )
                 });
             };
             match certs::inspect(&format!("Secret {secret_name} tls.crt"), &pem) {
-                Ok(info) if info.not_after <= now => Ok(CertOutcome {
-                    ready: false,
-                    reason: "Expired",
-                    message: format!("certificate in Secret {secret_name} expired at {}", info.not_after),
-                    info: Some(info),
-                    renew_at: None,
-                }),
                 Ok(info) => {
-                    let soon = info.not_after - SignedDuration::from_hours(24 * 30) <= now;
-                    Ok(CertOutcome {
-                        ready: true,
-                        reason: if soon { "ExpiringSoon" } else { "Valid" },
-                        message: format!("certificate from Secret {secret_name} valid until {}", info.not_after),
-                        info: Some(info),
-                        renew_at: None,
-                    })
+                    let renew_before = tls
+                        .renew_before
+                        .as_deref()
+                        .and_then(|text| certs::parse_duration("spec.tls.renewBefore", text).ok());
+                    let renewal = issuer_status
+                        .renewal_time
+                        .unwrap_or_else(|| certs::renewal_at(&info, renew_before));
+                    let assessment = certs::assess(&info, &cert_names, now, Some(renewal));
+                    let mut outcome =
+                        external_outcome(info, assessment, &source, Some(renewal), now);
+                    if outcome.reason == "CertificatePending" {
+                        outcome.retry = Some(Duration::from_secs(10));
+                    }
+                    Ok(outcome)
                 }
-                Err(error) => Ok(CertOutcome {
-                    ready: false,
-                    reason: "InvalidCertificate",
-                    message: error.to_string(),
-                    info: None,
-                    renew_at: None,
-                }),
+                Err(error) => Ok(CertOutcome::not_ready(
+                    "InvalidCertificate",
+                    error.to_string(),
+                )),
             }
         }
-        TlsSource::CertManager => Ok(CertOutcome {
-            ready: false,
-            reason: "CertManagerNotSupported",
-            message: "spec.tls.source certManager is not supported by this operator version yet; use generated or secretRef".into(),
-            info: None,
-            renew_at: None,
-        }),
         TlsSource::Generated => {
             let ca_lifetime = SignedDuration::from_hours(24 * CA_LIFETIME_DAYS);
             let ca_secret = secrets.get_opt(&names.ca_secret()).await?;
@@ -389,18 +611,37 @@ async fn ensure_certificate(
                 .and_then(|ca| certs::inspect("CA", &ca.cert_pem).ok());
             let (ca, previous_ca, rotated_ca) = match (&existing_ca, &existing_ca_info) {
                 (Some(ca), Some(info)) if !certs::needs_renewal(Some(info), &[], now, None) => {
-                    let previous = ca_secret.as_ref().and_then(|s| secret_text(s, "previous.crt"));
+                    let previous = ca_secret
+                        .as_ref()
+                        .and_then(|s| secret_text(s, "previous.crt"));
                     (ca.clone(), previous, false)
                 }
                 _ => {
-                    let fresh = certs::generate_ca(&format!("sluice CA {}/{}", names.namespace, names.server), now, ca_lifetime)?;
-                    (fresh, existing_ca.as_ref().map(|c| c.cert_pem.clone()), true)
+                    let fresh = certs::generate_ca(
+                        &format!("sluice CA {}/{}", names.namespace, names.server),
+                        now,
+                        ca_lifetime,
+                    )?;
+                    (
+                        fresh,
+                        existing_ca.as_ref().map(|c| c.cert_pem.clone()),
+                        true,
+                    )
                 }
             };
             if rotated_ca {
-                let mut secret = render::tls_secret(server, names.ca_secret(), &ca.cert_pem, &ca.key_pem, &ca.cert_pem)?;
+                let mut secret = render::tls_secret(
+                    server,
+                    names.ca_secret(),
+                    &ca.cert_pem,
+                    &ca.key_pem,
+                    &ca.cert_pem,
+                )?;
                 if let (Some(previous), Some(data)) = (&previous_ca, secret.data.as_mut()) {
-                    data.insert("previous.crt".into(), k8s_openapi::ByteString(previous.clone().into_bytes()));
+                    data.insert(
+                        "previous.crt".into(),
+                        k8s_openapi::ByteString(previous.clone().into_bytes()),
+                    );
                 }
                 apply(&secrets, &secret).await?;
                 info!(server = %names.server, "issued a new CA");
@@ -420,25 +661,31 @@ async fn ensure_certificate(
             });
             let (lifetime, renew_before) = match durations {
                 Ok(durations) => durations,
-                Err(message) => {
-                    return Ok(CertOutcome {
-                        ready: false,
-                        reason: "InvalidSpec",
-                        message,
-                        info: None,
-                        renew_at: None,
-                    });
-                }
+                Err(message) => return Ok(CertOutcome::not_ready("InvalidSpec", message)),
             };
             let current = secrets.get_opt(&names.tls_secret()).await?;
-            let current_info = current
+            let current_pem = current.as_ref().and_then(|s| secret_text(s, "tls.crt"));
+            let current_info = current_pem
                 .as_ref()
-                .and_then(|s| secret_text(s, "tls.crt"))
-                .and_then(|pem| certs::inspect("server certificate", &pem).ok());
-            let info = if rotated_ca || certs::needs_renewal(current_info.as_ref(), &cert_names, now, renew_before) {
+                .and_then(|pem| certs::inspect("server certificate", pem).ok());
+            // A certificate someone else issued into the Secret (cert-manager, before the
+            // source became `generated`) is replaced.
+            let foreign = current_pem
+                .as_ref()
+                .is_some_and(|pem| !certs::issued_by(pem, &ca.cert_pem));
+            let info = if rotated_ca
+                || foreign
+                || certs::needs_renewal(current_info.as_ref(), &cert_names, now, renew_before)
+            {
                 let issued = certs::issue_server(&ca, &cert_names, now, lifetime)?;
                 let bundle = certs::ca_bundle(&ca.cert_pem, previous_ca.as_deref(), now);
-                let secret = render::tls_secret(server, names.tls_secret(), &issued.cert_pem, &issued.key_pem, &bundle)?;
+                let secret = render::tls_secret(
+                    server,
+                    names.tls_secret(),
+                    &issued.cert_pem,
+                    &issued.key_pem,
+                    &bundle,
+                )?;
                 apply(&secrets, &secret).await?;
                 info!(server = %names.server, not_after = %issued.not_after, "issued a server certificate");
                 certs::inspect("server certificate", &issued.cert_pem)?
@@ -449,12 +696,56 @@ async fn ensure_certificate(
             Ok(CertOutcome {
                 ready: true,
                 reason: "Issued",
-                message: format!("certificate issued by the operator's CA, valid until {}", info.not_after),
+                message: format!(
+                    "certificate issued by the operator's CA, valid until {}",
+                    info.not_after
+                ),
                 renew_at: Some(renew_at),
+                recheck_at: Some(renew_at),
                 info: Some(info),
+                retry: None,
             })
         }
     }
+}
+
+/// A server that no longer uses `certManager` must not keep its cert-manager Certificate:
+/// cert-manager would go on writing the TLS Secret. Only the Certificate this server owns is
+/// deleted (a user's own Certificate of the same name is left alone).
+async fn remove_stale_certificate(
+    server: &FileTransferServer,
+    names: &Names,
+    context: &Context,
+) -> Result<(), ControllerError> {
+    if !certmanager::installed(&context.client).await? {
+        return Ok(());
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        context.client.clone(),
+        &names.namespace,
+        &certmanager::api_resource(),
+    );
+    let Some(certificate) = api.get_opt(&names.server).await? else {
+        return Ok(());
+    };
+    let ours = certificate
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|o| Some(&o.uid) == server.metadata.uid.as_ref() && o.controller == Some(true));
+    if ours {
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: certificate.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        api.delete(&names.server, &params).await?;
+        info!(server = %names.server, "deleted the cert-manager Certificate: spec.tls.source is no longer certManager");
+    }
+    Ok(())
 }
 
 fn unreachable_info(now: Timestamp) -> certs::CertInfo {
@@ -466,17 +757,31 @@ fn unreachable_info(now: Timestamp) -> certs::CertInfo {
     }
 }
 
-fn service_address(service: &Service) -> Option<String> {
-    let ingress = service
-        .status
-        .as_ref()?
-        .load_balancer
-        .as_ref()?
-        .ingress
-        .as_ref()?
-        .first()?
-        .clone();
-    ingress.ip.or(ingress.hostname)
+/// The load balancer address of a Service, with a hostname resolved to an address (IPv4
+/// first: PASV replies carry IPv4 only). A hostname that does not resolve counts as no address.
+async fn service_address(service: Option<&Service>) -> Option<String> {
+    match render::ingress_address(service?)? {
+        render::IngressAddress::Ip(ip) => Some(ip.to_string()),
+        render::IngressAddress::Hostname(host) => {
+            let resolved: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((
+                host.as_str(),
+                0,
+            ))
+            .await
+            {
+                Ok(addresses) => addresses.collect(),
+                Err(error) => {
+                    warn!(%host, %error, "cannot resolve the load balancer hostname of a Service");
+                    return None;
+                }
+            };
+            resolved
+                .iter()
+                .find(|a| a.is_ipv4())
+                .or(resolved.first())
+                .map(|a| a.ip().to_string())
+        }
+    }
 }
 
 async fn reconcile_server(
@@ -501,10 +806,14 @@ async fn reconcile_server(
 
     // Read what the server references.
     let user_api: Api<TransferUser> = Api::namespaced(client.clone(), &namespace);
-    let all_users = user_api.list(&ListParams::default()).await?;
+    // Users the types reject are left out here; their own reconcile reports them.
+    let all_users = Api::<Lenient<TransferUser>>::namespaced(client.clone(), &namespace)
+        .list(&ListParams::default())
+        .await?;
     let users: Vec<TransferUser> = all_users
         .items
         .into_iter()
+        .filter_map(|u| u.parsed.ok())
         .filter(|u| u.spec.server_ref.name == names.server)
         .collect();
     let secret_api: Api<Secret> = Api::namespaced(client.clone(), &namespace);
@@ -523,11 +832,7 @@ async fn reconcile_server(
         .and_then(|s| secret_text(&s, "users.yaml"))
         .and_then(|text| config::UserList::parse("users.yaml", &text).ok());
     let service_api: Api<Service> = Api::namespaced(client.clone(), &namespace);
-    let advertised = service_api
-        .get_opt(&names.server)
-        .await?
-        .as_ref()
-        .and_then(service_address);
+    let client_address = service_address(service_api.get_opt(&names.server).await?.as_ref()).await;
 
     // Validate and build.
     let policy = server.spec.security.password_policy.clone();
@@ -558,23 +863,19 @@ async fn reconcile_server(
     if server.spec.exposure.per_pod_services {
         for ordinal in 0..server.spec.replicas {
             let pod = names.pod(ordinal);
-            if let Some(address) = service_api
-                .get_opt(&pod)
-                .await?
-                .as_ref()
-                .and_then(service_address)
-            {
-                per_pod_addresses.insert(pod, address);
-            }
+            let service = service_api.get_opt(&pod).await?;
+            per_pod_addresses.insert(pod, service_address(service.as_ref()).await);
         }
     }
-    let addresses: Vec<String> = advertised
+    let passive = render::passive_addresses(&server, client_address.as_deref(), &per_pod_addresses);
+    let advertised = passive.shared.clone();
+    let addresses: Vec<String> = client_address
         .iter()
-        .chain(per_pod_addresses.values())
+        .chain(passive.by_pod.values())
         .cloned()
         .collect();
     let certificate = ensure_certificate(&server, &names, &addresses, &context).await?;
-    let server_config = render::server_config(&server, advertised.as_deref(), &per_pod_addresses);
+    let server_config = render::server_config(&server, advertised.as_deref(), &passive.by_pod);
     let server_yaml = render::to_yaml("server.yaml", &server_config)?;
     let users_yaml = render::to_yaml("users.yaml", &resolved.list)?;
     let restart_digest = {
@@ -651,8 +952,8 @@ async fn reconcile_server(
         .as_ref()
         .and_then(|s| s.ready_replicas)
         .unwrap_or(0);
-    let endpoints_ready =
-        ready_replicas >= server.spec.replicas.max(1) || server.spec.replicas == 0;
+    let endpoints = endpoints_verdict(ready_replicas, server.spec.replicas, &passive);
+    let endpoints_ready = endpoints.0;
     let refused = resolved.verdicts.values().filter(|v| !v.ready).count();
     let conditions_without_ready = vec![
         condition(
@@ -667,20 +968,9 @@ async fn reconcile_server(
         condition(
             &previous_conditions,
             "EndpointsReady",
-            endpoints_ready,
-            if endpoints_ready {
-                "PodsReady"
-            } else {
-                "PodsNotReady"
-            },
-            &format!(
-                "{ready_replicas}/{} pods ready; passive address {}",
-                server.spec.replicas,
-                advertised
-                    .as_deref()
-                    .or(server.spec.passive.advertised_address.as_deref())
-                    .unwrap_or("the pod address")
-            ),
+            endpoints.0,
+            endpoints.1,
+            &endpoints.2,
             generation,
             now,
         ),
@@ -708,7 +998,12 @@ async fn reconcile_server(
         "Ready",
         all_ready,
         if all_ready { "Ready" } else { "NotReady" },
-        &if all_ready {
+        &if all_ready && certificate.reason == "CertificateExpiringSoon" {
+            format!(
+                "server is serving; CertificateReady: {}",
+                certificate.message
+            )
+        } else if all_ready {
             "server is serving".to_string()
         } else {
             blocking.join("; ")
@@ -728,6 +1023,25 @@ async fn reconcile_server(
             },
             if all_ready { "Ready" } else { "NotReady" },
             &conditions[0].message,
+        )
+        .await;
+    }
+    let previous_certificate_reason = previous_conditions
+        .iter()
+        .find(|c| c.type_ == "CertificateReady")
+        .map(|c| c.reason.as_str());
+    if certificate_warning(
+        previous_certificate_reason,
+        certificate.ready,
+        certificate.reason,
+    ) {
+        warn!(server = %names.server, reason = certificate.reason, message = %certificate.message, "certificate needs attention");
+        publish(
+            &context,
+            server.as_ref(),
+            EventType::Warning,
+            certificate.reason,
+            &certificate.message,
         )
         .await;
     }
@@ -769,14 +1083,60 @@ async fn reconcile_server(
 
     // Requeue at the renewal moment, or within the hour, or soon while pods start.
     let mut wait = Duration::from_secs(3600);
-    if let Some(at) = certificate.renew_at {
+    if let Some(at) = certificate.recheck_at {
         let seconds = (at.as_second() - now.as_second()).max(1);
         wait = wait.min(Duration::from_secs(seconds as u64));
+    }
+    if let Some(retry) = certificate.retry {
+        wait = wait.min(retry);
     }
     if !endpoints_ready {
         wait = wait.min(Duration::from_secs(10));
     }
     Ok(Action::requeue(wait))
+}
+
+/// Whether CertificateReady's new reason deserves a Warning Event: on the transition into
+/// `CertificateExpiringSoon` or into a failure (not the routine wait for cert-manager), once,
+/// not on every reconcile.
+pub fn certificate_warning(previous_reason: Option<&str>, ready: bool, reason: &str) -> bool {
+    previous_reason != Some(reason)
+        && (reason == "CertificateExpiringSoon" || (!ready && reason != "CertificatePending"))
+}
+
+/// EndpointsReady: every pod ready and, for FTPS behind LoadBalancer Services, every passive
+/// address known (otherwise PASV would advertise a pod address no client can reach). The
+/// message names the advertised passive address(es).
+pub fn endpoints_verdict(
+    ready_replicas: i32,
+    replicas: i32,
+    passive: &render::PassiveAddresses,
+) -> (bool, &'static str, String) {
+    let pods_ready = ready_replicas >= replicas.max(1) || replicas == 0;
+    let mut message = format!(
+        "{ready_replicas}/{replicas} pods ready; passive address {}",
+        passive.shared.as_deref().unwrap_or("the pod address")
+    );
+    if !passive.by_pod.is_empty() {
+        let per_pod: Vec<String> = passive
+            .by_pod
+            .iter()
+            .map(|(pod, address)| format!("{pod}={address}"))
+            .collect();
+        message.push_str(&format!("; per pod {}", per_pod.join(", ")));
+    }
+    if !passive.pending.is_empty() {
+        message.push_str(&format!(
+            "; waiting for the load balancer address (status.loadBalancer.ingress) of Service {}, or set spec.passive.advertisedAddress",
+            passive.pending.join(", ")
+        ));
+        return (false, "LoadBalancerPending", message);
+    }
+    if pods_ready {
+        (true, "PodsReady", message)
+    } else {
+        (false, "PodsNotReady", message)
+    }
 }
 
 /// A new ed25519 host key in OpenSSH private key format.
@@ -913,13 +1273,19 @@ async fn update_user_status(
 }
 
 async fn reconcile_user(
-    user: Arc<TransferUser>,
+    object: Arc<Lenient<TransferUser>>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let user = match &object.parsed {
+        Ok(user) => user,
+        Err(invalid) => return report_invalid(&object, invalid, &context).await,
+    };
     let Some(namespace) = user.namespace() else {
         return Ok(Action::await_change());
     };
-    let servers: Api<FileTransferServer> = Api::namespaced(context.client.clone(), &namespace);
+    // A server the types reject still exists: its own reconcile reports it.
+    let servers: Api<Lenient<FileTransferServer>> =
+        Api::namespaced(context.client.clone(), &namespace);
     if servers.get_opt(&user.spec.server_ref.name).await?.is_some() {
         // The server's reconcile owns this user's status.
         return Ok(Action::await_change());
@@ -934,7 +1300,7 @@ async fn reconcile_user(
         password_source_digest: None,
     };
     let api: Api<TransferUser> = Api::namespaced(context.client.clone(), &namespace);
-    update_user_status(&api, &user, &verdict, (context.now)(), &context).await?;
+    update_user_status(&api, user, &verdict, (context.now)(), &context).await?;
     Ok(Action::requeue(Duration::from_secs(60)))
 }
 
@@ -959,6 +1325,110 @@ mod tests {
         assert_eq!(same.last_transition_time.0, t0);
         let flipped = condition(&[first], "Ready", false, "NotReady", "no", Some(2), t1);
         assert_eq!(flipped.last_transition_time.0, t1);
+    }
+
+    #[test]
+    fn endpoints_wait_for_every_load_balancer_address_and_name_them() {
+        let mut passive = render::PassiveAddresses {
+            shared: None,
+            by_pod: BTreeMap::from([("ha-0".to_string(), "203.0.113.10".to_string())]),
+            pending: vec!["ha-1".to_string()],
+        };
+        let (ok, reason, message) = endpoints_verdict(2, 2, &passive);
+        assert!(!ok);
+        assert_eq!(reason, "LoadBalancerPending");
+        assert!(message.contains("ha-0=203.0.113.10"), "{message}");
+        assert!(message.contains("Service ha-1"), "{message}");
+        passive.pending.clear();
+        passive
+            .by_pod
+            .insert("ha-1".to_string(), "203.0.113.11".to_string());
+        let (ok, reason, message) = endpoints_verdict(2, 2, &passive);
+        assert!(ok);
+        assert_eq!(reason, "PodsReady");
+        assert!(
+            message.ends_with("per pod ha-0=203.0.113.10, ha-1=203.0.113.11"),
+            "{message}"
+        );
+        assert_eq!(endpoints_verdict(1, 2, &passive).1, "PodsNotReady");
+    }
+
+    #[test]
+    fn certificate_warnings_only_on_transitions() {
+        assert!(certificate_warning(
+            Some("Valid"),
+            true,
+            "CertificateExpiringSoon"
+        ));
+        assert!(!certificate_warning(
+            Some("CertificateExpiringSoon"),
+            true,
+            "CertificateExpiringSoon"
+        ));
+        assert!(certificate_warning(None, false, "CertManagerMissing"));
+        assert!(!certificate_warning(None, false, "CertificatePending"));
+        assert!(!certificate_warning(
+            Some("CertificatePending"),
+            true,
+            "Valid"
+        ));
+        assert!(certificate_warning(Some("Valid"), false, "Expired"));
+    }
+
+    #[test]
+    fn external_certificates_recheck_at_the_warning_and_expiry() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let ca = certs::generate_ca("ca", now, SignedDuration::from_hours(24 * 1000)).unwrap();
+        let names = vec!["ftp.example.com".to_string()];
+        let cert =
+            certs::issue_server(&ca, &names, now, SignedDuration::from_hours(24 * 90)).unwrap();
+        let info = certs::inspect("tls.crt", &cert.cert_pem).unwrap();
+        let outcome = external_outcome(
+            info.clone(),
+            certs::assess(&info, &names, now, None),
+            "Secret s",
+            None,
+            now,
+        );
+        assert!(outcome.ready);
+        assert_eq!(outcome.reason, "Valid");
+        assert_eq!(
+            outcome.recheck_at,
+            Some(info.not_after - certs::EXPIRY_WARNING)
+        );
+        let later = now + SignedDuration::from_hours(24 * 80);
+        let outcome = external_outcome(
+            info.clone(),
+            certs::assess(&info, &names, later, None),
+            "Secret s",
+            None,
+            later,
+        );
+        assert!(outcome.ready, "an expiring certificate still serves");
+        assert_eq!(outcome.reason, "CertificateExpiringSoon");
+        assert_eq!(outcome.recheck_at, Some(info.not_after));
+        let missing = vec!["other.example".to_string()];
+        let renewal = Some(now + SignedDuration::from_hours(24 * 60));
+        let pending = external_outcome(
+            info.clone(),
+            certs::assess(&info, &missing, now, renewal),
+            "cert-manager",
+            renewal,
+            now,
+        );
+        assert_eq!(
+            (pending.ready, pending.reason),
+            (false, "CertificatePending")
+        );
+        let mismatch = external_outcome(
+            info.clone(),
+            certs::assess(&info, &missing, now, None),
+            "Secret s",
+            None,
+            now,
+        );
+        assert_eq!(mismatch.reason, "NamesNotCovered");
+        assert!(mismatch.message.contains("other.example"));
     }
 
     #[test]

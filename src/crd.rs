@@ -180,7 +180,8 @@ pub enum TlsSource {
     /// The operator's own CA issues and renews the certificate.
     #[default]
     Generated,
-    /// A cert-manager Certificate is created and its Secret used.
+    /// A cert-manager `Certificate` is created (cert-manager must be installed) and the
+    /// Secret cert-manager writes is used.
     CertManager,
     /// An existing `kubernetes.io/tls` Secret is used as is.
     SecretRef,
@@ -211,10 +212,13 @@ pub struct TlsSpec {
     /// `generated` (default), `certManager` or `secretRef`.
     #[serde(default)]
     pub source: TlsSource,
-    /// The TLS Secret to use (`secretRef`).
+    /// The TLS Secret to use (`secretRef`): `tls.crt` and `tls.key`. It must cover
+    /// `dnsNames` and `ipAddresses`; a Warning Event `CertificateExpiringSoon` is published 30
+    /// days before it expires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
-    /// cert-manager issuer (`certManager`).
+    /// cert-manager issuer (`certManager`): the operator creates a cert-manager `Certificate`
+    /// named after the server whose Secret is the one the pods mount (`<name>-tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
     /// Extra DNS names for the certificate (Service DNS names are always included).
@@ -223,12 +227,13 @@ pub struct TlsSpec {
     /// Extra IP addresses for the certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_addresses: Vec<String>,
-    /// Lifetime of generated certificates as a Go duration, as in cert-manager (default
+    /// Lifetime of generated and cert-manager certificates as a Go duration (default
     /// `2160h`, 90 days). Between `1m` and `19800h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1m') && duration(self) <= duration('19800h')").message("spec.tls.duration must be a duration between 1m and 19800h, such as 2160h"))]
     pub duration: Option<String>,
-    /// Renew this long before expiry, as a Go duration (default: at 2/3 of the lifetime).
+    /// Renew this long before expiry, as a Go duration (default: at 2/3 of the lifetime);
+    /// passed on to cert-manager with `certManager`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('1s')").message("spec.tls.renewBefore must be a positive duration such as 360h"))]
     pub renew_before: Option<String>,
@@ -243,14 +248,18 @@ pub struct TlsSpec {
     pub client_ca_secret: Option<String>,
 }
 
-/// A cert-manager issuer reference.
+/// A cert-manager issuer reference, copied into the `Certificate`'s `spec.issuerRef`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IssuerRef {
+    /// Name of the issuer (an `Issuer` in the server's namespace, or a `ClusterIssuer`).
     pub name: String,
-    /// `Issuer` (default) or `ClusterIssuer`.
+    /// `Issuer` (default) or `ClusterIssuer`, or the kind of an external issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
+    /// API group of the issuer: `cert-manager.io` (default) or an external issuer's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Service type for client Services.

@@ -3,10 +3,12 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certmanager;
 pub mod certs;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod lenient;
 pub mod metrics;
 pub mod policy;
 pub mod render;

@@ -239,6 +239,83 @@ pub fn server_config(
     }
 }
 
+/// An address from a Service's `status.loadBalancer.ingress`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IngressAddress {
+    Ip(std::net::IpAddr),
+    /// Load balancers known by name only (e.g. AWS): resolved by the controller.
+    Hostname(String),
+}
+
+/// The address a load balancer reports for `service`: the first ingress IP, else the first
+/// ingress hostname.
+pub fn ingress_address(service: &Service) -> Option<IngressAddress> {
+    let ingress = service
+        .status
+        .as_ref()?
+        .load_balancer
+        .as_ref()?
+        .ingress
+        .as_ref()?;
+    ingress
+        .iter()
+        .find_map(|i| i.ip.as_deref()?.parse().ok().map(IngressAddress::Ip))
+        .or_else(|| {
+            ingress
+                .iter()
+                .find_map(|i| i.hostname.clone().map(IngressAddress::Hostname))
+        })
+}
+
+/// The passive addresses pods advertise, and the Services whose address is still missing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PassiveAddresses {
+    /// `passive.advertisedAddress`: the spec's, else the client Service's load balancer.
+    pub shared: Option<String>,
+    /// `passive.advertisedAddressByHost`: each pod's own Service's load balancer address.
+    pub by_pod: BTreeMap<String, String>,
+    /// LoadBalancer Services without an address yet (FTPS would advertise the pod's address).
+    pub pending: Vec<String>,
+}
+
+/// Picks the passive addresses from the spec and the Services' load balancer addresses:
+/// `client` is the client Service's, `per_pod` each pod's Service's (pod name → address).
+/// An address in the spec wins for every pod; otherwise with per-pod Services each pod
+/// advertises its own Service's address. A LoadBalancer Service that has no address yet is
+/// pending when FTPS is served (SFTP needs no passive address).
+pub fn passive_addresses(
+    fts: &FileTransferServer,
+    client: Option<&str>,
+    per_pod: &BTreeMap<String, Option<String>>,
+) -> PassiveAddresses {
+    let spec = &fts.spec;
+    if let Some(address) = &spec.passive.advertised_address {
+        return PassiveAddresses {
+            shared: Some(address.clone()),
+            ..PassiveAddresses::default()
+        };
+    }
+    let waits = serves_ftps(fts) && spec.exposure.service_type == ServiceType::LoadBalancer;
+    let mut addresses = PassiveAddresses {
+        shared: client.map(str::to_string),
+        ..PassiveAddresses::default()
+    };
+    if spec.exposure.per_pod_services {
+        for (pod, address) in per_pod {
+            match address {
+                Some(address) => {
+                    addresses.by_pod.insert(pod.clone(), address.clone());
+                }
+                None if waits => addresses.pending.push(pod.clone()),
+                None => {}
+            }
+        }
+    } else if waits && client.is_none() {
+        addresses.pending.push(fts.name_any());
+    }
+    addresses
+}
+
 pub fn to_yaml<T: serde::Serialize>(file: &'static str, value: &T) -> Result<String, RenderError> {
     serde_saphyr::to_string(value).map_err(|e| RenderError::Yaml {
         file,
@@ -882,6 +959,72 @@ spec:
         assert_eq!(
             per_pod.spec.unwrap().selector.unwrap()["statefulset.kubernetes.io/pod-name"],
             "partners-1"
+        );
+    }
+
+    #[test]
+    fn per_pod_load_balancer_addresses_are_advertised_per_pod() {
+        use k8s_openapi::api::core::v1::{LoadBalancerIngress, LoadBalancerStatus, ServiceStatus};
+        let with_ingress = |ingress: Vec<LoadBalancerIngress>| Service {
+            status: Some(ServiceStatus {
+                load_balancer: Some(LoadBalancerStatus {
+                    ingress: Some(ingress),
+                }),
+                ..ServiceStatus::default()
+            }),
+            ..Service::default()
+        };
+        let ip = |ip: &str| LoadBalancerIngress {
+            ip: Some(ip.into()),
+            ..LoadBalancerIngress::default()
+        };
+        let host = |h: &str| LoadBalancerIngress {
+            hostname: Some(h.into()),
+            ..LoadBalancerIngress::default()
+        };
+        assert_eq!(
+            ingress_address(&with_ingress(vec![host("lb.example"), ip("203.0.113.5")])),
+            Some(IngressAddress::Ip("203.0.113.5".parse().unwrap()))
+        );
+        assert_eq!(
+            ingress_address(&with_ingress(vec![host("lb.example")])),
+            Some(IngressAddress::Hostname("lb.example".into()))
+        );
+        assert_eq!(ingress_address(&Service::default()), None);
+
+        let mut fts = fixture(BASIC);
+        fts.spec.replicas = 2;
+        fts.spec.exposure.per_pod_services = true;
+        let per_pod = BTreeMap::from([
+            ("partners-0".to_string(), Some("203.0.113.10".to_string())),
+            ("partners-1".to_string(), None),
+        ]);
+        let picked = passive_addresses(&fts, None, &per_pod);
+        assert_eq!(picked.shared, None);
+        assert_eq!(
+            picked.by_pod,
+            BTreeMap::from([("partners-0".to_string(), "203.0.113.10".to_string())])
+        );
+        assert_eq!(picked.pending, vec!["partners-1".to_string()]);
+        let rendered = server_config(&fts, picked.shared.as_deref(), &picked.by_pod);
+        assert_eq!(
+            rendered.passive.advertised_for("partners-0"),
+            Some("203.0.113.10".parse().unwrap())
+        );
+        // The spec's address wins for every pod, and nothing is pending.
+        fts.spec.passive.advertised_address = Some("198.51.100.1".into());
+        let picked = passive_addresses(&fts, Some("203.0.113.99"), &per_pod);
+        assert_eq!(picked.shared.as_deref(), Some("198.51.100.1"));
+        assert!(picked.by_pod.is_empty() && picked.pending.is_empty());
+        // ClusterIP: nothing to wait for.
+        fts.spec.passive.advertised_address = None;
+        fts.spec.exposure.service_type = ServiceType::ClusterIP;
+        assert!(passive_addresses(&fts, None, &per_pod).pending.is_empty());
+        // One LoadBalancer Service for all pods, no address yet.
+        let single = fixture(BASIC);
+        assert_eq!(
+            passive_addresses(&single, None, &BTreeMap::new()).pending,
+            vec!["partners".to_string()]
         );
     }
 

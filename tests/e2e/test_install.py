@@ -4,6 +4,7 @@ and reconciled by the operator."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import uuid
 
@@ -43,6 +44,25 @@ def test_chart_installs_into_the_api_server(crds):
         assert can("create", "statefulsets", "-n", "default") == "yes"
         assert can("delete", "secrets", "-n", "default") == "no"
         assert can("create", "pods", "-n", "default") == "no"
+        # cert-manager Certificates: applied, and deleted when a server's source changes;
+        # cert-manager's presence comes from discovery, not from reading CRDs.
+        # `kubectl auth can-i` cannot name a resource the server does not serve (cert-manager
+        # is not installed here): ask the authorizer with a SubjectAccessReview instead.
+        def allowed(verb: str, group: str, resource: str, namespace: str = "") -> bool:
+            review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                      "spec": {"user": f"system:serviceaccount:{ns}:{sa}",
+                               "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}",
+                                          "system:authenticated"],
+                               "resourceAttributes": {"verb": verb, "group": group,
+                                                      "resource": resource,
+                                                      "namespace": namespace}}}
+            out = cluster.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review)).stdout
+            return json.loads(out)["status"].get("allowed", False)
+        assert allowed("patch", "cert-manager.io", "certificates", "default")
+        assert allowed("create", "cert-manager.io", "certificates", "default")
+        assert not allowed("list", "cert-manager.io", "certificates", "default")
+        assert not allowed("update", "cert-manager.io", "certificates", "default")
+        assert not allowed("get", "apiextensions.k8s.io", "customresourcedefinitions")
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
         cluster.kubectl("delete", "clusterrolebinding,clusterrole", "sluice-operator", check=False)
