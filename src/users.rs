@@ -245,6 +245,9 @@ fn resolve_one(
         disabled: false,
         password_authentication: true,
         required_auth: Vec::new(),
+        totp: None,
+        client_certificates: Vec::new(),
+        ftps_auth: Default::default(),
     };
     // Field-level validation with the server's own rules, so the server never rejects a file
     // the operator wrote.
