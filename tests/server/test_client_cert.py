@@ -171,3 +171,20 @@ def test_certificate_only_with_totp_sends_the_code_as_pass(make_server, user_ent
     assert ftp_refused(srv, pki, "alice", "alice", code).startswith("530")
     srv.wait_event("login", protocol="ftps", user="alice", result="failure", reason="totp replayed")
     assert ftp_login(srv, pki, "alice", "alice", totp(secret, time.time() + 30)).startswith("230")
+
+
+def test_lftp_certificate_only(srv, pki):
+    srv.make_home("alice")
+    (srv.home("alice") / "from-lftp.txt").write_text("hi")
+    key = pki["alice"].with_suffix(".key")
+    script = "\n".join([
+        "set cmd:fail-exit true", "set net:max-retries 1", "set net:timeout 10",
+        "set ftp:ssl-force true", "set ftp:ssl-protect-data true", "set ftp:ssl-protect-list true",
+        f"set ssl:ca-file {srv.cafile}", "set ssl:check-hostname no",
+        f"set ssl:cert-file {pki['alice']}", f"set ssl:key-file {key}",
+        f"open -u alice,unused ftp://127.0.0.1:{srv.explicit_port}", "cls -1 /",
+    ])
+    proc = subprocess.run(["lftp", "-c", script], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert b"from-lftp.txt" in proc.stdout
+    assert srv.wait_event("login", protocol="ftps", user="alice", result="success")["method"] == "certificate"

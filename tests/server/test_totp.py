@@ -74,7 +74,9 @@ def refused(srv, user: str, password: str) -> str:
 
 def test_ftps_password_plus_code_once_then_replay_refused(srv):
     code = totp(SECRET)
-    assert login(srv, "alice", PASSWORD + code).startswith("230")
+    srv.passwords["alice"] = PASSWORD + code
+    proc = srv.curl()  # curl --user alice:<password><code>
+    assert proc.returncode == 0, proc.stderr
     ok = srv.wait_event("login", protocol="ftps", user="alice", result="success")
     assert ok["method"] == "password+totp"
     # The same code again: refused, audited as a replay, counted as a failed login.
@@ -88,8 +90,11 @@ def test_ftps_password_plus_code_once_then_replay_refused(srv):
     next_code = totp(SECRET, time.time() + 30)
     assert refused(srv, "alice", "not the password" + next_code).startswith("530")
     srv.wait_event("login", protocol="ftps", result="failure", user="alice", reason="invalid credentials")
-    # The next step's code (inside the one-step skew window) is still unused: accepted.
-    assert login(srv, "alice", PASSWORD + next_code).startswith("230")
+    # The next step's code (inside the one-step skew window) is still unused: accepted (lftp).
+    srv.passwords["alice"] = PASSWORD + next_code
+    proc = srv.lftp("cls /")
+    assert proc.returncode == 0, proc.stderr
+    assert len(srv.events("login", protocol="ftps", user="alice", result="success")) == 2
     # A user without TOTP logs in with the password alone.
     assert login(srv, "bob", "bob's long password 7").startswith("230")
     # Neither the secret nor any code reaches the audit log or the operational log.
