@@ -42,17 +42,20 @@ impl PeerCertificate {
             };
         };
         let registry = x509_parser::objects::oid_registry();
+        // A subject with an attribute that is not a string cannot be matched by `subject`
+        // (leaving the attribute out would let a shorter mapping match it).
         let mut attributes: Vec<(String, String)> = cert
             .subject()
             .iter_attributes()
-            .filter_map(|attribute| {
+            .map(|attribute| {
                 let kind = x509_parser::objects::oid2abbrev(attribute.attr_type(), registry)
                     .map(str::to_string)
                     .unwrap_or_else(|_| attribute.attr_type().to_id_string());
                 let value = attribute.as_str().ok()?;
                 Some((canonical_type(&kind), value.to_string()))
             })
-            .collect();
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
         attributes.sort();
         let sans = cert
             .subject_alternative_name()
