@@ -825,6 +825,12 @@ async fn reconcile_server(
         {
             secrets.insert(reference.name.clone(), secret);
         }
+        if let Some(totp) = &user.spec.totp
+            && !secrets.contains_key(&totp.secret_ref.name)
+            && let Some(secret) = secret_api.get_opt(&totp.secret_ref.name).await?
+        {
+            secrets.insert(totp.secret_ref.name.clone(), secret);
+        }
     }
     let previous_users = secret_api
         .get_opt(&names.users_secret())

@@ -447,7 +447,7 @@ pub struct FileTransferServerStatus {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("!has(self.auth.passwordSecretRef) || !has(self.auth.passwordHash)").message("spec.auth: set passwordSecretRef or passwordHash, not both"),
-    validation = Rule::new("has(self.auth.passwordSecretRef) || has(self.auth.passwordHash) || (has(self.auth.sshAuthorizedKeys) && size(self.auth.sshAuthorizedKeys) > 0)").message("spec.auth: a password (secret or hash) or at least one SSH key is required")
+    validation = Rule::new("has(self.auth.passwordSecretRef) || has(self.auth.passwordHash) || (has(self.auth.sshAuthorizedKeys) && size(self.auth.sshAuthorizedKeys) > 0) || (has(self.ftpsAuth) && self.ftpsAuth == 'certificate')").message("spec.auth: a password (secret or hash), at least one SSH key, or ftpsAuth certificate is required")
 )]
 pub struct TransferUserSpec {
     /// The FileTransferServer (same namespace) this user logs in to. Immutable.
@@ -479,6 +479,38 @@ pub struct TransferUserSpec {
     /// A disabled user is left out of users.yaml; its sessions end.
     #[serde(default)]
     pub disabled: bool,
+    /// TOTP (RFC 6238) second factor: FTPS clients send `PASS <password><code>`, SFTP clients
+    /// answer a keyboard-interactive `Verification code:` prompt after their key or password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<UserTotp>,
+    /// Client certificates that identify this user on FTPS (each entry sets exactly one of
+    /// `subject`, `san`, `sha256`). A certificate listed here opens only the users that list it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certificates: Vec<sluice_config::ClientCertificate>,
+    /// FTPS login: `password` (default), `certificate` (a mapped certificate, no password) or
+    /// `certificateAndPassword`. Needs the server's `tls.clientCertificates`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftps_auth: Option<sluice_config::FtpsAuth>,
+}
+
+/// A user's TOTP setting; the shared secret stays in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserTotp {
+    /// Secret (same namespace) holding the base32 TOTP secret (>= 128 bits) under `key`
+    /// (default `totp`).
+    pub secret_ref: SecretKeyRef,
+    /// Code length, 6 (default) or 8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 6 || self == 8").message("spec.totp.digits must be 6 or 8"))]
+    pub digits: Option<u8>,
+    /// Seconds per code, 15-300 (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 15 && self <= 300").message("spec.totp.period must be 15-300 seconds"))]
+    pub period: Option<u64>,
+    /// `SHA1` (default; what authenticator apps support), `SHA256` or `SHA512`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<sluice_config::TotpAlgorithm>,
 }
 
 /// Reference to a FileTransferServer in the same namespace.
@@ -491,7 +523,7 @@ pub struct ServerRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct SecretKeyRef {
     pub name: String,
-    /// Key in the Secret's data (default `password`).
+    /// Key in the Secret's data (default `password`; `totp` for `spec.totp.secretRef`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
 }

@@ -245,6 +245,9 @@ fn resolve_one(
         disabled: false,
         password_authentication: true,
         required_auth: Vec::new(),
+        totp: resolve_totp(spec, inputs)?,
+        client_certificates: spec.client_certificates.clone(),
+        ftps_auth: spec.ftps_auth.unwrap_or_default(),
     };
     // Field-level validation with the server's own rules, so the server never rejects a file
     // the operator wrote.
@@ -262,6 +265,56 @@ fn resolve_one(
         ));
     }
     Ok((entry, digest))
+}
+
+/// The user's TOTP setting with the base32 secret read from `spec.totp.secretRef`.
+fn resolve_totp(
+    spec: &crate::crd::TransferUserSpec,
+    inputs: &UserInputs<'_>,
+) -> Result<Option<config::TotpConfig>, Verdict> {
+    let Some(totp) = &spec.totp else {
+        return Ok(None);
+    };
+    let reference = &totp.secret_ref;
+    let key = reference.key.clone().unwrap_or_else(|| "totp".into());
+    let Some(secret) = inputs.secrets.get(&reference.name) else {
+        return Err(Verdict::refused(
+            "SecretNotFound",
+            format!("spec.totp.secretRef: Secret {} not found", reference.name),
+        ));
+    };
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(&key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(&key))
+                .map(|s| s.clone().into_bytes())
+        });
+    let Some(bytes) = bytes else {
+        return Err(Verdict::refused(
+            "SecretKeyMissing",
+            format!(
+                "spec.totp.secretRef: Secret {} has no key {key:?}",
+                reference.name
+            ),
+        ));
+    };
+    // Authenticator apps show secrets in groups ("JBSW Y3DP ..."): spaces are dropped.
+    let secret_text: String = String::from_utf8_lossy(&bytes)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    Ok(Some(config::TotpConfig {
+        secret: secret_text,
+        digits: totp.digits.unwrap_or(6),
+        period: totp.period.unwrap_or(30),
+        algorithm: totp.algorithm.unwrap_or_default(),
+    }))
 }
 
 #[cfg(test)]
@@ -334,6 +387,65 @@ mod tests {
         let yaml = serde_saphyr::to_string(&resolved.list).unwrap();
         assert!(!yaml.contains("Orbit-Kettle-2026"));
         assert!(config::UserList::parse("users.yaml", &yaml).is_ok());
+    }
+
+    #[test]
+    fn totp_secret_and_client_certificates_are_rendered() {
+        let extra = "  totp:\n    secretRef: {name: alice-totp}\n    digits: 8\n  clientCertificates:\n    - subject: CN=alice,O=Partner\n    - sha256: '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'\n  ftpsAuth: certificateAndPassword\n";
+        let users = [user("alice", "alice", 1, extra)];
+        let totp_secret = |value: &[u8]| Secret {
+            data: Some(BTreeMap::from([(
+                "totp".to_string(),
+                ByteString(value.to_vec()),
+            )])),
+            ..Default::default()
+        };
+        let mut secrets = BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2026", "1")]);
+        secrets.insert(
+            "alice-totp".into(),
+            totp_secret(b"GEZD GNBV GY3T QOJQ GEZD GNBV GY3T QOJQ\n"),
+        );
+        let resolved = run(&users, &secrets, None);
+        assert!(resolved.verdicts["alice"].ready, "{:?}", resolved.verdicts);
+        let entry = resolved.list.find("alice").unwrap();
+        let totp = entry.totp.as_ref().unwrap();
+        assert_eq!(totp.secret, "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ");
+        assert_eq!((totp.digits, totp.period), (8, 30));
+        assert_eq!(entry.ftps_auth, config::FtpsAuth::CertificateAndPassword);
+        assert_eq!(entry.client_certificates.len(), 2);
+        let yaml = serde_saphyr::to_string(&resolved.list).unwrap();
+        let parsed = config::UserList::parse("users.yaml", &yaml).unwrap();
+        assert_eq!(parsed.find("alice"), Some(entry));
+
+        // A missing TOTP Secret, a short secret and a bad mapping are named.
+        secrets.remove("alice-totp");
+        let resolved = run(&users, &secrets, None);
+        let verdict = &resolved.verdicts["alice"];
+        assert_eq!(verdict.reason, "SecretNotFound");
+        assert!(
+            verdict.message.contains("spec.totp.secretRef"),
+            "{verdict:?}"
+        );
+        secrets.insert("alice-totp".into(), totp_secret(b"MZXW6==="));
+        let verdict = &run(&users, &secrets, None).verdicts["alice"];
+        assert_eq!(verdict.reason, "InvalidSpec");
+        assert!(
+            verdict.message.starts_with("spec.totp.secret:"),
+            "{verdict:?}"
+        );
+        assert!(!verdict.message.contains("MZXW6"), "{verdict:?}");
+        let users = [user(
+            "bob",
+            "bob",
+            1,
+            "  clientCertificates: [{san: bob.example, sha256: '00'}]\n",
+        )];
+        let secrets = BTreeMap::from([secret("bob-pw", "Orbit-Kettle-2026", "1")]);
+        let verdict = &run(&users, &secrets, None).verdicts["bob"];
+        assert!(
+            verdict.message.starts_with("spec.clientCertificates[0]"),
+            "{verdict:?}"
+        );
     }
 
     #[test]

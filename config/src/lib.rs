@@ -6,12 +6,14 @@
 
 mod bans;
 mod error;
+mod second_factor;
 mod server;
 mod ssh;
 mod users;
 
 pub use bans::BanConfig;
 pub use error::{ConfigError, FieldError};
+pub use second_factor::*;
 pub use server::*;
 pub use ssh::*;
 pub use users::*;

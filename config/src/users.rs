@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::second_factor::{self, ClientCertificate, FtpsAuth, TotpConfig};
 use crate::{ConfigError, FieldError, SshAuthMethod, check_header, parse_yaml};
 
 /// What a user may do. Each FTP/SFTP verb needs exactly one of these.
@@ -113,6 +114,20 @@ pub struct User {
     /// SSH methods that must all succeed, e.g. `[publickey, password]`. Empty: any one method.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_auth: Vec<SshAuthMethod>,
+    // Second factor and certificate logins (see `second_factor`).
+    /// TOTP (RFC 6238) second factor: FTPS `PASS <password><code>`, SSH keyboard-interactive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<TotpConfig>,
+    /// Client certificates that identify this user on FTPS.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certificates: Vec<ClientCertificate>,
+    /// `password` (default), `certificate` or `certificateAndPassword`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ftps_auth: FtpsAuth,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 fn yes() -> bool {
@@ -298,6 +313,37 @@ pub fn validate_authorized_key(line: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// TOTP, client certificates and the FTPS login mode of one user.
+fn validate_second_factor(user: &User, err: &mut impl FnMut(&str, String)) {
+    if let Some(totp) = &user.totp {
+        for (field, message) in second_factor::validate_totp(totp) {
+            err(&format!("totp.{field}"), message);
+        }
+    }
+    for (index, entry) in user.client_certificates.iter().enumerate() {
+        for (field, message) in second_factor::validate_client_certificate(entry) {
+            let path = if field.is_empty() {
+                format!("clientCertificates[{index}]")
+            } else {
+                format!("clientCertificates[{index}].{field}")
+            };
+            err(&path, message);
+        }
+    }
+    if user.ftps_auth.needs_certificate() && user.client_certificates.is_empty() {
+        err(
+            "ftpsAuth",
+            "certificate logins need at least one clientCertificates entry".into(),
+        );
+    }
+    if user.ftps_auth == FtpsAuth::CertificateAndPassword && user.password_hash.is_none() {
+        err(
+            "ftpsAuth",
+            "certificateAndPassword needs a passwordHash".into(),
+        );
+    }
+}
+
 impl UserList {
     /// Parses and validates `users.yaml`; `file` is the name used in errors.
     pub fn parse(file: &str, text: &str) -> Result<Self, ConfigError> {
@@ -388,6 +434,7 @@ impl UserList {
                     "requires publickey but the user has no sshAuthorizedKeys".into(),
                 );
             }
+            validate_second_factor(user, &mut err);
             let mut seen = HashSet::new();
             for permission in &user.permissions {
                 if !seen.insert(permission) {
@@ -521,6 +568,44 @@ mod tests {
             "  - username: bob\n    home: bob\n    permissions: [list]\n    requiredAuth: [otp]\n",
         );
         assert!(UserList::parse("users.yaml", &text).is_err());
+    }
+
+    #[test]
+    fn second_factor_fields_parse_and_errors_name_them() {
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    totp: {secret: GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ}\n    clientCertificates: [{subject: 'CN=bob,O=Partner'}, {san: bob@partner.example}]\n    ftpsAuth: certificate\n",
+        );
+        let users = UserList::parse("users.yaml", &text).unwrap();
+        let bob = &users.users[0];
+        let totp = bob.totp.as_ref().unwrap();
+        assert_eq!((totp.digits, totp.period), (6, 30));
+        assert_eq!(totp.algorithm, crate::TotpAlgorithm::Sha1);
+        assert_eq!(bob.ftps_auth, FtpsAuth::Certificate);
+        assert_eq!(bob.client_certificates.len(), 2);
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    totp: {secret: 'MZXW6===', digits: 7, algorithm: SHA256}\n    clientCertificates: [{subject: 'CN=bob', sha256: '00'}]\n    ftpsAuth: certificateAndPassword\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        let fields: Vec<_> = error
+            .field_errors()
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect();
+        for want in [
+            "users[0].totp.secret",
+            "users[0].totp.digits",
+            "users[0].clientCertificates[0]",
+            "users[0].clientCertificates[0].sha256",
+            "users[0].ftpsAuth",
+        ] {
+            assert!(fields.contains(&want), "{want} missing from {fields:?}");
+        }
+        assert!(!error.to_string().contains("MZXW6"), "{error}");
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    ftpsAuth: certificate\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        assert!(error.to_string().contains("users[0].ftpsAuth"), "{error}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod audit;
 mod auth;
 mod bans;
+mod client_cert;
 mod demo;
 mod ftp;
 mod limits;
@@ -14,6 +15,7 @@ mod reload;
 mod sftp;
 mod snapshot;
 mod tls;
+mod totp;
 mod userfs;
 mod vpath;
 

@@ -133,6 +133,18 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
 
     let users_name = name_of(&users_path);
     let users = UserList::parse(&users_name, &String::from_utf8_lossy(&users_bytes))?;
+    if config.tls.client_certificates == sluice_config::ClientCertificateMode::None {
+        for user in users
+            .users
+            .iter()
+            .filter(|u| u.ftps_auth.needs_certificate())
+        {
+            tracing::warn!(
+                user = %user.username,
+                "users.yaml: ftpsAuth needs a client certificate but server.yaml tls.clientCertificates is none; this user cannot log in over FTPS"
+            );
+        }
+    }
     let mut key_errors = Vec::new();
     let mut parsed_keys = HashMap::new();
     for (index, user) in users.users.iter().enumerate() {

@@ -66,11 +66,16 @@ def test_crds_apply_and_are_served(crds):
         ({"home": "a/../../b"}, "spec.home must be relative and must not contain '..'"),
         ({"auth": {"passwordHash": PASSWORD_HASH, "passwordSecretRef": {"name": "s"}}},
          "spec.auth: set passwordSecretRef or passwordHash, not both"),
-        ({"auth": {}}, "spec.auth: a password (secret or hash) or at least one SSH key is required"),
+        ({"auth": {}}, "spec.auth: a password (secret or hash), at least one SSH key, or ftpsAuth certificate is required"),
+        ({"auth": {}, "ftpsAuth": "certificateAndPassword"}, "spec.auth: a password (secret or hash)"),
         ({"permissions": ["list", "chmod"]}, 'Unsupported value: "chmod"'),
+        ({"totp": {"secretRef": {"name": "t"}, "digits": 7}}, "spec.totp.digits must be 6 or 8"),
+        ({"totp": {"secretRef": {"name": "t"}, "period": 5}}, "spec.totp.period must be 15-300 seconds"),
+        ({"ftpsAuth": "token"}, 'Unsupported value: "token"'),
     ],
     ids=["username-dash", "username-long", "home-dotdot", "home-absolute", "home-escape",
-         "auth-both", "auth-none", "permission-enum"],
+         "auth-both", "auth-none", "auth-none-cert-and-password", "permission-enum", "totp-digits",
+         "totp-period", "ftps-auth-enum"],
 )
 def test_invalid_transfer_user_is_rejected_by_the_api_server(crds, namespace, spec, message):
     cluster = crds
@@ -80,6 +85,17 @@ def test_invalid_transfer_user_is_rejected_by_the_api_server(crds, namespace, sp
     assert "is invalid" in proc.stderr, proc.stderr
     assert message in proc.stderr, proc.stderr
     assert not cluster.exists("transferusers", "-n", namespace)
+
+
+def test_certificate_only_user_with_totp_is_accepted(crds, namespace):
+    cluster = crds
+    user = transfer_user("carol", auth={}, ftpsAuth="certificate",
+                         clientCertificates=[{"subject": "CN=carol,O=Partner"}],
+                         totp={"secretRef": {"name": "carol-totp"}, "digits": 8})
+    cluster.apply(user, "-n", namespace)
+    got = cluster.kubectl_json("get", "tu", "carol", "-n", namespace)
+    assert got["spec"]["clientCertificates"] == [{"subject": "CN=carol,O=Partner"}]
+    assert got["spec"]["totp"] == {"secretRef": {"name": "carol-totp"}, "digits": 8}
 
 
 def test_transfer_user_immutable_username(crds, namespace):

@@ -101,6 +101,9 @@ mod tests {
             disabled: false,
             password_authentication: true,
             required_auth: vec![],
+            totp: None,
+            client_certificates: vec![],
+            ftps_auth: Default::default(),
         }
     }
 

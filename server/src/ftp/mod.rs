@@ -57,6 +57,8 @@ pub struct Context {
     pub verifier: crate::auth::Verifier,
     /// Failed-login bans shared by every listener.
     pub bans: crate::bans::BanEngine,
+    /// The last accepted TOTP step per user, shared by FTPS and SFTP (no replay).
+    pub totp: crate::totp::ReplayGuard,
 }
 
 impl Context {
@@ -82,6 +84,7 @@ impl Context {
             session_prefix: format!("{:08x}", rand::random::<u32>()),
             host_name: host_name(),
             bans: crate::bans::BanEngine::default(),
+            totp: crate::totp::ReplayGuard::default(),
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())

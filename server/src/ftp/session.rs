@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use sluice_config::{Permission, Protocol, User, canonical_ip};
+use sluice_config::{FtpsAuth, Permission, Protocol, User, canonical_ip};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -23,10 +23,12 @@ use super::data::{self, DataContext, DataError, DataStream, TransferError};
 use super::listing;
 use super::{Context, ListenerKind};
 use crate::audit::SessionTag;
+use crate::client_cert::{self, PeerCertificate};
 use crate::limits::{ConnectionGuard, UserGuard};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tls;
+use crate::totp::{self, TotpOutcome};
 use crate::userfs::{EntryKind, FsError, UserFs, WriteMode};
 use crate::vpath::{PathError, VirtualPath};
 
@@ -66,6 +68,8 @@ struct Session {
     tls: tls::SessionTls,
     protected: bool,
     pending_user: Option<String>,
+    /// The verified client certificate of the control connection, if one was presented.
+    peer_cert: Option<Arc<PeerCertificate>>,
     logged_in: Option<LoggedIn>,
     failures: u32,
     cwd: VirtualPath,
@@ -75,6 +79,8 @@ struct Session {
     epsv_all: bool,
     queued: VecDeque<Incoming>,
     login_deadline: Instant,
+    /// The factors of the login being attempted, for its audit event.
+    login_method: String,
 }
 
 /// Runs a session to its end; never panics the process, whatever the client sends.
@@ -130,6 +136,7 @@ pub async fn run(
         tls,
         protected: false,
         pending_user: None,
+        peer_cert: None,
         logged_in: None,
         failures: 0,
         cwd: VirtualPath::root(),
@@ -139,6 +146,7 @@ pub async fn run(
         epsv_all: false,
         queued: VecDeque::new(),
         login_deadline,
+        login_method: String::new(),
     };
     let reason = session.serve(kind).await;
     session.drop_data();
@@ -351,10 +359,11 @@ impl Session {
             }
         };
         let connection = stream.get_ref().1;
-        let fingerprint = connection
+        self.peer_cert = connection
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .map(|cert| tls::fingerprint(cert));
+            .map(|cert| Arc::new(PeerCertificate::from_der(cert)));
+        let fingerprint = self.peer_cert.as_ref().map(|c| c.sha256.clone());
         let fields = json!({
             "channel": "control",
             "result": "success",
@@ -609,7 +618,60 @@ impl Session {
             return self.done(501, "USER needs a name").await;
         }
         self.pending_user = Some(name.chars().take(128).collect());
+        // Certificate-only users whose certificate maps to them need no PASS (RFC 2228 232);
+        // everyone else, including certificate-only users with TOTP, gets 331.
+        let certificate_only = self.snapshot.user(name).is_some_and(|user| {
+            user.ftps_auth == FtpsAuth::Certificate
+                && user.totp.is_none()
+                && self.peer_cert.as_ref().is_some_and(|c| c.maps_to(user))
+        });
+        if certificate_only {
+            return self.pass("").await;
+        }
         self.done(331, "password required").await
+    }
+
+    /// The factors `user` logs in with over FTPS, for the audit log.
+    fn login_method(user: Option<&User>) -> String {
+        let Some(user) = user else {
+            return "password".into();
+        };
+        let mut factors = Vec::new();
+        if user.ftps_auth.needs_certificate() {
+            factors.push("certificate");
+        }
+        if user.ftps_auth.needs_password() {
+            factors.push("password");
+        }
+        if user.totp.is_some() {
+            factors.push("totp");
+        }
+        factors.join("+")
+    }
+
+    /// The client certificate's audit fields (`null` when none was presented).
+    fn cert_fields(&self) -> serde_json::Value {
+        match &self.peer_cert {
+            Some(cert) => {
+                json!({"client_cert_sha256": cert.sha256, "client_cert_subject": cert.subject})
+            }
+            None => json!({}),
+        }
+    }
+
+    /// The certificate and TOTP checks after the password (if any) was verified; the audit
+    /// reason of a refusal. Never logs the code.
+    fn second_factors(&self, user: &User, code: Option<&str>) -> Option<&'static str> {
+        let users = self.snapshot.users.values().map(|u| u.as_ref());
+        if let Some(reason) = client_cert::refusal(user, self.peer_cert.as_deref(), users) {
+            return Some(reason);
+        }
+        let totp = user.totp.as_ref()?;
+        let outcome = self
+            .context
+            .totp
+            .verify_now(&user.username, totp, code.unwrap_or_default());
+        (outcome != TotpOutcome::Accepted).then(|| outcome.reason())
     }
 
     async fn pass(&mut self, password: &str) -> Flow {
@@ -629,14 +691,42 @@ impl Session {
                 .await;
         }
         let user = self.snapshot.user(&name).cloned();
-        let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-        let password = password.to_string();
-        let verified = self.context.verifier.verify(password, hash).await;
+        self.login_method = Self::login_method(user.as_deref());
+        // `PASS <password><code>` for TOTP users; certificate-only users send only the code.
+        let mode = user.as_ref().map(|u| u.ftps_auth).unwrap_or_default();
+        let digits = user
+            .as_ref()
+            .and_then(|u| u.totp.as_ref())
+            .map(|t| t.digits);
+        let (password, code) = match (mode.needs_password(), digits) {
+            (true, Some(digits)) => match totp::split_password_and_code(password, digits) {
+                Some((password, code)) => (password, Some(code)),
+                None => (password, None),
+            },
+            (true, None) => (password, None),
+            (false, Some(_)) => ("", Some(password)),
+            (false, None) => ("", None),
+        };
+        let hash = if mode.needs_password() {
+            user.as_ref().and_then(|u| u.password_hash.clone())
+        } else {
+            // Certificate-only: the dummy verification keeps the timing of every PASS alike.
+            None
+        };
+        let verified = self
+            .context
+            .verifier
+            .verify(password.to_string(), hash)
+            .await
+            || !mode.needs_password();
         let Some(user) = user.filter(|_| verified) else {
             return self
                 .login_failed("invalid credentials", "login incorrect")
                 .await;
         };
+        if let Some(reason) = self.second_factors(&user, code) {
+            return self.login_failed(reason, "login incorrect").await;
+        }
         let now = jiff::Timestamp::now();
         let refusal = user.login_refusal(Protocol::Ftps, self.client_ip, now);
         if let Some(reason) = refusal {
@@ -667,13 +757,21 @@ impl Session {
             }
         };
         Metrics::inc(&self.context.metrics.logins, &[("result", "success")]);
-        self.audit("login", json!({"result": "success", "method": "password"}));
+        let mut fields = self.cert_fields();
+        fields["result"] = "success".into();
+        fields["method"] = self.login_method.clone().into();
+        self.audit("login", fields);
         self.logged_in = Some(LoggedIn {
             user,
             fs,
             _guard: guard,
         });
         self.cwd = VirtualPath::root();
+        if mode == FtpsAuth::Certificate && digits.is_none() {
+            return self
+                .done(232, "User logged in, authorized by security data exchange")
+                .await;
+        }
         self.done(230, "logged in").await
     }
 
@@ -681,10 +779,17 @@ impl Session {
         self.failures += 1;
         super::record_login_failure(&self.context, self.client_ip, self.tag.user.as_deref());
         Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
-        self.audit(
-            "login",
-            json!({"result": "failure", "method": "password", "reason": reason, "attempt": self.failures}),
-        );
+        let mut fields = self.cert_fields();
+        fields["result"] = "failure".into();
+        let method = std::mem::take(&mut self.login_method);
+        fields["method"] = if method.is_empty() {
+            "password".into()
+        } else {
+            method.into()
+        };
+        fields["reason"] = reason.into();
+        fields["attempt"] = self.failures.into();
+        self.audit("login", fields);
         self.tag.user = None;
         let delay = Duration::from_millis(self.config().limits.auth_failure_delay_ms);
         tokio::time::sleep(delay).await;

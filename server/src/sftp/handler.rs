@@ -47,6 +47,8 @@ pub struct SshHandler {
     /// Methods that succeeded so far, and for which user (a different name starts over).
     passed: HashSet<SshAuthMethod>,
     passed_user: Option<String>,
+    /// The TOTP code (keyboard-interactive) of `passed_user` was accepted.
+    totp_passed: bool,
     key_fingerprint: Option<String>,
     logged_in: Option<LoggedIn>,
     channels: HashMap<ChannelId, Channel<Msg>>,
@@ -77,6 +79,7 @@ impl SshHandler {
             failures: 0,
             passed: HashSet::new(),
             passed_user: None,
+            totp_passed: false,
             key_fingerprint: None,
             logged_in: None,
             channels: HashMap::new(),
@@ -149,7 +152,71 @@ impl SshHandler {
                 });
             }
         }
+        if user.totp.is_some() && !self.totp_passed {
+            methods.push(MethodKind::KeyboardInteractive);
+        }
         MethodSet::from(methods.as_slice())
+    }
+
+    /// Names of the factors still missing, for the `partial` audit event.
+    fn remaining_names(&self, user: &User) -> Vec<&'static str> {
+        let mut names: Vec<&'static str> = user
+            .required_auth
+            .iter()
+            .filter(|m| !self.passed.contains(m))
+            .map(|m| m.as_str())
+            .collect();
+        if user.totp.is_some() && !self.totp_passed {
+            names.push("keyboard-interactive");
+        }
+        names
+    }
+
+    /// Whether the first factor (every `requiredAuth` method, or any one method) passed.
+    fn first_factor_passed(&self, user: &User) -> bool {
+        if user.required_auth.is_empty() {
+            !self.passed.is_empty()
+        } else {
+            user.required_auth.iter().all(|m| self.passed.contains(m))
+        }
+    }
+
+    /// The keyboard-interactive TOTP step: prompt for the code after the first factor, then
+    /// check it (a wrong or replayed code is a failed login; the code is never logged).
+    async fn totp_step(&mut self, name: &str, code: Option<String>) -> Auth {
+        let user = self.snapshot.user(name).cloned();
+        let ready = self.passed_user.as_deref() == Some(name)
+            && user
+                .as_ref()
+                .is_some_and(|u| u.totp.is_some() && self.first_factor_passed(u));
+        let Some(user) = user.filter(|_| ready) else {
+            // Keyboard-interactive only carries the code, after publickey or password.
+            return self.rejection();
+        };
+        let Some(code) = code else {
+            return Auth::Partial {
+                name: "".into(),
+                instructions: "".into(),
+                prompts: vec![("Verification code: ".into(), false)].into(),
+            };
+        };
+        let Some(totp) = user.totp.as_ref() else {
+            return self.rejection();
+        };
+        let outcome = self.context.totp.verify_now(name, totp, &code);
+        if outcome != crate::totp::TotpOutcome::Accepted {
+            self.failed(name, "keyboard-interactive", outcome.reason())
+                .await;
+            // The first factor stays passed: the client may try another code.
+            return Auth::Reject {
+                proceed_with_methods: Some(MethodSet::from(
+                    [MethodKind::KeyboardInteractive].as_slice(),
+                )),
+                partial_success: false,
+            };
+        }
+        self.totp_passed = true;
+        self.evaluate(name, "keyboard-interactive").await
     }
 
     async fn failed(&mut self, user: &str, method: &str, reason: &str) -> Auth {
@@ -203,13 +270,18 @@ impl SshHandler {
     async fn method_passed(&mut self, name: &str, method: SshAuthMethod) -> Auth {
         if self.passed_user.as_deref() != Some(name) {
             self.passed.clear();
+            self.totp_passed = false;
             self.passed_user = Some(name.to_string());
         }
         self.passed.insert(method);
+        self.evaluate(name, method.as_str()).await
+    }
+
+    /// After `method` succeeded: partial success while factors remain, else the account
+    /// checks and the login.
+    async fn evaluate(&mut self, name: &str, method: &str) -> Auth {
         let Some(user) = self.snapshot.user(name).cloned() else {
-            return self
-                .failed(name, method.as_str(), "invalid credentials")
-                .await;
+            return self.failed(name, method, "invalid credentials").await;
         };
         let remaining = self.methods_remaining(&user);
         if !remaining.is_empty() {
@@ -220,9 +292,9 @@ impl SshHandler {
                 "login",
                 json!({
                     "result": "partial",
-                    "method": method.as_str(),
+                    "method": method,
                     "key_sha256": self.key_fingerprint,
-                    "remaining": user.required_auth.iter().filter(|m| !self.passed.contains(m)).map(|m| m.as_str()).collect::<Vec<_>>(),
+                    "remaining": self.remaining_names(&user),
                 }),
             );
             return Auth::Reject {
@@ -233,7 +305,7 @@ impl SshHandler {
         let now = jiff::Timestamp::now();
         let refusal = user.login_refusal(Protocol::Sftp, self.client_ip, now);
         if let Some(reason) = refusal {
-            return self.failed(name, method.as_str(), reason).await;
+            return self.failed(name, method, reason).await;
         }
         let guard = match self.context.limits.login(
             &user.username,
@@ -242,7 +314,7 @@ impl SshHandler {
             Ok(guard) => guard,
             Err(_) => {
                 return self
-                    .failed(name, method.as_str(), "too many sessions for this user")
+                    .failed(name, method, "too many sessions for this user")
                     .await;
             }
         };
@@ -254,17 +326,20 @@ impl SshHandler {
                 return self
                     .failed(
                         name,
-                        method.as_str(),
+                        method,
                         &format!("home directory unavailable: {error}"),
                     )
                     .await;
             }
         };
-        let methods: Vec<&str> = if user.required_auth.is_empty() {
-            vec![method.as_str()]
+        let mut methods: Vec<&str> = if user.required_auth.is_empty() {
+            self.passed.iter().take(1).map(|m| m.as_str()).collect()
         } else {
             user.required_auth.iter().map(|m| m.as_str()).collect()
         };
+        if user.totp.is_some() {
+            methods.push("totp");
+        }
         self.tag.user = Some(user.username.clone());
         Metrics::inc(&self.context.metrics.logins, &[("result", "success")]);
         self.audit(
@@ -397,6 +472,24 @@ impl russh::server::Handler for SshHandler {
             return Ok(self.failed(user, "password", "invalid credentials").await);
         }
         Ok(self.method_passed(user, SshAuthMethod::Password).await)
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        self.log_handshake();
+        self.refresh_snapshot();
+        self.over_limit()?;
+        let code = response.map(|mut answers| {
+            answers
+                .next()
+                .map(|bytes| String::from_utf8_lossy(&bytes).chars().take(16).collect())
+                .unwrap_or_default()
+        });
+        Ok(self.totp_step(user, code).await)
     }
 
     async fn channel_open_session(
