@@ -776,6 +776,11 @@ async fn reconcile_server(
     if !endpoints_ready {
         wait = wait.min(Duration::from_secs(10));
     }
+    // ... and when a password enters its warning period or expires.
+    if let Some(at) = resolved.next_change {
+        let seconds = (at.as_second() - now.as_second()).max(1);
+        wait = wait.min(Duration::from_secs(seconds as u64));
+    }
     Ok(Action::requeue(wait))
 }
 
@@ -872,8 +877,6 @@ async fn update_user_status(
         user.metadata.generation,
         now,
     );
-    let changed_password = verdict.password_source_digest.is_some()
-        && verdict.password_source_digest != previous.password_source_digest;
     let status = crate::crd::TransferUserStatus {
         observed_generation: user.metadata.generation,
         conditions: vec![ready.clone()],
@@ -881,11 +884,11 @@ async fn update_user_status(
             .password_source_digest
             .clone()
             .or(previous.password_source_digest.clone()),
-        password_changed_at: if changed_password {
-            Some(now.to_string())
-        } else {
-            previous.password_changed_at.clone()
-        },
+        password_changed_at: verdict
+            .password_changed_at
+            .clone()
+            .or(previous.password_changed_at.clone()),
+        password_expires_at: verdict.password_expires_at.clone(),
     };
     if user.status.as_ref() == Some(&status) {
         return Ok(());
@@ -896,7 +899,9 @@ async fn update_user_status(
         .find(|c| c.type_ == "Ready")
         .map(|c| c.reason.clone());
     if previous_reason.as_deref() != Some(verdict.reason) {
-        let type_ = if verdict.ready {
+        // A Warning also for a ready user whose password expires soon: recorded once, when the
+        // reason changes to it.
+        let type_ = if verdict.ready && verdict.reason != "PasswordExpiresSoon" {
             EventType::Normal
         } else {
             EventType::Warning
@@ -932,6 +937,8 @@ async fn reconcile_user(
             user.spec.server_ref.name
         ),
         password_source_digest: None,
+        password_changed_at: None,
+        password_expires_at: None,
     };
     let api: Api<TransferUser> = Api::namespaced(context.client.clone(), &namespace);
     update_user_status(&api, &user, &verdict, (context.now)(), &context).await?;

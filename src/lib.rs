@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aging;
 pub mod certs;
 pub mod controller;
 pub mod crd;

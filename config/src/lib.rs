@@ -9,12 +9,14 @@ mod error;
 mod server;
 mod ssh;
 mod users;
+mod windows;
 
 pub use bans::BanConfig;
 pub use error::{ConfigError, FieldError};
 pub use server::*;
 pub use ssh::*;
 pub use users::*;
+pub use windows::*;
 
 /// The only `apiVersion` both files accept today.
 pub const API_VERSION: &str = "sluice.dev/v1alpha1";

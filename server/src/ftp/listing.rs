@@ -101,6 +101,8 @@ mod tests {
             disabled: false,
             password_authentication: true,
             required_auth: vec![],
+            login_windows: vec![],
+            password_changed_at: None,
         }
     }
 
