@@ -653,7 +653,13 @@ async fn reconcile_server(
         .unwrap_or(0);
     let endpoints_ready =
         ready_replicas >= server.spec.replicas.max(1) || server.spec.replicas == 0;
-    let refused = resolved.verdicts.values().filter(|v| !v.ready).count();
+    // Users whose password expired stay in users.yaml (their key logins still work).
+    let expired = resolved
+        .verdicts
+        .values()
+        .filter(|v| v.reason == "PasswordExpired")
+        .count();
+    let refused = resolved.verdicts.values().filter(|v| !v.ready).count() - expired;
     let conditions_without_ready = vec![
         condition(
             &previous_conditions,
@@ -690,8 +696,13 @@ async fn reconcile_server(
             true,
             "Rendered",
             &format!(
-                "{} users in users.yaml, {refused} refused (see their status)",
-                resolved.list.users.len()
+                "{} users in users.yaml{}, {refused} refused (see their status)",
+                resolved.list.users.len(),
+                if expired > 0 {
+                    format!(" ({expired} with an expired password)")
+                } else {
+                    String::new()
+                }
             ),
             generation,
             now,
