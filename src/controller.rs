@@ -960,7 +960,13 @@ async fn reconcile_server(
         .unwrap_or(0);
     let endpoints = endpoints_verdict(ready_replicas, server.spec.replicas, &passive);
     let endpoints_ready = endpoints.0;
-    let refused = resolved.verdicts.values().filter(|v| !v.ready).count();
+    // Users whose password expired stay in users.yaml (their key logins still work).
+    let expired = resolved
+        .verdicts
+        .values()
+        .filter(|v| v.reason == "PasswordExpired")
+        .count();
+    let refused = resolved.verdicts.values().filter(|v| !v.ready).count() - expired;
     let conditions_without_ready = vec![
         condition(
             &previous_conditions,
@@ -986,8 +992,13 @@ async fn reconcile_server(
             true,
             "Rendered",
             &format!(
-                "{} users in users.yaml, {refused} refused (see their status)",
-                resolved.list.users.len()
+                "{} users in users.yaml{}, {refused} refused (see their status)",
+                resolved.list.users.len(),
+                if expired > 0 {
+                    format!(" ({expired} with an expired password)")
+                } else {
+                    String::new()
+                }
             ),
             generation,
             now,
@@ -1098,6 +1109,11 @@ async fn reconcile_server(
     }
     if !endpoints_ready {
         wait = wait.min(Duration::from_secs(10));
+    }
+    // ... and when a password enters its warning period or expires.
+    if let Some(at) = resolved.next_change {
+        let seconds = (at.as_second() - now.as_second()).max(1);
+        wait = wait.min(Duration::from_secs(seconds as u64));
     }
     Ok(Action::requeue(wait))
 }
@@ -1238,8 +1254,6 @@ async fn update_user_status(
         user.metadata.generation,
         now,
     );
-    let changed_password = verdict.password_source_digest.is_some()
-        && verdict.password_source_digest != previous.password_source_digest;
     let status = crate::crd::TransferUserStatus {
         observed_generation: user.metadata.generation,
         conditions: vec![ready.clone()],
@@ -1247,11 +1261,11 @@ async fn update_user_status(
             .password_source_digest
             .clone()
             .or(previous.password_source_digest.clone()),
-        password_changed_at: if changed_password {
-            Some(now.to_string())
-        } else {
-            previous.password_changed_at.clone()
-        },
+        password_changed_at: verdict
+            .password_changed_at
+            .clone()
+            .or(previous.password_changed_at.clone()),
+        password_expires_at: verdict.password_expires_at.clone(),
     };
     if user.status.as_ref() == Some(&status) {
         return Ok(());
@@ -1262,7 +1276,9 @@ async fn update_user_status(
         .find(|c| c.type_ == "Ready")
         .map(|c| c.reason.clone());
     if previous_reason.as_deref() != Some(verdict.reason) {
-        let type_ = if verdict.ready {
+        // A Warning also for a ready user whose password expires soon: recorded once, when the
+        // reason changes to it.
+        let type_ = if verdict.ready && verdict.reason != "PasswordExpiresSoon" {
             EventType::Normal
         } else {
             EventType::Warning
@@ -1304,6 +1320,8 @@ async fn reconcile_user(
             user.spec.server_ref.name
         ),
         password_source_digest: None,
+        password_changed_at: None,
+        password_expires_at: None,
     };
     let api: Api<TransferUser> = Api::namespaced(context.client.clone(), &namespace);
     update_user_status(&api, user, &verdict, (context.now)(), &context).await?;

@@ -333,6 +333,18 @@ pub struct PasswordPolicy {
     #[serde(default = "three")]
     #[schemars(range(min = 0, max = 4))]
     pub min_character_classes: i32,
+    /// Maximum password age in days: past it, password logins are refused with the audited
+    /// reason `PasswordExpired` and the TransferUser gets `Ready=False`, reason
+    /// `PasswordExpired`. Counted from the TransferUser's `status.passwordChangedAt`. Absent:
+    /// passwords do not age. SSH key logins are not affected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3650))]
+    pub max_age_days: Option<i32>,
+    /// With `maxAgeDays`: a Warning Event `PasswordExpiresSoon` is recorded on the TransferUser
+    /// this many days before its password expires (default 14; 0: no warning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 365))]
+    pub warn_days_before: Option<i32>,
 }
 
 fn twelve() -> i32 {
@@ -347,6 +359,8 @@ impl Default for PasswordPolicy {
         PasswordPolicy {
             min_length: 12,
             min_character_classes: 3,
+            max_age_days: None,
+            warn_days_before: None,
         }
     }
 }
@@ -491,6 +505,13 @@ pub struct TransferUserSpec {
     /// `certificateAndPassword`. Needs the server's `tls.clientCertificates`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ftps_auth: Option<sluice_config::FtpsAuth>,
+    /// When the user may log in (several windows allowed; none: always), e.g.
+    /// `{days: [Mon, Tue, Wed, Thu, Fri], from: "08:00", to: "18:00", timeZone: Europe/Berlin}`.
+    /// `to` at or before `from` crosses midnight. Logins outside are refused and open sessions
+    /// end at the window's edge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub login_windows: Vec<sluice_config::LoginWindow>,
 }
 
 /// A user's TOTP setting; the shared secret stays in a Secret.
@@ -551,13 +572,22 @@ pub struct TransferUserStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready` with reasons such as `PasswordPolicyViolation`, `SecretNotFound`,
-    /// `ServerNotFound`, `DuplicateUsername`, `Expired`, `Disabled`.
+    /// `ServerNotFound`, `DuplicateUsername`, `Expired`, `Disabled`, `PasswordExpired`
+    /// (`Ready=False`, the user stays in users.yaml for key logins) and `PasswordExpiresSoon`
+    /// (`Ready=True`, recorded once as a Warning Event).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// SHA-256 of the password Secret's content that was last hashed (never the password).
+    /// Identifies the password Secret version that was last hashed, or the
+    /// `spec.auth.passwordHash` in use (a digest, never of the password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_source_digest: Option<String>,
-    /// When the password last changed (RFC 3339).
+    /// When the password last changed (RFC 3339): when the operator hashed a new version of
+    /// the password Secret, or first saw a new `spec.auth.passwordHash`. Rendered into
+    /// users.yaml; password aging (`spec.security.passwordPolicy.maxAgeDays` of the server)
+    /// counts from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_changed_at: Option<String>,
+    /// When the password expires under the server's `passwordPolicy.maxAgeDays` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_expires_at: Option<String>,
 }

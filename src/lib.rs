@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod aging;
 pub mod certmanager;
 pub mod certs;
 pub mod controller;

@@ -203,6 +203,7 @@ mod tests {
         let relaxed = PasswordPolicy {
             min_length: 8,
             min_character_classes: 1,
+            ..PasswordPolicy::default()
         };
         assert!(violations("lowercase", "bob", &relaxed).is_empty());
     }

@@ -228,6 +228,13 @@ pub fn server_config(
         audit: config::AuditConfig::default(),
         reload: config::ReloadConfig::default(),
         bans: config::BanConfig::default(),
+        passwords: config::PasswordsConfig {
+            max_age_days: spec
+                .security
+                .password_policy
+                .max_age_days
+                .and_then(|days| u32::try_from(days).ok()),
+        },
         ssh: config::SshConfig {
             host_key_files: if serves(fts, ServedProtocol::Sftp) {
                 vec![format!("{SSH_DIR}/{SSH_HOST_KEY}")]

@@ -1,7 +1,10 @@
 //! Turning the TransferUsers of one server into `users.yaml`, purely: credentials resolved from
 //! Secrets (hashed with argon2id, re-hashed only when the Secret changes), the password policy,
 //! duplicate usernames (the older user wins), and expired or disabled users left out. Each user
-//! gets a verdict that becomes its status.
+//! gets a verdict that becomes its status. A user whose password is past the server's
+//! `maxAgeDays` stays in `users.yaml` (so the server refuses its password logins with the
+//! audited reason `PasswordExpired` while its key logins keep working) and gets
+//! `Ready=False`, reason `PasswordExpired`; see [`crate::aging`].
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -11,7 +14,7 @@ use sha2::{Digest, Sha256};
 use sluice_config as config;
 
 use crate::crd::{PasswordPolicy, TransferUser};
-use crate::policy;
+use crate::{aging, policy};
 
 /// Why a user is or is not in `users.yaml`; becomes its `Ready` condition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,8 +22,13 @@ pub struct Verdict {
     pub ready: bool,
     pub reason: &'static str,
     pub message: String,
-    /// Digest of the password Secret version that was hashed (not of the password).
+    /// Digest of the password Secret version that was hashed, or of `spec.auth.passwordHash`
+    /// (never of the password).
     pub password_source_digest: Option<String>,
+    /// When the password last changed (RFC 3339), for users with a password.
+    pub password_changed_at: Option<String>,
+    /// When the password expires under the server's `maxAgeDays` (RFC 3339).
+    pub password_expires_at: Option<String>,
 }
 
 impl Verdict {
@@ -30,6 +38,8 @@ impl Verdict {
             reason,
             message: message.into(),
             password_source_digest: None,
+            password_changed_at: None,
+            password_expires_at: None,
         }
     }
 }
@@ -38,6 +48,8 @@ pub struct Resolved {
     pub list: config::UserList,
     /// Keyed by TransferUser object name.
     pub verdicts: BTreeMap<String, Verdict>,
+    /// The next instant a password enters its warning period or expires (requeue then).
+    pub next_change: Option<jiff::Timestamp>,
 }
 
 /// The inputs the controller read for one server.
@@ -79,6 +91,7 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
     let mut owners: HashMap<String, String> = HashMap::new();
     let mut verdicts = BTreeMap::new();
     let mut list = Vec::new();
+    let mut next_change: Option<jiff::Timestamp> = None;
     for user in ordered {
         let object = user.name_any();
         let spec = &user.spec;
@@ -96,14 +109,50 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
         owners.insert(key, object.clone());
         match resolve_one(user, inputs, hash) {
             Ok((entry, digest)) => {
+                let state = entry
+                    .password_changed_at
+                    .as_deref()
+                    .and_then(|t| t.parse().ok())
+                    .map(|changed| aging::aging(changed, inputs.policy, inputs.now))
+                    .unwrap_or(aging::Aging::Ageless);
+                if let Some(at) = state.next_change() {
+                    next_change = Some(next_change.map_or(at, |n| n.min(at)));
+                }
+                let expires_at = state.expires_at().map(aging::format);
+                let (ready, reason, message) = match state {
+                    aging::Aging::Expired { expires_at } => (
+                        false,
+                        "PasswordExpired",
+                        format!(
+                            "the password expired at {} (passwordPolicy.maxAgeDays of the server); password logins are refused until it is changed, key logins still work",
+                            aging::format(expires_at)
+                        ),
+                    ),
+                    aging::Aging::ExpiresSoon { expires_at } => (
+                        true,
+                        "PasswordExpiresSoon",
+                        format!(
+                            "user is in the server's users.yaml; the password expires at {}",
+                            aging::format(expires_at)
+                        ),
+                    ),
+                    _ => (
+                        true,
+                        "Provisioned",
+                        "user is in the server's users.yaml".to_string(),
+                    ),
+                };
+                let changed_at = entry.password_changed_at.clone();
                 list.push(entry);
                 verdicts.insert(
                     object,
                     Verdict {
-                        ready: true,
-                        reason: "Provisioned",
-                        message: "user is in the server's users.yaml".into(),
+                        ready,
+                        reason,
+                        message,
                         password_source_digest: digest,
+                        password_changed_at: changed_at,
+                        password_expires_at: expires_at,
                     },
                 );
             }
@@ -119,6 +168,7 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
             users: list,
         },
         verdicts,
+        next_change,
     }
 }
 
@@ -229,10 +279,20 @@ fn resolve_one(
                     format!("spec.auth.passwordHash {message}"),
                 ));
             }
+            digest = Some(aging::hash_digest(phc));
             Some(phc.clone())
         }
         (None, None) => None,
     };
+    let status = user.status.as_ref();
+    let password_changed_at = password_hash.as_ref().map(|_| {
+        aging::format(aging::changed_at(
+            digest.as_deref(),
+            status.and_then(|s| s.password_source_digest.as_deref()),
+            status.and_then(|s| s.password_changed_at.as_deref()),
+            inputs.now,
+        ))
+    });
     let entry = config::User {
         username: spec.username.clone(),
         password_hash,
@@ -248,6 +308,8 @@ fn resolve_one(
         totp: resolve_totp(spec, inputs)?,
         client_certificates: spec.client_certificates.clone(),
         ftps_auth: spec.ftps_auth.unwrap_or_default(),
+        login_windows: spec.login_windows.clone(),
+        password_changed_at,
     };
     // Field-level validation with the server's own rules, so the server never rejects a file
     // the operator wrote.
@@ -357,14 +419,30 @@ mod tests {
         secrets: &BTreeMap<String, Secret>,
         previous: Option<&config::UserList>,
     ) -> Resolved {
-        let policy = PasswordPolicy::default();
+        run_with(
+            users,
+            secrets,
+            previous,
+            &PasswordPolicy::default(),
+            "2026-06-01T00:00:00Z",
+        )
+    }
+
+    fn run_with(
+        users: &[TransferUser],
+        secrets: &BTreeMap<String, Secret>,
+        previous: Option<&config::UserList>,
+        policy: &PasswordPolicy,
+        now: &str,
+    ) -> Resolved {
+        let policy = policy.clone();
         resolve(
             &UserInputs {
                 users,
                 secrets,
                 previous,
                 policy: &policy,
-                now: "2026-06-01T00:00:00Z".parse().unwrap(),
+                now: now.parse().unwrap(),
             },
             &fake_hash,
         )
@@ -515,6 +593,166 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .ends_with("$previous")
+        );
+    }
+
+    #[test]
+    fn password_change_time_aging_and_warning() {
+        let policy = PasswordPolicy {
+            max_age_days: Some(30),
+            warn_days_before: Some(5),
+            ..PasswordPolicy::default()
+        };
+        let mut alice = user("alice", "alice", 1, "");
+        let secrets = BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2026", "7")]);
+        // First sight: changed now, rendered into users.yaml, next change is the warning.
+        let first = run_with(
+            std::slice::from_ref(&alice),
+            &secrets,
+            None,
+            &policy,
+            "2026-06-01T00:00:00Z",
+        );
+        let verdict = &first.verdicts["alice"];
+        assert_eq!(verdict.reason, "Provisioned");
+        assert_eq!(
+            verdict.password_changed_at.as_deref(),
+            Some("2026-06-01T00:00:00Z")
+        );
+        assert_eq!(
+            verdict.password_expires_at.as_deref(),
+            Some("2026-07-01T00:00:00Z")
+        );
+        assert_eq!(
+            first.list.users[0].password_changed_at.as_deref(),
+            Some("2026-06-01T00:00:00Z")
+        );
+        assert_eq!(
+            first.next_change,
+            Some("2026-06-26T00:00:00Z".parse().unwrap())
+        );
+        alice.status = Some(crate::crd::TransferUserStatus {
+            password_source_digest: verdict.password_source_digest.clone(),
+            password_changed_at: verdict.password_changed_at.clone(),
+            ..Default::default()
+        });
+        // The same Secret later: the change time is kept; inside the warning period.
+        let warned = run_with(
+            std::slice::from_ref(&alice),
+            &secrets,
+            Some(&first.list),
+            &policy,
+            "2026-06-27T00:00:00Z",
+        );
+        let verdict = &warned.verdicts["alice"];
+        assert!(verdict.ready);
+        assert_eq!(verdict.reason, "PasswordExpiresSoon");
+        assert_eq!(
+            verdict.password_changed_at.as_deref(),
+            Some("2026-06-01T00:00:00Z")
+        );
+        assert_eq!(
+            warned.next_change,
+            Some("2026-07-01T00:00:00Z".parse().unwrap())
+        );
+        // Past the maximum age: not ready, but still in users.yaml with its change time, so the
+        // server refuses password logins with the audited reason and keys keep working.
+        let expired = run_with(
+            std::slice::from_ref(&alice),
+            &secrets,
+            Some(&first.list),
+            &policy,
+            "2026-07-01T00:00:00Z",
+        );
+        let verdict = &expired.verdicts["alice"];
+        assert!(!verdict.ready);
+        assert_eq!(verdict.reason, "PasswordExpired");
+        assert_eq!(expired.list.users.len(), 1);
+        assert_eq!(
+            expired.list.users[0].password_changed_at.as_deref(),
+            Some("2026-06-01T00:00:00Z")
+        );
+        assert_eq!(expired.next_change, None);
+        // A new Secret version resets the clock.
+        let rotated = BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2027", "8")]);
+        let renewed = run_with(
+            std::slice::from_ref(&alice),
+            &rotated,
+            Some(&first.list),
+            &policy,
+            "2026-07-02T00:00:00Z",
+        );
+        assert_eq!(renewed.verdicts["alice"].reason, "Provisioned");
+        assert_eq!(
+            renewed.verdicts["alice"].password_changed_at.as_deref(),
+            Some("2026-07-02T00:00:00Z")
+        );
+        // Keys only: no password, no aging.
+        let keys = user(
+            "bob",
+            "bob",
+            2,
+            "  loginWindows: [{days: [Mon], from: '08:00', to: '09:00', timeZone: Europe/Berlin}]\n",
+        );
+        let mut keys = keys;
+        keys.spec.auth = crate::crd::UserAuth {
+            ssh_authorized_keys: vec![
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+                    .into(),
+            ],
+            ..Default::default()
+        };
+        let resolved = run_with(&[keys], &secrets, None, &policy, "2027-01-01T00:00:00Z");
+        assert_eq!(resolved.verdicts["bob"].reason, "Provisioned");
+        assert_eq!(resolved.list.users[0].password_changed_at, None);
+        assert_eq!(resolved.list.users[0].login_windows.len(), 1);
+    }
+
+    #[test]
+    fn a_changed_password_hash_resets_the_change_time() {
+        let hash_a = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+        let hash_b = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+        let mut carol = user("carol", "carol", 1, "");
+        carol.spec.auth = crate::crd::UserAuth {
+            password_hash: Some(hash_a.into()),
+            ..Default::default()
+        };
+        let secrets = BTreeMap::new();
+        let policy = PasswordPolicy::default();
+        let first = run_with(
+            std::slice::from_ref(&carol),
+            &secrets,
+            None,
+            &policy,
+            "2026-01-01T00:00:00Z",
+        );
+        carol.status = Some(crate::crd::TransferUserStatus {
+            password_source_digest: first.verdicts["carol"].password_source_digest.clone(),
+            password_changed_at: first.verdicts["carol"].password_changed_at.clone(),
+            ..Default::default()
+        });
+        let same = run_with(
+            std::slice::from_ref(&carol),
+            &secrets,
+            None,
+            &policy,
+            "2026-02-01T00:00:00Z",
+        );
+        assert_eq!(
+            same.verdicts["carol"].password_changed_at.as_deref(),
+            Some("2026-01-01T00:00:00Z")
+        );
+        carol.spec.auth.password_hash = Some(hash_b.into());
+        let changed = run_with(
+            std::slice::from_ref(&carol),
+            &secrets,
+            None,
+            &policy,
+            "2026-02-01T00:00:00Z",
+        );
+        assert_eq!(
+            changed.verdicts["carol"].password_changed_at.as_deref(),
+            Some("2026-02-01T00:00:00Z")
         );
     }
 }

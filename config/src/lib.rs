@@ -10,6 +10,7 @@ mod second_factor;
 mod server;
 mod ssh;
 mod users;
+mod windows;
 
 pub use bans::BanConfig;
 pub use error::{ConfigError, FieldError};
@@ -17,6 +18,7 @@ pub use second_factor::*;
 pub use server::*;
 pub use ssh::*;
 pub use users::*;
+pub use windows::*;
 
 /// The only `apiVersion` both files accept today.
 pub const API_VERSION: &str = "sluice.dev/v1alpha1";

@@ -5,7 +5,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{BanConfig, ConfigError, FieldError, SshConfig, check_header, parse_yaml};
+use crate::{
+    BanConfig, ConfigError, FieldError, PasswordsConfig, SshConfig, check_header, parse_yaml,
+};
 
 /// Largest passive range we accept: every port becomes a Kubernetes ServicePort, and a Service
 /// with thousands of ports is slow to program into kube-proxy.
@@ -69,6 +71,9 @@ pub struct ServerConfig {
     /// Brute-force protection shared by FTPS and SFTP.
     #[serde(default)]
     pub bans: BanConfig,
+    /// Password aging; see [`PasswordsConfig`].
+    #[serde(default, skip_serializing_if = "PasswordsConfig::is_default")]
+    pub passwords: PasswordsConfig,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -522,6 +527,13 @@ impl ServerConfig {
         self.ssh
             .validate(file, self.listeners.sftp.is_some(), &mut errors);
         errors.extend(self.bans.validate(file, "bans"));
+        if self.passwords.max_age_days == Some(0) {
+            errors.push(FieldError::new(
+                file,
+                "passwords.maxAgeDays",
+                "must be at least 1 (leave it out for passwords that do not age)",
+            ));
+        }
         errors
     }
 

@@ -7,7 +7,9 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::second_factor::{self, ClientCertificate, FtpsAuth, TotpConfig};
-use crate::{ConfigError, FieldError, SshAuthMethod, check_header, parse_yaml};
+use crate::{
+    ConfigError, FieldError, LoginWindow, SshAuthMethod, check_header, parse_yaml, validate_window,
+};
 
 /// What a user may do. Each FTP/SFTP verb needs exactly one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -124,6 +126,13 @@ pub struct User {
     /// `password` (default), `certificate` or `certificateAndPassword`.
     #[serde(default, skip_serializing_if = "is_default")]
     pub ftps_auth: FtpsAuth,
+    /// When the user may log in; empty means always. See [`LoginWindow`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub login_windows: Vec<LoginWindow>,
+    /// RFC 3339 instant the password was last set; with `passwords.maxAgeDays` in server.yaml,
+    /// password logins are refused once it is older than that. Absent: the password never ages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_changed_at: Option<String>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -403,6 +412,19 @@ impl UserList {
                     format!("{expiry:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z"),
                 );
             }
+            for (window_index, window) in user.login_windows.iter().enumerate() {
+                for (field, message) in validate_window(window) {
+                    err(&format!("loginWindows[{window_index}].{field}"), message);
+                }
+            }
+            if let Some(changed) = &user.password_changed_at
+                && changed.parse::<jiff::Timestamp>().is_err()
+            {
+                err(
+                    "passwordChangedAt",
+                    format!("{changed:?} is not an RFC 3339 time such as 2026-01-31T00:00:00Z"),
+                );
+            }
             let mut methods = HashSet::new();
             for method in &user.required_auth {
                 if !methods.insert(method) {
@@ -606,6 +628,38 @@ mod tests {
         );
         let error = UserList::parse("users.yaml", &text).unwrap_err();
         assert!(error.to_string().contains("users[0].ftpsAuth"), "{error}");
+    }
+
+    #[test]
+    fn login_windows_and_password_age_parse_and_validate() {
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    passwordChangedAt: 2026-01-01T00:00:00Z\n    loginWindows:\n      - {days: [Mon, Fri], from: '08:00', to: '18:00', timeZone: Europe/Berlin}\n      - {from: '22:00', to: '02:00'}\n",
+        );
+        let users = UserList::parse("users.yaml", &text).unwrap();
+        assert_eq!(users.users[0].login_windows.len(), 2);
+        assert_eq!(users.users[0].login_windows[1].time_zone, "UTC");
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    passwordChangedAt: yesterday\n    loginWindows:\n      - {days: [Mon], from: '25:00', to: '18:00', timeZone: Nowhere/City}\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        let fields: Vec<_> = error
+            .field_errors()
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "users[0].loginWindows[0].from",
+                "users[0].loginWindows[0].timeZone",
+                "users[0].passwordChangedAt"
+            ]
+        );
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    loginWindows: [{days: [Monday], from: '08:00', to: '09:00'}]\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        assert!(error.to_string().contains("Monday"), "{error}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod tls;
 mod totp;
 mod userfs;
 mod vpath;
+mod windows;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -185,6 +186,13 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     let snapshot = loaded.map_err(|e| anyhow::anyhow!("{e}"))?;
     for warning in snapshot.config.insecure_opt_ins() {
         tracing::warn!(setting = %warning, "insecure opt-in enabled");
+    }
+    if let Some(seconds) = windows::init_clock()? {
+        tracing::warn!(
+            seconds,
+            "{} is set: login windows and password aging use a shifted clock (tests only)",
+            windows::TEST_CLOCK_OFFSET_ENV
+        );
     }
     std::fs::create_dir_all(&snapshot.data_root)
         .with_context(|| format!("dataRoot: cannot create {}", snapshot.data_root.display()))?;

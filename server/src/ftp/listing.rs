@@ -104,6 +104,8 @@ mod tests {
             totp: None,
             client_certificates: vec![],
             ftps_auth: Default::default(),
+            login_windows: vec![],
+            password_changed_at: None,
         }
     }
 

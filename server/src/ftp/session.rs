@@ -275,7 +275,24 @@ impl Session {
             } else {
                 self.login_deadline
             };
+            // The end of the user's current login window, if it has windows.
+            let edge = self
+                .logged_in
+                .as_ref()
+                .and_then(|l| crate::windows::until_edge(&l.user, crate::windows::now()))
+                .map(|wait| Instant::now() + wait);
             tokio::select! {
+                _ = async {
+                    match edge {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(reason) = self.refresh() {
+                        self.reply(421, reason).await;
+                        return Err(reason);
+                    }
+                }
                 read = timeout_at(deadline, self.control.next()) => {
                     return match read {
                         Ok(Ok(incoming)) => Ok(incoming),
@@ -327,6 +344,10 @@ impl Session {
                 json!({"reason": "user disabled, expired or restricted"}),
             );
             return Err("account disabled, expired or restricted; closing control connection");
+        }
+        if crate::windows::outside_window(&user, crate::windows::now()) {
+            self.audit("session_ended", json!({"reason": "login window closed"}));
+            return Err(crate::windows::WINDOW_CLOSED);
         }
         if let Some(logged_in) = &mut self.logged_in {
             logged_in.user = user;
@@ -733,6 +754,14 @@ impl Session {
             let text = format!("login refused: {reason}");
             return self.login_failed(reason, &text).await;
         }
+        if let Some(refusal) = crate::windows::login_refusal(
+            &user,
+            &self.config().passwords,
+            user.ftps_auth.needs_password(),
+            crate::windows::now(),
+        ) {
+            return self.login_refused(refusal).await;
+        }
         let guard = match self
             .context
             .limits
@@ -799,6 +828,34 @@ impl Session {
             return Flow::Close("too many failed logins");
         }
         self.done(530, reply).await
+    }
+
+    /// A verified login refused by password aging (counted like a wrong password) or by the
+    /// login windows (not counted towards bans, and told to the client).
+    async fn login_refused(&mut self, refusal: crate::windows::Refusal) -> Flow {
+        if refusal.counts_for_bans() {
+            return self
+                .login_failed(refusal.audit_reason(), &refusal.ftps_reply())
+                .await;
+        }
+        self.failures += 1;
+        Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
+        let mut fields = json!({"result": "failure", "method": "password",
+            "reason": refusal.audit_reason(), "attempt": self.failures});
+        if let crate::windows::Refusal::OutsideWindow {
+            next_open: Some(at),
+        } = refusal
+        {
+            fields["next_open"] = at.to_string().into();
+        }
+        self.audit("login", fields);
+        self.tag.user = None;
+        if self.failures >= self.config().limits.max_auth_attempts {
+            self.reply(421, "too many failed logins; closing control connection")
+                .await;
+            return Flow::Close("too many failed logins");
+        }
+        self.done(530, &refusal.ftps_reply()).await
     }
 
     /// Resolves a client path argument against the working directory.

@@ -244,6 +244,43 @@ impl SshHandler {
         self.rejection()
     }
 
+    /// A login refused outside the user's login windows: audited, but not counted towards
+    /// bans (the credentials were right; it is not a guessing attempt).
+    fn refused_outside_window(
+        &mut self,
+        user: &str,
+        method: &str,
+        refusal: crate::windows::Refusal,
+    ) -> Auth {
+        self.failures += 1;
+        Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
+        let mut tag = self.tag.clone();
+        tag.user = Some(user.chars().take(128).collect());
+        let next_open = match refusal {
+            crate::windows::Refusal::OutsideWindow { next_open } => {
+                next_open.map(|at| at.to_string())
+            }
+            crate::windows::Refusal::PasswordExpired => None,
+        };
+        self.context.audit.event(
+            &tag,
+            "login",
+            json!({
+                "result": "failure",
+                "method": method,
+                "reason": refusal.audit_reason(),
+                "attempt": self.failures,
+                "next_open": next_open,
+            }),
+        );
+        if self.failures >= self.snapshot.config.limits.max_auth_attempts
+            && let Ok(mut slot) = self.shared.end_reason.lock()
+        {
+            *slot = Some("too many failed logins".into());
+        }
+        self.rejection()
+    }
+
     /// Ends the connection once `limits.maxAuthAttempts` attempts have failed.
     fn over_limit(&self) -> Result<(), russh::Error> {
         if self.failures >= self.snapshot.config.limits.max_auth_attempts {
@@ -307,6 +344,25 @@ impl SshHandler {
         if let Some(reason) = refusal {
             return self.failed(name, method, reason).await;
         }
+        // A password took part in this login: the first factor that passed (keyboard-
+        // interactive TOTP may have come after it), or one of the required ones (not an
+        // earlier failed attempt).
+        let password_used = if user.required_auth.is_empty() {
+            self.passed.contains(&SshAuthMethod::Password)
+        } else {
+            user.required_auth.contains(&SshAuthMethod::Password)
+        };
+        if let Some(refusal) = crate::windows::login_refusal(
+            &user,
+            &self.snapshot.config.passwords,
+            password_used,
+            crate::windows::now(),
+        ) {
+            if refusal.counts_for_bans() {
+                return self.failed(name, method, refusal.audit_reason()).await;
+            }
+            return self.refused_outside_window(name, method, refusal);
+        }
         let guard = match self.context.limits.login(
             &user.username,
             self.snapshot.config.limits.max_sessions_per_user,
@@ -353,6 +409,7 @@ impl SshHandler {
         if let Ok(mut slot) = self.shared.user.lock() {
             *slot = Some(user.username.clone());
         }
+        self.shared.logged_in.notify_one();
         self.logged_in = Some(LoggedIn {
             user,
             fs,

@@ -53,6 +53,8 @@ pub struct Shared {
     pub user: Mutex<Option<String>>,
     /// Why the handler asked to end the connection.
     pub end_reason: Mutex<Option<String>>,
+    /// Notified at login, so that the driver starts watching the user's login window.
+    pub logged_in: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -150,7 +152,40 @@ async fn drive(
     tokio::pin!(running);
     let mut deadline = Some(login_deadline);
     loop {
+        // The end of the logged-in user's current login window, if it has windows.
+        let edge = shared
+            .user()
+            .and_then(|name| {
+                snapshot_rx
+                    .borrow()
+                    .user(&name)
+                    .and_then(|user| crate::windows::until_edge(user, crate::windows::now()))
+            })
+            .map(|wait| Instant::now() + wait);
         tokio::select! {
+            _ = shared.logged_in.notified() => {}
+            _ = async {
+                match edge {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(name) = shared.user() else { continue };
+                let outside = snapshot_rx
+                    .borrow()
+                    .user(&name)
+                    .is_some_and(|user| crate::windows::outside_window(user, crate::windows::now()));
+                if outside {
+                    tag.user = Some(name);
+                    context.audit.event(tag, "session_ended", json!({"reason": "login window closed"}));
+                    let text = crate::windows::WINDOW_CLOSED;
+                    let _ = handle
+                        .disconnect(russh::Disconnect::ByApplication, text.into(), String::new())
+                        .await;
+                    let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+                    return text.to_string();
+                }
+            }
             result = &mut running => {
                 if let Some(reason) = shared.reason() {
                     return reason;
@@ -191,15 +226,16 @@ async fn drive(
                         || user.is_expired_at(jiff::Timestamp::now())
                         || !user.allows_ip(ip)
                         || !user.allows_protocol(Protocol::Sftp) => Some("user disabled, expired or restricted"),
+                    Some(user) if crate::windows::outside_window(user, crate::windows::now()) => Some("login window closed"),
                     Some(_) => None,
                 };
                 if let Some(reason) = reason {
                     tag.user = Some(name);
                     context.audit.event(tag, "session_ended", json!({"reason": reason}));
-                    let text = if reason == "user removed" {
-                        "account removed; closing the connection"
-                    } else {
-                        "account disabled, expired or restricted; closing the connection"
+                    let text = match reason {
+                        "user removed" => "account removed; closing the connection",
+                        "login window closed" => crate::windows::WINDOW_CLOSED,
+                        _ => "account disabled, expired or restricted; closing the connection",
                     };
                     let _ = handle
                         .disconnect(russh::Disconnect::ByApplication, text.into(), String::new())
