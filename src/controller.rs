@@ -44,6 +44,8 @@ pub enum ControllerError {
     Render(#[from] render::RenderError),
     #[error("certificate: {0}")]
     Cert(#[from] certs::CertError),
+    #[error("ban sync: {0}")]
+    BanSync(String),
 }
 
 impl ControllerError {
@@ -52,6 +54,7 @@ impl ControllerError {
             ControllerError::Kube(_) => "ApiError",
             ControllerError::Render(_) => "RenderError",
             ControllerError::Cert(_) => "CertificateError",
+            ControllerError::BanSync(_) => "BanSyncError",
         }
     }
 }
@@ -102,6 +105,7 @@ pub async fn run(
     let server_controller = Controller::new(servers, watcher::Config::default());
     let store = server_controller.store();
     let secret_store = store.clone();
+    let ban_sync = crate::ban_sync::run(client.clone(), store.clone());
     let server_loop = server_controller
         .owns(
             scoped::<StatefulSet>(&client, ns),
@@ -175,7 +179,7 @@ pub async fn run(
                 Err(error) => warn!(%error, "user reconcile failed"),
             }
         });
-    futures::join!(server_loop, user_loop);
+    futures::join!(server_loop, user_loop, ban_sync);
 }
 
 async fn measured_reconcile_server(
@@ -600,6 +604,10 @@ async fn reconcile_server(
             .await?;
         info!(server = %names.server, "created the SSH host key");
     }
+
+    crate::ban_sync::ensure_secret(&client, &server)
+        .await
+        .map_err(|e| ControllerError::BanSync(e.to_string()))?;
 
     // Apply.
     apply(

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ban_sync;
 pub mod certs;
 pub mod controller;
 pub mod crd;

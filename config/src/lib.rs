@@ -10,7 +10,7 @@ mod server;
 mod ssh;
 mod users;
 
-pub use bans::BanConfig;
+pub use bans::{BanConfig, BanSyncConfig};
 pub use error::{ConfigError, FieldError};
 pub use server::*;
 pub use ssh::*;
