@@ -341,9 +341,9 @@ pub struct BansSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31536000))]
     pub max_ban_seconds: Option<i32>,
-    /// Networks (CIDR) never banned, e.g. a partner's NAT or a monitoring probe.
+    /// Networks (CIDR) never banned, e.g. a partner's NAT or a monitoring probe (at most 64).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.security.bans.safelist: every entry must be a CIDR such as 192.0.2.0/24"))]
     pub safelist: Vec<String>,
 }
