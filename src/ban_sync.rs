@@ -258,12 +258,20 @@ async fn call(
         .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
 }
 
-/// One round for one server: collect, merge, spread. Returns how many pods were updated.
+/// What one round did for one server.
+#[derive(Debug, Default)]
+struct Round {
+    updated: u64,
+    unreachable: u64,
+    refused: u64,
+}
+
+/// One round for one server: collect, merge, spread.
 async fn sync_server(
     client: &Client,
     server: &FileTransferServer,
     tokens: &mut HashMap<String, String>,
-) -> Result<usize, BanSyncError> {
+) -> Result<Round, BanSyncError> {
     let names = Names::of(server)?;
     let selector = render::selector_labels(server)
         .iter()
@@ -278,8 +286,9 @@ async fn sync_server(
         .iter()
         .filter_map(endpoint)
         .collect();
+    let mut round = Round::default();
     if endpoints.len() < 2 {
-        return Ok(0);
+        return Ok(round);
     }
     let key = format!("{}/{}", names.namespace, names.server);
     let token = match tokens.get(&key) {
@@ -318,17 +327,24 @@ async fn sync_server(
                     Ok(report) => {
                         reports.insert(pod, (address, report));
                     }
-                    Err(e) => warn!(%pod, %address, error = %e, "unreadable GET /bans answer"),
+                    Err(e) => {
+                        round.refused += 1;
+                        warn!(%pod, %address, error = %e, "unreadable GET /bans answer");
+                    }
                 }
             }
             Ok((status, _)) => {
+                round.refused += 1;
                 if status == hyper::StatusCode::UNAUTHORIZED {
                     // The Secret may have been recreated: read it again next round.
                     tokens.remove(&key);
                 }
                 warn!(%pod, %address, %status, "GET /bans refused");
             }
-            Err(message) => debug!(%pod, %address, %message, "GET /bans failed"),
+            Err(message) => {
+                round.unreachable += 1;
+                debug!(%pod, %address, %message, "GET /bans failed");
+            }
         }
     }
     let now = Timestamp::now();
@@ -336,7 +352,6 @@ async fn sync_server(
         .iter()
         .map(|(pod, (_, report))| (pod.clone(), report.clone()))
         .collect();
-    let mut updated = 0;
     for (pod, (address, report)) in &reports {
         let wanted = view_for(pod, &by_pod, now);
         if !differs(&report.peers, &wanted) {
@@ -352,20 +367,30 @@ async fn sync_server(
         .await
         {
             Ok((status, _)) if status == hyper::StatusCode::OK => {
-                updated += 1;
+                round.updated += 1;
                 info!(server = %names.server, %pod, bans = wanted.len(), "spread bans to a replica");
             }
-            Ok((status, body)) => warn!(%pod, %address, %status,
-                body = %String::from_utf8_lossy(&body), "PUT /bans/peers refused"),
-            Err(message) => warn!(%pod, %address, %message, "PUT /bans/peers failed"),
+            Ok((status, body)) => {
+                round.refused += 1;
+                warn!(%pod, %address, %status,
+                    body = %String::from_utf8_lossy(&body), "PUT /bans/peers refused");
+            }
+            Err(message) => {
+                round.unreachable += 1;
+                warn!(%pod, %address, %message, "PUT /bans/peers failed");
+            }
         }
     }
-    Ok(updated)
+    Ok(round)
 }
 
 /// Spreads bans between the replicas of every FileTransferServer in `servers` (the server
 /// controller's cache), forever. A failure for one server is logged and retried next round.
-pub async fn run(client: Client, servers: Store<FileTransferServer>) {
+pub async fn run(
+    client: Client,
+    servers: Store<FileTransferServer>,
+    metrics: std::sync::Arc<crate::metrics::OperatorMetrics>,
+) {
     let mut tokens = HashMap::new();
     let mut interval = tokio::time::interval(SYNC_PERIOD);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -378,8 +403,24 @@ pub async fn run(client: Client, servers: Store<FileTransferServer>) {
             {
                 continue;
             }
-            if let Err(error) = sync_server(&client, &server, &mut tokens).await {
-                warn!(server = %server.name_any(), %error, "ban sync round failed");
+            let count = |result: &str, n: u64| {
+                if n > 0 {
+                    metrics
+                        .ban_sync
+                        .get_or_create(&vec![("result", result.to_string())])
+                        .inc_by(n);
+                }
+            };
+            match sync_server(&client, &server, &mut tokens).await {
+                Ok(round) => {
+                    count("updated", round.updated);
+                    count("unreachable", round.unreachable);
+                    count("refused", round.refused);
+                }
+                Err(error) => {
+                    count("error", 1);
+                    warn!(server = %server.name_any(), %error, "ban sync round failed");
+                }
             }
         }
     }

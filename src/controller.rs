@@ -105,7 +105,7 @@ pub async fn run(
     let server_controller = Controller::new(servers, watcher::Config::default());
     let store = server_controller.store();
     let secret_store = store.clone();
-    let ban_sync = crate::ban_sync::run(client.clone(), store.clone());
+    let ban_sync = crate::ban_sync::run(client.clone(), store.clone(), context.metrics.clone());
     let server_loop = server_controller
         .owns(
             scoped::<StatefulSet>(&client, ns),

@@ -10,6 +10,7 @@ import json
 import socket
 import subprocess
 import time
+import urllib.request
 import uuid
 
 import pytest
@@ -123,6 +124,9 @@ def test_a_ban_on_one_replica_refuses_the_address_on_the_other(crds, operator, k
         assert not _bans(pod0, origin="peer"), "pod 0 got its own ban back"
         assert len(_bans(pod1, origin="peer", key=ATTACKER)) == 1
         assert _curl(pod0, "partner", password, BYSTANDER).returncode == 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'sluice_operator_ban_sync_total{result="updated"}' in metrics, metrics
         wrong = _curl(pod1, "partner", "still-wrong", BYSTANDER)
         assert wrong.returncode == CURL_LOGIN_DENIED, "the bystander is not banned"
     finally:
