@@ -591,6 +591,20 @@ mod tests {
     }
 
     #[test]
+    fn cel_requires_cidrs_in_the_safelist() {
+        let ok = kube::core::cel::validate_cel(&server(
+            "  security:\n    bans:\n      safelist: [192.0.2.0/24, 2001:db8::/32]\n",
+        ));
+        assert!(ok.is_ok(), "{ok:?}");
+        let error = kube::core::cel::validate_cel(&server(
+            "  security:\n    bans:\n      safelist: [192.0.2.0/24, nope]\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("every entry must be a CIDR"), "{error}");
+    }
+
+    #[test]
     fn tokens_are_random_and_long() {
         let (a, b) = (new_token(), new_token());
         assert_eq!(a.len(), 64);

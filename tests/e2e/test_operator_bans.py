@@ -72,6 +72,12 @@ def test_a_ban_on_one_replica_refuses_the_address_on_the_other(crds, operator, k
     ns = f"e2e-bans-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
     try:
+        bad = _manifest()
+        bad["spec"]["security"]["bans"].update(safelist=["192.0.2.0/24", "nope"], baseBanSeconds=900)
+        proc = cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(bad), check=False)
+        assert proc.returncode != 0
+        assert "every entry must be a CIDR" in proc.stderr, proc.stderr
+        assert "maxBanSeconds must be >= baseBanSeconds" in proc.stderr, proc.stderr
         cluster.apply([_claim(), _manifest()], "-n", ns)
         cluster.kubectl("wait", "--for=condition=Ready", f"fts/{NAME}", "-n", ns, "--timeout=150s",
                         timeout=160)
