@@ -45,7 +45,7 @@ pub enum ControllerError {
     #[error("certificate: {0}")]
     Cert(#[from] certs::CertError),
     #[error("ban sync: {0}")]
-    BanSync(String),
+    BanSync(#[from] crate::ban_sync::BanSyncError),
 }
 
 impl ControllerError {
@@ -605,9 +605,7 @@ async fn reconcile_server(
         info!(server = %names.server, "created the SSH host key");
     }
 
-    crate::ban_sync::ensure_secret(&client, &server)
-        .await
-        .map_err(|e| ControllerError::BanSync(e.to_string()))?;
+    crate::ban_sync::ensure_secret(&client, &server).await?;
 
     // Apply.
     apply(
