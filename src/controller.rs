@@ -45,6 +45,8 @@ pub enum ControllerError {
     Render(#[from] render::RenderError),
     #[error("certificate: {0}")]
     Cert(#[from] certs::CertError),
+    #[error("ban sync: {0}")]
+    BanSync(#[from] crate::ban_sync::BanSyncError),
 }
 
 impl ControllerError {
@@ -53,6 +55,7 @@ impl ControllerError {
             ControllerError::Kube(_) => "ApiError",
             ControllerError::Render(_) => "RenderError",
             ControllerError::Cert(_) => "CertificateError",
+            ControllerError::BanSync(_) => "BanSyncError",
         }
     }
 }
@@ -104,6 +107,7 @@ pub async fn run(
     let server_controller = Controller::new(servers, watcher::Config::default());
     let store = server_controller.store();
     let secret_store = store.clone();
+    let ban_sync = crate::ban_sync::run(client.clone(), store.clone(), context.metrics.clone());
     let server_loop = server_controller
         .owns(
             scoped::<StatefulSet>(&client, ns),
@@ -182,7 +186,7 @@ pub async fn run(
                 Err(error) => warn!(%error, "user reconcile failed"),
             }
         });
-    futures::join!(server_loop, user_loop);
+    futures::join!(server_loop, user_loop, ban_sync);
 }
 
 async fn measured_reconcile_server(
@@ -907,6 +911,8 @@ async fn reconcile_server(
             .await?;
         info!(server = %names.server, "created the SSH host key");
     }
+
+    crate::ban_sync::ensure_secret(&client, &server).await?;
 
     // Apply.
     apply(

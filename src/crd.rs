@@ -319,6 +319,42 @@ pub struct SecuritySpec {
     /// Allow active mode (PORT/EPRT) to the client's own address. Insecure opt-in.
     #[serde(default)]
     pub active_mode: bool,
+    /// Brute-force bans (defaults as in server.yaml `bans`); shared by every replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bans: Option<BansSpec>,
+}
+
+/// Failed logins per source address (and per username) within a sliding window lead to a ban
+/// whose duration doubles with each repeat. A ban made on one replica is spread to the others
+/// by the operator within seconds (docs/bans.md). Unset fields keep the server's defaults.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.baseBanSeconds) || !has(self.maxBanSeconds) || self.maxBanSeconds >= self.baseBanSeconds").message("spec.security.bans.maxBanSeconds must be >= baseBanSeconds"))]
+pub struct BansSpec {
+    /// Turn bans off (insecure opt-in; the server warns at start-up). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Weighted failed logins within the window that ban an address (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub threshold: Option<i32>,
+    /// Length of the sliding window in seconds (default 600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub window_seconds: Option<i32>,
+    /// First ban in seconds; each further ban of the same address doubles it (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub base_ban_seconds: Option<i32>,
+    /// Longest ban in seconds (default 86400).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31536000))]
+    pub max_ban_seconds: Option<i32>,
+    /// Networks (CIDR) never banned, e.g. a partner's NAT or a monitoring probe (at most 64).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.security.bans.safelist: every entry must be a CIDR such as 192.0.2.0/24"))]
+    pub safelist: Vec<String>,
 }
 
 /// Password rules.

@@ -22,6 +22,8 @@ pub struct OperatorMetrics {
     pub failures: Family<Labels, Counter>,
     pub duration: Family<Labels, Histogram>,
     pub certificate_expiry: Family<Labels, Gauge>,
+    /// Bans across replicas: pod updates and failed calls, by result.
+    pub ban_sync: Family<Labels, Counter>,
     registry: Registry,
 }
 
@@ -33,6 +35,7 @@ impl OperatorMetrics {
             Histogram::new(exponential_buckets(0.01, 2.0, 12))
         });
         let certificate_expiry = Family::<Labels, Gauge>::default();
+        let ban_sync = Family::<Labels, Counter>::default();
         let mut registry = Registry::with_prefix("sluice_operator");
         registry.register(
             "reconciles",
@@ -54,11 +57,17 @@ impl OperatorMetrics {
             "notAfter of each server's certificate (Unix seconds)",
             certificate_expiry.clone(),
         );
+        registry.register(
+            "ban_sync",
+            "Bans across replicas: pods updated (updated), pods not answering (unreachable), calls refused by a pod (refused), rounds failed at the API (error)",
+            ban_sync.clone(),
+        );
         Arc::new(OperatorMetrics {
             reconciles,
             failures,
             duration,
             certificate_expiry,
+            ban_sync,
             registry,
         })
     }

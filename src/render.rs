@@ -43,6 +43,9 @@ const USERS_DIR: &str = "/etc/sluice/users";
 const TLS_DIR: &str = "/etc/sluice/tls";
 const DATA_DIR: &str = "/data";
 const SSH_DIR: &str = "/etc/sluice/ssh";
+const BAN_SYNC_DIR: &str = "/etc/sluice/ban-sync";
+/// Key of the bearer token in the ban-sync Secret (bans across replicas, docs/bans.md).
+pub const BAN_SYNC_TOKEN: &str = "token";
 /// Key of the ed25519 host key in the SSH host key Secret.
 pub const SSH_HOST_KEY: &str = "ssh_host_ed25519_key";
 
@@ -89,6 +92,9 @@ impl Names {
     }
     pub fn ssh_host_key_secret(&self) -> String {
         format!("{}-ssh-host-keys", self.server)
+    }
+    pub fn ban_sync_secret(&self) -> String {
+        format!("{}-ban-sync", self.server)
     }
     pub fn headless(&self) -> String {
         format!("{}-headless", self.server)
@@ -227,7 +233,7 @@ pub fn server_config(
         uploads: config::Uploads::default(),
         audit: config::AuditConfig::default(),
         reload: config::ReloadConfig::default(),
-        bans: config::BanConfig::default(),
+        bans: ban_config(fts),
         passwords: config::PasswordsConfig {
             max_age_days: spec
                 .security
@@ -323,6 +329,40 @@ pub fn passive_addresses(
     addresses
 }
 
+/// Whether the server bans at all (and so shares bans between replicas).
+pub fn bans_enabled(fts: &FileTransferServer) -> bool {
+    fts.spec
+        .security
+        .bans
+        .as_ref()
+        .and_then(|b| b.enabled)
+        .unwrap_or(true)
+}
+
+/// `bans` of server.yaml: the spec's settings over the server's defaults, and the token file
+/// of the `/bans` endpoints through which the operator shares bans between replicas.
+fn ban_config(fts: &FileTransferServer) -> config::BanConfig {
+    let mut bans = config::BanConfig::default();
+    if let Some(spec) = &fts.spec.security.bans {
+        let seconds = |value: Option<i32>, default: u64| {
+            value.and_then(|v| u64::try_from(v).ok()).unwrap_or(default)
+        };
+        bans.enabled = spec.enabled.unwrap_or(true);
+        bans.threshold = spec
+            .threshold
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(bans.threshold);
+        bans.window_seconds = seconds(spec.window_seconds, bans.window_seconds);
+        bans.base_ban_seconds = seconds(spec.base_ban_seconds, bans.base_ban_seconds);
+        bans.max_ban_seconds = seconds(spec.max_ban_seconds, bans.max_ban_seconds);
+        bans.safelist = spec.safelist.clone();
+    }
+    if bans.enabled {
+        bans.sync.token_file = Some(format!("{BAN_SYNC_DIR}/{BAN_SYNC_TOKEN}"));
+    }
+    bans
+}
+
 pub fn to_yaml<T: serde::Serialize>(file: &'static str, value: &T) -> Result<String, RenderError> {
     serde_saphyr::to_string(value).map_err(|e| RenderError::Yaml {
         file,
@@ -396,6 +436,21 @@ pub fn ssh_host_key_secret(
         data: Some(BTreeMap::from([(
             SSH_HOST_KEY.to_string(),
             ByteString(private_key_openssh.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// The Secret with the bearer token of the pods' `/bans` endpoints. Created once with a random
+/// token; the operator reads it back to call the pods.
+pub fn ban_sync_secret(fts: &FileTransferServer, token: &str) -> Result<Secret, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(Secret {
+        metadata: meta(fts, &names, names.ban_sync_secret()),
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([(
+            BAN_SYNC_TOKEN.to_string(),
+            ByteString(token.as_bytes().to_vec()),
         )])),
         ..Secret::default()
     })
@@ -497,6 +552,10 @@ pub fn stateful_set(
     if serves(fts, ServedProtocol::Sftp) {
         volumes.push(secret_volume("ssh", names.ssh_host_key_secret()));
         mounts.push(mount("ssh", SSH_DIR, true));
+    }
+    if bans_enabled(fts) {
+        volumes.push(secret_volume("ban-sync", names.ban_sync_secret()));
+        mounts.push(mount("ban-sync", BAN_SYNC_DIR, true));
     }
     if let Some(ca) = &spec.tls.client_ca_secret {
         volumes.push(secret_volume("client-ca", ca.clone()));

@@ -34,6 +34,26 @@ pub struct BanConfig {
     /// Weight of a failure on a well-known username.
     #[serde(default = "default_weight")]
     pub well_known_weight: u32,
+    /// Sharing IP bans between the replicas of one server (set by the operator).
+    #[serde(default, skip_serializing_if = "BanSyncConfig::is_default")]
+    pub sync: BanSyncConfig,
+}
+
+/// `bans.sync`: the `/bans` endpoints on the health listener through which the operator reads
+/// this pod's IP bans and hands it those of the other replicas. Off unless `tokenFile` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BanSyncConfig {
+    /// File holding the bearer token that callers of `/bans` must present (a mounted Secret).
+    /// Relative to server.yaml. The endpoints answer 404 when it is not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<String>,
+}
+
+impl BanSyncConfig {
+    pub fn is_default(&self) -> bool {
+        self == &BanSyncConfig::default()
+    }
 }
 
 impl Default for BanConfig {
@@ -47,6 +67,7 @@ impl Default for BanConfig {
             safelist: Vec::new(),
             well_known_usernames: default_well_known(),
             well_known_weight: default_weight(),
+            sync: BanSyncConfig::default(),
         }
     }
 }
@@ -109,6 +130,14 @@ impl BanConfig {
         if self.well_known_weight == 0 {
             err("wellKnownWeight", "must be at least 1".into());
         }
+        if self
+            .sync
+            .token_file
+            .as_deref()
+            .is_some_and(|f| f.trim().is_empty())
+        {
+            err("sync.tokenFile", "must not be empty".into());
+        }
         for (index, cidr) in self.safelist.iter().enumerate() {
             if let Err(message) = parse_cidr(cidr) {
                 err(&format!("safelist[{index}]"), message);
@@ -133,6 +162,9 @@ mod tests {
             threshold: 0,
             max_ban_seconds: 1,
             safelist: vec!["nope".into()],
+            sync: BanSyncConfig {
+                token_file: Some(" ".into()),
+            },
             ..BanConfig::default()
         };
         let fields: Vec<String> = bad
@@ -142,7 +174,12 @@ mod tests {
             .collect();
         assert_eq!(
             fields,
-            ["bans.threshold", "bans.maxBanSeconds", "bans.safelist[0]"]
+            [
+                "bans.threshold",
+                "bans.maxBanSeconds",
+                "bans.sync.tokenFile",
+                "bans.safelist[0]"
+            ]
         );
     }
 }

@@ -12,7 +12,7 @@ mod ssh;
 mod users;
 mod windows;
 
-pub use bans::BanConfig;
+pub use bans::{BanConfig, BanSyncConfig};
 pub use error::{ConfigError, FieldError};
 pub use second_factor::*;
 pub use server::*;

@@ -55,10 +55,20 @@ pub struct NewBan {
     pub count: u32,
 }
 
+/// An IP ban another replica imposed, handed over by the operator (see `ban_sync`).
+struct PeerBan {
+    until: Instant,
+    /// The absolute expiry as received, reported back verbatim.
+    expires_at: jiff::Timestamp,
+}
+
 #[derive(Default)]
 struct State {
     by_ip: HashMap<IpAddr, Record>,
     by_user: HashMap<String, Record>,
+    /// Bans of the other replicas: kept apart from `by_ip` so they are never exported as this
+    /// pod's own (no ping-pong between replicas) and are replaced as a whole on each import.
+    peers: HashMap<IpAddr, PeerBan>,
 }
 
 pub struct BanEngine {
@@ -117,10 +127,15 @@ impl BanEngine {
         if !config.enabled || safelisted(config, ip) {
             return None;
         }
-        self.lock()
-            .by_ip
-            .get(&canonical_ip(ip))
-            .and_then(|r| r.banned(now))
+        let ip = canonical_ip(ip);
+        let state = self.lock();
+        let local = state.by_ip.get(&ip).and_then(|r| r.banned(now));
+        let peer = state
+            .peers
+            .get(&ip)
+            .filter(|p| p.until > now)
+            .map(|p| p.until - now);
+        local.max(peer)
     }
 
     /// Remaining ban of a username (logins as it are refused from any non-safelisted address).
@@ -145,9 +160,8 @@ impl BanEngine {
     pub fn log_refusal(&self, config: &BanConfig, ip: IpAddr, now: Instant) -> bool {
         let window = Duration::from_secs(config.window_seconds);
         let mut state = self.lock();
-        let Some(record) = state.by_ip.get_mut(&canonical_ip(ip)) else {
-            return true;
-        };
+        // A peer's ban has no local record yet: create one to remember when it was logged.
+        let record = state.by_ip.entry(canonical_ip(ip)).or_default();
         match record.refusal_logged_at {
             Some(at) if now.duration_since(at) < window => false,
             _ => {
@@ -225,6 +239,62 @@ impl BanEngine {
         bans
     }
 
+    /// This pod's own IP bans in force with the instant each ends (what it reports to peers).
+    pub fn local_ip_bans(&self, now: Instant) -> Vec<(IpAddr, Instant)> {
+        self.lock()
+            .by_ip
+            .iter()
+            .filter(|(_, r)| r.banned(now).is_some())
+            .filter_map(|(ip, r)| r.banned_until.map(|until| (*ip, until)))
+            .collect()
+    }
+
+    /// The peers' IP bans in force, with the absolute expiry they were imported with.
+    pub fn peer_ip_bans(&self, now: Instant) -> Vec<(IpAddr, jiff::Timestamp)> {
+        self.lock()
+            .peers
+            .iter()
+            .filter(|(_, p)| p.until > now)
+            .map(|(ip, p)| (*ip, p.expires_at))
+            .collect()
+    }
+
+    /// Replaces the peers' IP bans with `bans` (address, absolute expiry, time left). Returns
+    /// the addresses whose ban is new or was extended, for the audit log; addresses already
+    /// expired or safelisted here are skipped.
+    pub fn replace_peer_bans(
+        &self,
+        config: &BanConfig,
+        bans: &[(IpAddr, jiff::Timestamp, Duration)],
+        now: Instant,
+    ) -> Vec<(IpAddr, jiff::Timestamp)> {
+        let mut state = self.lock();
+        let mut fresh = HashMap::with_capacity(bans.len());
+        let mut new = Vec::new();
+        for (ip, expires_at, left) in bans {
+            let ip = canonical_ip(*ip);
+            if left.is_zero() || safelisted(config, ip) {
+                continue;
+            }
+            let known = state
+                .peers
+                .get(&ip)
+                .is_some_and(|p| p.until > now && p.expires_at >= *expires_at);
+            if !known {
+                new.push((ip, *expires_at));
+            }
+            fresh.insert(
+                ip,
+                PeerBan {
+                    until: now + *left,
+                    expires_at: *expires_at,
+                },
+            );
+        }
+        state.peers = fresh;
+        new
+    }
+
     /// Active bans: (scope, key, remaining), for metrics and status.
     pub fn active(&self, now: Instant) -> Vec<(&'static str, String, Duration)> {
         let state = self.lock();
@@ -236,7 +306,12 @@ impl BanEngine {
             .by_user
             .iter()
             .filter_map(|(u, r)| r.banned(now).map(|d| ("user", u.clone(), d)));
-        ips.chain(users).collect()
+        let peers = state
+            .peers
+            .iter()
+            .filter(|(_, p)| p.until > now)
+            .map(|(ip, p)| ("peer_ip", ip.to_string(), p.until - now));
+        ips.chain(users).chain(peers).collect()
     }
 }
 
@@ -394,6 +469,43 @@ mod tests {
         assert!(engine.log_refusal(&config, ip("127.0.0.7"), now));
         assert!(!engine.log_refusal(&config, ip("127.0.0.7"), now + Duration::from_secs(30)));
         assert!(engine.log_refusal(&config, ip("127.0.0.7"), now + Duration::from_secs(61)));
+    }
+
+    #[test]
+    fn peer_bans_refuse_expire_and_are_not_exported_as_local() {
+        let engine = BanEngine::default();
+        let config = config();
+        let now = Instant::now();
+        let expiry = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(20);
+        let imported = [
+            (ip("127.0.0.3"), expiry, Duration::from_secs(20)),
+            (ip("127.0.0.9"), expiry, Duration::from_secs(20)),
+            (ip("127.0.0.4"), expiry, Duration::ZERO),
+        ];
+        let new = engine.replace_peer_bans(&config, &imported, now);
+        assert_eq!(
+            new,
+            [(ip("127.0.0.3"), expiry)],
+            "safelisted and expired are skipped"
+        );
+        assert!(engine.ip_banned(&config, ip("127.0.0.3"), now).is_some());
+        assert!(engine.ip_banned(&config, ip("127.0.0.9"), now).is_none());
+        assert!(
+            engine.local_ip_bans(now).is_empty(),
+            "a peer's ban is not ours"
+        );
+        assert_eq!(engine.peer_ip_bans(now), [(ip("127.0.0.3"), expiry)]);
+        assert!(
+            engine.replace_peer_bans(&config, &imported, now).is_empty(),
+            "the same list again audits nothing"
+        );
+        assert!(engine.log_refusal(&config, ip("127.0.0.3"), now));
+        assert!(!engine.log_refusal(&config, ip("127.0.0.3"), now + Duration::from_secs(1)));
+        let later = now + Duration::from_secs(21);
+        assert!(engine.ip_banned(&config, ip("127.0.0.3"), later).is_none());
+        assert!(engine.peer_ip_bans(later).is_empty());
+        engine.replace_peer_bans(&config, &[], now);
+        assert!(engine.ip_banned(&config, ip("127.0.0.3"), now).is_none());
     }
 
     #[test]

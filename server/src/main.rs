@@ -5,6 +5,7 @@
 
 mod audit;
 mod auth;
+mod ban_sync;
 mod bans;
 mod client_cert;
 mod demo;
@@ -241,7 +242,13 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     if let Some(address) = &listeners.health {
         let listener = bind(address, "health").await?;
-        tokio::spawn(metrics::serve(listener, metrics.clone(), ready.clone()));
+        let bans = ban_sync::Endpoint::new(context.clone(), config_path.clone());
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics.clone(),
+            ready.clone(),
+            bans,
+        ));
     }
     tokio::spawn(reload::watch_files(
         config_path.clone(),

@@ -32,6 +32,7 @@ pub struct Metrics {
     pub reloads: Family<Labels, Counter>,
     pub bans: Family<Labels, Counter>,
     pub bans_active: Family<Labels, Gauge>,
+    pub ban_sync_requests: Family<Labels, Counter>,
     registry: std::sync::OnceLock<Registry>,
 }
 
@@ -87,6 +88,11 @@ impl Metrics {
             metrics.bans_active.clone(),
         );
         registry.register(
+            "ban_sync_requests",
+            "Requests to the /bans endpoints (bans across replicas), by HTTP status",
+            metrics.ban_sync_requests.clone(),
+        );
+        registry.register(
             "config_reloads",
             "Configuration reloads by result",
             metrics.reloads.clone(),
@@ -123,7 +129,12 @@ fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// Serves the operations endpoint until the process ends.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    bans: Arc<crate::ban_sync::Endpoint>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -131,11 +142,14 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, ready: Arc<Atom
         };
         let metrics = metrics.clone();
         let ready = ready.clone();
+        let bans = bans.clone();
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
             let metrics = metrics.clone();
             let ready = ready.clone();
+            let bans = bans.clone();
             async move {
                 let response = match request.uri().path() {
+                    path if crate::ban_sync::Endpoint::serves(path) => bans.handle(request).await,
                     "/healthz" => respond(StatusCode::OK, "ok\n".into()),
                     "/readyz" if ready.load(Ordering::Relaxed) => {
                         respond(StatusCode::OK, "ready\n".into())

@@ -25,9 +25,15 @@ each one as a local `sluice-server` process:
 - It starts the server with the Pod's args and env (plus HOSTNAME = Pod name, as a kubelet
   sets it), stdout (the JSON audit log) to `audit_log(pod)` and stderr to `server_log(pod)`;
   a process that exits is restarted with `restartCount` incremented.
-- It writes Pod status through `pods/status`: phase Running, a podIP from 10.244.0.0/24 (only
-  bookkeeping, since EndpointSlices refuse loopback addresses; the server itself listens on
-  127.0.0.1), hostIP 127.0.0.1, container state,
+- Each Pod gets its own loopback address as podIP (from a /24 in 127.0.0.0/8 picked at random
+  per kubelet, so that concurrent suites on one machine do not collide), and its health
+  listener is bound there on the container's own port (`podIP:8080`), as in a cluster: the
+  operator reaches a pod's `/bans` endpoints through `status.podIP` and the `health` container
+  port (bans across replicas). Every other listener stays on a free port of 127.0.0.1.
+  (EndpointSlices refuse loopback addresses, so the endpoint-slice controller cannot publish
+  these pods; nothing here routes Service traffic anyway.)
+- It writes Pod status through `pods/status`: phase Running, the podIP, hostIP 127.0.0.1,
+  container state,
   and the `Ready`/`ContainersReady` conditions from polling the server's `/readyz` on its health
   port, so the StatefulSet controller and the operator see real readiness.
 - A Pod with a deletionTimestamp has its process stopped (SIGTERM, then SIGKILL after the grace
@@ -64,9 +70,23 @@ import yaml
 NODE_NAME = "process-node"
 POD_SELECTOR = "app.kubernetes.io/name=sluice-server"
 HOST_IP = "127.0.0.1"
-# Pod IPs are bookkeeping only (every server listens on 127.0.0.1): EndpointSlice validation
-# rejects loopback addresses, so Pods get addresses from a pod CIDR that nothing routes.
-POD_CIDR_PREFIX = "10.244.0."
+# Each Pod's health listener binds its podIP (a loopback address) on the container's port.
+HEALTH_PORT_NAME = "health"
+
+
+def _pod_network() -> str:
+    """A random loopback /24 (as a prefix such as "127.93.17."), per kubelet."""
+    return f"127.{random.randrange(64, 250)}.{random.randrange(0, 256)}."
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 class ApiError(RuntimeError):
@@ -318,6 +338,7 @@ class ProcessKubelet:
         self._thread: threading.Thread | None = None
         self._last_heartbeat = 0.0
         self._next_ip = 0
+        self.pod_network = _pod_network()
         self.errors: list[str] = []
         self.history: list[PodProcess] = []  # every pod ever run, for logs after a failure
 
@@ -465,8 +486,7 @@ class ProcessKubelet:
                     root = self.workdir / "pods" / f"{ns}_{name}_{uid[:8]}"
                     root.mkdir(parents=True, exist_ok=True)
                     p = PodProcess(ns, name, uid, root, pod)
-                    self._next_ip += 1
-                    p.pod_ip = f"{POD_CIDR_PREFIX}{self._next_ip % 250 + 2}"
+                    p.pod_ip = self._allocate_pod_ip(pod)
                     self._pods[uid] = p
                     self.history.append(p)
                     self.log(f"pod {ns}/{name} ({uid}) admitted")
@@ -483,6 +503,20 @@ class ProcessKubelet:
                 p = self._pods.pop(uid)
                 self.log(f"pod {p.namespace}/{p.name} ({uid}) gone from the API: stopping")
                 p.stop(grace=5)
+
+    def _allocate_pod_ip(self, pod: dict) -> str:
+        """The next loopback address of this kubelet's pod network whose health port is free."""
+        health = [port["containerPort"] for c in pod["spec"]["containers"]
+                  for port in c.get("ports", []) if port.get("name") == HEALTH_PORT_NAME]
+        for _ in range(250):
+            self._next_ip += 1
+            ip = f"{self.pod_network}{self._next_ip % 250 + 2}"
+            if all(_bindable(ip, port) for port in health):
+                return ip
+        raise RuntimeError(f"no free pod address in {self.pod_network}0/24")
+
+    def pod_ip(self, pod: str, namespace: str | None = None) -> str:
+        return self._by_name(pod, namespace).pod_ip
 
     def _bind(self, ns: str, name: str, uid: str) -> None:
         try:
@@ -582,6 +616,11 @@ class ProcessKubelet:
             cport = port["containerPort"]
             if port.get("name", "").startswith("pasv-"):
                 continue
+            if port.get("name") == HEALTH_PORT_NAME:
+                # Bound on the pod's own address and port, where the operator reaches it.
+                p.port_map[cport] = cport
+                p.port_names[HEALTH_PORT_NAME] = cport
+                continue
             local = _free_port()
             p.port_map[cport] = local
             if port.get("name"):
@@ -597,6 +636,8 @@ class ProcessKubelet:
 
     def _local_listener(self, p: PodProcess, address: str) -> str:
         port = int(address.rsplit(":", 1)[1])
+        if p.port_names.get(HEALTH_PORT_NAME) == port:
+            return f"{p.pod_ip}:{port}"
         if port not in p.port_map:
             p.port_map[port] = _free_port()
         return f"127.0.0.1:{p.port_map[port]}"
@@ -620,6 +661,8 @@ class ProcessKubelet:
             local["passive"].pop("advertisedAddressByHost", None)
         if (cfg.get("ssh") or {}).get("hostKeyFiles"):
             local["ssh"]["hostKeyFiles"] = [p.container_path(f) for f in cfg["ssh"]["hostKeyFiles"]]
+        if ((cfg.get("bans") or {}).get("sync") or {}).get("tokenFile"):
+            local["bans"]["sync"]["tokenFile"] = p.container_path(cfg["bans"]["sync"]["tokenFile"])
         if (local.get("audit") or {}).get("file"):
             local["audit"]["file"] = p.container_path(cfg["audit"]["file"])
         Path(local["dataRoot"]).mkdir(parents=True, exist_ok=True)
@@ -709,7 +752,7 @@ class ProcessKubelet:
         if health is None:
             return True
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=1) as r:
+            with urllib.request.urlopen(f"http://{p.pod_ip}:{health}/readyz", timeout=1) as r:
                 return r.status == 200
         except (urllib.error.URLError, OSError):
             return False

@@ -166,7 +166,7 @@ pub fn record_login_failure(context: &Context, ip: std::net::IpAddr, user: Optio
         context.audit.server_event(
             "ban",
             json!({"scope": ban.scope, "key": ban.key, "duration_seconds": ban.duration.as_secs(),
-                   "count": ban.count, "ip": canonical_ip(ip).to_string()}),
+                   "count": ban.count, "ip": canonical_ip(ip).to_string(), "origin": "local"}),
         );
         tracing::warn!(scope = ban.scope, key = %ban.key, seconds = ban.duration.as_secs(), "banned after repeated failed logins");
     }
@@ -186,9 +186,9 @@ pub fn user_banned(context: &Context, user: &str, ip: std::net::IpAddr) -> bool 
         .is_some()
 }
 
-fn update_ban_gauges(context: &Context, now: std::time::Instant) {
+pub fn update_ban_gauges(context: &Context, now: std::time::Instant) {
     let active = context.bans.active(now);
-    for scope in ["ip", "user"] {
+    for scope in ["ip", "user", "peer_ip"] {
         let count = active.iter().filter(|(s, _, _)| *s == scope).count();
         context
             .metrics

@@ -1,0 +1,428 @@
+//! Bans across replicas, the pod's side: `GET /bans` reports this pod's own IP bans (and the
+//! peers' bans it holds) and `PUT /bans/peers` replaces the peers' bans with the list the
+//! operator merged from the other replicas. Both sit on the health listener, need the bearer
+//! token of `bans.sync.tokenFile` (compared in constant time) and answer 404 without it. The
+//! request body is bounded (1 MiB, 10,000 entries) and validated with errors naming the field.
+//! See docs/bans.md for the design.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::ftp::Context;
+use crate::metrics::Metrics;
+
+/// Largest `PUT /bans/peers` body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Most entries in one `PUT /bans/peers` (the operator caps its merged list to this too).
+pub const MAX_ENTRIES: usize = 10_000;
+/// Longest `pod` name accepted (a DNS subdomain).
+const MAX_POD_NAME: usize = 253;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SyncError {
+    #[error("ban sync is disabled (bans.sync.tokenFile is not set)")]
+    Disabled,
+    #[error("missing or wrong bearer token (Authorization: Bearer <bans.sync.tokenFile>)")]
+    Unauthorized,
+    #[error("bans.sync.tokenFile: cannot read {path}: {message}")]
+    Token { path: String, message: String },
+    #[error("request body: larger than {MAX_BODY_BYTES} bytes")]
+    TooLarge,
+    #[error("request body: {0}")]
+    Invalid(String),
+    #[error("{0} is not allowed on this path")]
+    Method(String),
+}
+
+impl SyncError {
+    fn status(&self) -> StatusCode {
+        match self {
+            SyncError::Disabled => StatusCode::NOT_FOUND,
+            SyncError::Unauthorized => StatusCode::UNAUTHORIZED,
+            SyncError::Token { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            SyncError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            SyncError::Invalid(_) => StatusCode::BAD_REQUEST,
+            SyncError::Method(_) => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+}
+
+/// One ban on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WireBan {
+    pub address: String,
+    /// RFC 3339 instant the ban ends.
+    pub expires_at: String,
+    /// The replica that imposed it (informational, for the audit log).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// Body of `PUT /bans/peers`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerList {
+    bans: Vec<WireBan>,
+}
+
+/// A validated ban from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerBan {
+    pub address: IpAddr,
+    pub expires_at: jiff::Timestamp,
+    pub pod: Option<String>,
+}
+
+/// Parses and validates a `PUT /bans/peers` body; errors name the offending field.
+pub fn parse_peer_list(body: &[u8]) -> Result<Vec<PeerBan>, SyncError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(SyncError::TooLarge);
+    }
+    let list: PeerList =
+        serde_json::from_slice(body).map_err(|e| SyncError::Invalid(e.to_string()))?;
+    if list.bans.len() > MAX_ENTRIES {
+        return Err(SyncError::Invalid(format!(
+            "bans: {} entries, at most {MAX_ENTRIES} allowed",
+            list.bans.len()
+        )));
+    }
+    list.bans
+        .into_iter()
+        .enumerate()
+        .map(|(index, ban)| {
+            let address = ban.address.parse::<IpAddr>().map_err(|_| {
+                SyncError::Invalid(format!(
+                    "bans[{index}].address: {:?} is not an IP address",
+                    ban.address
+                ))
+            })?;
+            let expires_at = ban.expires_at.parse::<jiff::Timestamp>().map_err(|_| {
+                SyncError::Invalid(format!(
+                    "bans[{index}].expiresAt: {:?} is not an RFC 3339 instant",
+                    ban.expires_at
+                ))
+            })?;
+            if ban.pod.as_ref().is_some_and(|p| p.len() > MAX_POD_NAME) {
+                return Err(SyncError::Invalid(format!(
+                    "bans[{index}].pod: longer than {MAX_POD_NAME} bytes"
+                )));
+            }
+            Ok(PeerBan {
+                address: sluice_config::canonical_ip(address),
+                expires_at,
+                pod: ban.pod,
+            })
+        })
+        .collect()
+}
+
+/// Whether `header` (the `Authorization` value) carries `token`. Both sides are hashed first so
+/// the comparison takes the same time whatever the length or content of a wrong guess.
+pub fn token_matches(token: &str, header: Option<&str>) -> bool {
+    let Some(presented) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+        return false;
+    };
+    let expected = Sha256::digest(token.trim().as_bytes());
+    let presented = Sha256::digest(presented.trim().as_bytes());
+    !token.trim().is_empty() && bool::from(expected.ct_eq(&presented))
+}
+
+/// The wall-clock instant of a ban ending at monotonic `until`, rounded up to the second so a
+/// ban never ends early on another replica.
+fn wall_expiry(until: Instant, now: Instant, wall: jiff::Timestamp) -> jiff::Timestamp {
+    let left = jiff::SignedDuration::try_from(until.saturating_duration_since(now))
+        .unwrap_or(jiff::SignedDuration::MAX);
+    let end = wall.checked_add(left).unwrap_or(jiff::Timestamp::MAX);
+    end.round(
+        jiff::TimestampRound::new()
+            .smallest(jiff::Unit::Second)
+            .mode(jiff::RoundMode::Ceil),
+    )
+    .unwrap_or(end)
+}
+
+/// Remaining time of a ban ending at `expires_at`, seen at wall-clock `wall`.
+fn remaining(expires_at: jiff::Timestamp, wall: jiff::Timestamp) -> Duration {
+    Duration::try_from(expires_at.duration_since(wall)).unwrap_or(Duration::ZERO)
+}
+
+/// The `/bans` endpoints of one server process.
+pub struct Endpoint {
+    context: Arc<Context>,
+    config_path: PathBuf,
+    /// The wall-clock expiry first reported for each local ban (keyed by its monotonic end), so
+    /// that every report gives the same instant and the operator sees no spurious change.
+    reported: Mutex<HashMap<IpAddr, (Instant, jiff::Timestamp)>>,
+}
+
+fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    if let Ok(value) = "application/json".parse() {
+        response.headers_mut().insert("content-type", value);
+    }
+    if status == StatusCode::UNAUTHORIZED
+        && let Ok(value) = "Bearer".parse()
+    {
+        response.headers_mut().insert("www-authenticate", value);
+    }
+    response
+}
+
+impl Endpoint {
+    pub fn new(context: Arc<Context>, config_path: PathBuf) -> Arc<Endpoint> {
+        Arc::new(Endpoint {
+            context,
+            config_path,
+            reported: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether this endpoint serves `path`.
+    pub fn serves(path: &str) -> bool {
+        path == "/bans" || path == "/bans/peers"
+    }
+
+    /// Answers a request for `/bans` or `/bans/peers`; every refusal is logged.
+    pub async fn handle(&self, request: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let path = request.uri().path().to_string();
+        let result = self.dispatch(request).await;
+        match result {
+            Ok(body) => respond(StatusCode::OK, body.to_string()),
+            Err(error) => {
+                if error != SyncError::Disabled {
+                    tracing::warn!(%path, %error, "ban sync request refused");
+                }
+                Metrics::inc(
+                    &self.context.metrics.ban_sync_requests,
+                    &[("result", error.status().as_str())],
+                );
+                respond(
+                    error.status(),
+                    json!({"error": error.to_string()}).to_string() + "\n",
+                )
+            }
+        }
+    }
+
+    fn check_token(&self, request: &Request<hyper::body::Incoming>) -> Result<(), SyncError> {
+        let file = self
+            .context
+            .snapshot
+            .borrow()
+            .config
+            .bans
+            .sync
+            .token_file
+            .clone()
+            .ok_or(SyncError::Disabled)?;
+        let path = crate::snapshot::resolve_relative(&self.config_path, &file);
+        // Read on every request: a rotated Secret takes effect without a restart.
+        let token = std::fs::read_to_string(&path).map_err(|e| SyncError::Token {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if token.trim().is_empty() {
+            return Err(SyncError::Token {
+                path: path.display().to_string(),
+                message: "the file is empty".into(),
+            });
+        }
+        let header = request
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if token_matches(&token, header) {
+            Ok(())
+        } else {
+            Err(SyncError::Unauthorized)
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        request: Request<hyper::body::Incoming>,
+    ) -> Result<serde_json::Value, SyncError> {
+        self.check_token(&request)?;
+        match (request.method(), request.uri().path()) {
+            (&Method::GET, "/bans") => Ok(self.report()),
+            (&Method::PUT, "/bans/peers") => {
+                let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
+                    .collect()
+                    .await
+                    .map_err(|e| {
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            SyncError::TooLarge
+                        } else {
+                            SyncError::Invalid(e.to_string())
+                        }
+                    })?
+                    .to_bytes();
+                let bans = parse_peer_list(&body)?;
+                Ok(self.import(&bans))
+            }
+            (method, _) => Err(SyncError::Method(method.to_string())),
+        }
+    }
+
+    /// This pod's own IP bans and the peers' bans it holds, with absolute expiry.
+    fn report(&self) -> serde_json::Value {
+        let now = Instant::now();
+        let wall = jiff::Timestamp::now();
+        let bans = self.context.bans.local_ip_bans(now);
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        reported.retain(|ip, (until, _)| bans.contains(&(*ip, *until)));
+        let mut local: Vec<WireBan> = bans
+            .into_iter()
+            .map(|(ip, until)| {
+                let (_, expires_at) = *reported
+                    .entry(ip)
+                    .or_insert_with(|| (until, wall_expiry(until, now, wall)));
+                WireBan {
+                    address: ip.to_string(),
+                    expires_at: expires_at.to_string(),
+                    pod: None,
+                }
+            })
+            .collect();
+        drop(reported);
+        local.sort_by(|a, b| a.address.cmp(&b.address));
+        let mut peers: Vec<WireBan> = self
+            .context
+            .bans
+            .peer_ip_bans(now)
+            .into_iter()
+            .map(|(ip, expires_at)| WireBan {
+                address: ip.to_string(),
+                expires_at: expires_at.to_string(),
+                pod: None,
+            })
+            .collect();
+        peers.sort_by(|a, b| a.address.cmp(&b.address));
+        Metrics::inc(
+            &self.context.metrics.ban_sync_requests,
+            &[("result", "200")],
+        );
+        json!({"pod": self.context.host_name, "bans": local, "peers": peers})
+    }
+
+    /// Replaces the peers' bans; new ones are audited once and counted.
+    fn import(&self, bans: &[PeerBan]) -> serde_json::Value {
+        let now = Instant::now();
+        let wall = jiff::Timestamp::now();
+        let entries: Vec<(IpAddr, jiff::Timestamp, Duration)> = bans
+            .iter()
+            .map(|b| (b.address, b.expires_at, remaining(b.expires_at, wall)))
+            .collect();
+        let config = self.context.snapshot.borrow().config.bans.clone();
+        let new = self.context.bans.replace_peer_bans(&config, &entries, now);
+        for (ip, expires_at) in &new {
+            let pod = bans
+                .iter()
+                .find(|b| b.address == *ip)
+                .and_then(|b| b.pod.clone());
+            Metrics::inc(&self.context.metrics.bans, &[("scope", "peer_ip")]);
+            self.context.audit.server_event(
+                "ban",
+                json!({"scope": "ip", "key": ip.to_string(), "ip": ip.to_string(),
+                       "origin": "peer", "pod": pod, "expires_at": expires_at.to_string(),
+                       "duration_seconds": remaining(*expires_at, wall).as_secs()}),
+            );
+            tracing::warn!(%ip, %expires_at, pod = ?pod, "banned: imported from another replica");
+        }
+        crate::ftp::update_ban_gauges(&self.context, now);
+        Metrics::inc(
+            &self.context.metrics.ban_sync_requests,
+            &[("result", "200")],
+        );
+        json!({"imported": entries.len(), "new": new.len()})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_valid_list_parses_and_canonicalises_addresses() {
+        let body = br#"{"bans":[{"address":"::ffff:127.0.0.3","expiresAt":"2030-01-01T00:00:00Z","pod":"fts-0"},{"address":"2001:db8::1","expiresAt":"2030-01-01T00:00:00+02:00"}]}"#;
+        let bans = parse_peer_list(body).unwrap();
+        assert_eq!(bans[0].address.to_string(), "127.0.0.3");
+        assert_eq!(bans[0].pod.as_deref(), Some("fts-0"));
+        assert_eq!(bans[1].expires_at.to_string(), "2029-12-31T22:00:00Z");
+    }
+
+    #[test]
+    fn bad_bodies_name_the_field() {
+        let err = |body: &str| parse_peer_list(body.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err(r#"{"bans":[{"address":"1.2.3.4","expiresAt":"2030-01-01T00:00:00Z"},{"address":"nope","expiresAt":"2030-01-01T00:00:00Z"}]}"#)
+                .contains("bans[1].address")
+        );
+        assert!(
+            err(r#"{"bans":[{"address":"1.2.3.4","expiresAt":"tomorrow"}]}"#)
+                .contains("bans[0].expiresAt")
+        );
+        assert!(err(r#"{"bans":[{"address":"1.2.3.4"}]}"#).contains("expiresAt"));
+        assert!(err(r#"{"bans":[],"extra":1}"#).contains("extra"));
+        assert!(err("not json").starts_with("request body"));
+        let many = format!(
+            r#"{{"bans":[{}]}}"#,
+            vec![r#"{"address":"1.2.3.4","expiresAt":"2030-01-01T00:00:00Z"}"#; MAX_ENTRIES + 1]
+                .join(",")
+        );
+        assert!(many.len() < MAX_BODY_BYTES);
+        assert!(err(&many).contains("at most 10000"));
+        let huge = vec![b' '; MAX_BODY_BYTES + 1];
+        assert_eq!(parse_peer_list(&huge), Err(SyncError::TooLarge));
+    }
+
+    #[test]
+    fn the_token_must_match_exactly() {
+        assert!(token_matches("s3cret\n", Some("Bearer s3cret")));
+        assert!(!token_matches("s3cret", Some("Bearer s3cre")));
+        assert!(!token_matches("s3cret", Some("Bearer s3cret2")));
+        assert!(!token_matches("s3cret", Some("Basic s3cret")));
+        assert!(!token_matches("s3cret", None));
+        assert!(!token_matches("  ", Some("Bearer ")));
+    }
+
+    #[test]
+    fn wall_expiry_rounds_up_to_the_second() {
+        let now = Instant::now();
+        let wall: jiff::Timestamp = "2030-01-01T00:00:00.250Z".parse().unwrap();
+        assert_eq!(
+            wall_expiry(now + Duration::from_millis(1500), now, wall).to_string(),
+            "2030-01-01T00:00:02Z"
+        );
+        assert_eq!(
+            wall_expiry(now, now, wall).to_string(),
+            "2030-01-01T00:00:01Z"
+        );
+    }
+
+    #[test]
+    fn remaining_time_is_never_negative() {
+        let wall = jiff::Timestamp::now();
+        assert_eq!(
+            remaining(wall - jiff::SignedDuration::from_secs(5), wall),
+            Duration::ZERO
+        );
+        assert_eq!(
+            remaining(wall + jiff::SignedDuration::from_secs(5), wall),
+            Duration::from_secs(5)
+        );
+    }
+}
