@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
 pub mod certs;
 pub mod controller;
 pub mod crd;

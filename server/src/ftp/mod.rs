@@ -57,6 +57,8 @@ pub struct Context {
     pub verifier: crate::auth::Verifier,
     /// Failed-login bans shared by every listener.
     pub bans: crate::bans::BanEngine,
+    /// `true` once SIGTERM started the drain (see `crate::drain`).
+    pub drain: watch::Sender<bool>,
 }
 
 impl Context {
@@ -82,6 +84,7 @@ impl Context {
             session_prefix: format!("{:08x}", rand::random::<u32>()),
             host_name: host_name(),
             bans: crate::bans::BanEngine::default(),
+            drain: watch::channel(false).0,
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -102,7 +105,7 @@ impl Context {
     }
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -210,6 +213,10 @@ pub async fn serve(listener: TcpListener, kind: ListenerKind, context: Arc<Conte
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if *context.drain.borrow() {
+            crate::drain::refuse_ftps(stream, kind == ListenerKind::Explicit);
+            continue;
+        }
         let guard = match admit(&context, peer.ip(), kind.as_str()) {
             Ok(guard) => guard,
             Err(refused) => {

@@ -75,6 +75,7 @@ struct Session {
     epsv_all: bool,
     queued: VecDeque<Incoming>,
     login_deadline: Instant,
+    drain: watch::Receiver<bool>,
 }
 
 /// Runs a session to its end; never panics the process, whatever the client sends.
@@ -139,6 +140,7 @@ pub async fn run(
         epsv_all: false,
         queued: VecDeque::new(),
         login_deadline,
+        drain: context.drain.subscribe(),
     };
     let reason = session.serve(kind).await;
     session.drop_data();
@@ -198,6 +200,11 @@ impl Session {
             return "connection lost";
         }
         loop {
+            // Between commands (never inside a transfer): a draining server closes the session.
+            if *self.drain.borrow() {
+                self.reply(421, crate::drain::FTPS_MESSAGE).await;
+                return crate::drain::REASON;
+            }
             let incoming = match self.queued.pop_front() {
                 Some(incoming) => incoming,
                 None => match self.next_incoming().await {
@@ -278,6 +285,10 @@ impl Session {
                             Err(reason)
                         }
                     };
+                }
+                _ = crate::drain::started(&mut self.drain) => {
+                    self.reply(421, crate::drain::FTPS_MESSAGE).await;
+                    return Err(crate::drain::REASON);
                 }
                 changed = self.snapshot_rx.changed() => {
                     if changed.is_err() {

@@ -37,6 +37,11 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
                 continue;
             }
         };
+        if *context.drain.borrow() {
+            // Draining: no new sessions (the client sees the connection closed at once).
+            drop(stream);
+            continue;
+        }
         let Ok(guard) = crate::ftp::admit(&context, peer.ip(), "sftp") else {
             drop(stream);
             continue;
@@ -53,6 +58,8 @@ pub struct Shared {
     pub user: Mutex<Option<String>>,
     /// Why the handler asked to end the connection.
     pub end_reason: Mutex<Option<String>>,
+    /// Open file handles (see `session::SessionEnv::open_files`).
+    pub open_files: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
@@ -149,8 +156,25 @@ async fn drive(
     snapshot_rx.borrow_and_update();
     tokio::pin!(running);
     let mut deadline = Some(login_deadline);
+    let mut drain = context.drain.subscribe();
+    let mut draining = false;
     loop {
+        if draining && (shared.user().is_none() || shared.open_files.load(Ordering::Relaxed) == 0) {
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    crate::drain::SFTP_MESSAGE.into(),
+                    String::new(),
+                )
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+            return crate::drain::REASON.to_string();
+        }
         tokio::select! {
+            _ = crate::drain::started(&mut drain), if !draining => {
+                draining = true;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if draining => {}
             result = &mut running => {
                 if let Some(reason) = shared.reason() {
                     return reason;
