@@ -104,7 +104,8 @@ pub async fn run(
     let servers: Api<Lenient<FileTransferServer>> = scoped(&client, ns);
     let users: Api<Lenient<TransferUser>> = scoped(&client, ns);
     let secrets: Api<Secret> = scoped(&client, ns);
-    let server_controller = Controller::new(servers, watcher::Config::default());
+    let server_controller = Controller::new(servers, watcher::Config::default())
+        .trigger_backoff(crate::backoff::watches());
     let store = server_controller.store();
     let secret_store = store.clone();
     let ban_sync = crate::ban_sync::run(client.clone(), store.clone(), context.metrics.clone());
@@ -154,7 +155,8 @@ pub async fn run(
                 Ok(_) => {}
             }
         });
-    let user_controller = Controller::new(users, watcher::Config::default());
+    let user_controller = Controller::new(users, watcher::Config::default())
+        .trigger_backoff(crate::backoff::watches());
     let user_store = user_controller.store();
     // A server that appears or goes changes the status of the users that reference it
     // (ServerNotFound), so users are also reconciled when their server changes.

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod aging;
+pub mod backoff;
 pub mod ban_sync;
 pub mod certmanager;
 pub mod certs;

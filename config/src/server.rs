@@ -225,6 +225,11 @@ pub struct Timeouts {
     /// No byte moved on an open data connection.
     #[serde(default = "default_data_idle_seconds")]
     pub data_idle_seconds: u64,
+    /// On SIGTERM: how long running transfers may take to finish before the process exits
+    /// (new logins are refused and idle sessions closed at once). Keep it below the pod's
+    /// `terminationGracePeriodSeconds`.
+    #[serde(default = "default_shutdown_grace_seconds")]
+    pub shutdown_grace_seconds: u64,
 }
 
 impl Default for Timeouts {
@@ -234,6 +239,7 @@ impl Default for Timeouts {
             idle_seconds: default_idle_seconds(),
             data_connect_seconds: default_data_connect_seconds(),
             data_idle_seconds: default_data_idle_seconds(),
+            shutdown_grace_seconds: default_shutdown_grace_seconds(),
         }
     }
 }
@@ -323,6 +329,9 @@ fn default_idle_seconds() -> u64 {
 }
 fn default_data_connect_seconds() -> u64 {
     30
+}
+fn default_shutdown_grace_seconds() -> u64 {
+    45
 }
 fn default_data_idle_seconds() -> u64 {
     60
@@ -515,6 +524,15 @@ impl ServerConfig {
             if !(1..=86_400).contains(&value) {
                 err(field, format!("must be between 1 and 86400, got {value}"));
             }
+        }
+        if timeouts.shutdown_grace_seconds > 3600 {
+            err(
+                "timeouts.shutdownGraceSeconds",
+                format!(
+                    "must be between 0 and 3600, got {}",
+                    timeouts.shutdown_grace_seconds
+                ),
+            );
         }
         if !(100..=600_000).contains(&self.reload.interval_ms) {
             err("reload.intervalMs", "must be between 100 and 600000".into());

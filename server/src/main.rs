@@ -9,7 +9,9 @@ mod ban_sync;
 mod bans;
 mod client_cert;
 mod demo;
+mod drain;
 mod ftp;
+mod leftovers;
 mod limits;
 mod metrics;
 mod reload;
@@ -197,6 +199,14 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&snapshot.data_root)
         .with_context(|| format!("dataRoot: cannot create {}", snapshot.data_root.display()))?;
+    let sweep_root = snapshot.data_root.clone();
+    tokio::task::spawn_blocking(move || {
+        let removed = leftovers::sweep(&sweep_root);
+        tracing::info!(
+            removed,
+            "removed temporary files of uploads broken by an earlier crash"
+        );
+    });
     let audit_file = match &snapshot.config.audit.file {
         Some(file) => {
             let path = snapshot::resolve_relative(&config_path, file);
@@ -272,9 +282,9 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         json!({"version": env!("CARGO_PKG_VERSION")}),
     );
     shutdown_signal().await;
-    ready.store(false, Ordering::Relaxed);
-    tracing::info!("shutting down");
-    audit.server_event("server_stop", json!({}));
+    let left = drain::run(&context, &ready).await;
+    tracing::info!(sessions_left = left, "shutting down");
+    audit.server_event("server_stop", json!({"sessions_left": left}));
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     Ok(())
 }

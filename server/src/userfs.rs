@@ -397,9 +397,8 @@ fn open_regular_file(home: &Dir, path: &VirtualPath) -> Result<std::fs::File, Fs
 }
 
 fn temp_name_for(path: &VirtualPath) -> String {
-    let random: u64 = rand::random();
     let parent = path.parent();
-    let name = format!("{TEMP_PREFIX}{random:016x}");
+    let name = crate::leftovers::temp_file_name();
     if parent.is_root() {
         name
     } else {

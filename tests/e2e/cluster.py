@@ -320,6 +320,19 @@ class Cluster:
         elif self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def _component(self, name: str) -> Component:
+        return next(c for c in self.components if c.name == name)
+
+    def stop_apiserver(self) -> None:
+        """Stops kube-apiserver (an outage); etcd and the controller-manager keep running."""
+        self._component("kube-apiserver").stop()
+
+    def start_apiserver(self) -> None:
+        """Starts kube-apiserver again after `stop_apiserver`: same port, same etcd."""
+        self._component("kube-apiserver").start(self._env())
+        self.wait_for(lambda: self._http_ok(f"{self.server}/readyz", self._admin_ssl),
+                      self.startup_timeout, "kube-apiserver /readyz after a restart")
+
     def mark_failed(self) -> None:
         """Keep the work directory (logs, certificates) after stop()."""
         self._failed = True

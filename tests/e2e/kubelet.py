@@ -450,9 +450,32 @@ class ProcessKubelet:
     # -- the loop ----------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        api_down = False
         while not self._stop.is_set():
             try:
                 self.sync_once()
+                if api_down:
+                    api_down = False
+                    # Like a real kubelet after an outage: post node and pod status again (the
+                    # node lifecycle controller may have marked them NotReady meanwhile).
+                    self.log("API server reachable again: re-posting node and pod status")
+                    self._heartbeat(force=True)
+                    with self._lock:
+                        for p in self._pods.values():
+                            p.last_status = None
+            except (urllib.error.URLError, ConnectionError, TimeoutError, socket.timeout) as e:
+                # The API server is down (a test stops it on purpose): keep every running
+                # process as it is, as a real kubelet does, and retry.
+                if not api_down:
+                    api_down = True
+                    self.log(f"API server unreachable ({e!r}): keeping {len(self._pods)} pod(s) running")
+            except ApiError as e:
+                if e.status >= 500:  # an API server still starting up
+                    api_down = True
+                else:
+                    msg = f"sync failed: {e!r}\n{traceback.format_exc()}"
+                    self.log(msg)
+                    self.errors.append(msg)
             except Exception as e:  # noqa: BLE001 - logged, the loop goes on
                 msg = f"sync failed: {e!r}\n{traceback.format_exc()}"
                 self.log(msg)

@@ -59,6 +59,8 @@ pub struct Context {
     pub bans: crate::bans::BanEngine,
     /// The last accepted TOTP step per user, shared by FTPS and SFTP (no replay).
     pub totp: crate::totp::ReplayGuard,
+    /// `true` once SIGTERM started the drain (see `crate::drain`).
+    pub drain: watch::Sender<bool>,
 }
 
 impl Context {
@@ -85,6 +87,7 @@ impl Context {
             host_name: host_name(),
             bans: crate::bans::BanEngine::default(),
             totp: crate::totp::ReplayGuard::default(),
+            drain: watch::channel(false).0,
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -105,7 +108,7 @@ impl Context {
     }
 }
 
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())
@@ -213,6 +216,10 @@ pub async fn serve(listener: TcpListener, kind: ListenerKind, context: Arc<Conte
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if *context.drain.borrow() {
+            crate::drain::refuse_ftps(stream, kind == ListenerKind::Explicit);
+            continue;
+        }
         let guard = match admit(&context, peer.ip(), kind.as_str()) {
             Ok(guard) => guard,
             Err(refused) => {

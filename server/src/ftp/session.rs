@@ -81,6 +81,7 @@ struct Session {
     login_deadline: Instant,
     /// The factors of the login being attempted, for its audit event.
     login_method: String,
+    drain: watch::Receiver<bool>,
 }
 
 /// Runs a session to its end; never panics the process, whatever the client sends.
@@ -147,6 +148,7 @@ pub async fn run(
         queued: VecDeque::new(),
         login_deadline,
         login_method: String::new(),
+        drain: context.drain.subscribe(),
     };
     let reason = session.serve(kind).await;
     session.drop_data();
@@ -206,6 +208,11 @@ impl Session {
             return "connection lost";
         }
         loop {
+            // Between commands (never inside a transfer): a draining server closes the session.
+            if *self.drain.borrow() {
+                self.reply(421, crate::drain::FTPS_MESSAGE).await;
+                return crate::drain::REASON;
+            }
             let incoming = match self.queued.pop_front() {
                 Some(incoming) => incoming,
                 None => match self.next_incoming().await {
@@ -303,6 +310,10 @@ impl Session {
                             Err(reason)
                         }
                     };
+                }
+                _ = crate::drain::started(&mut self.drain) => {
+                    self.reply(421, crate::drain::FTPS_MESSAGE).await;
+                    return Err(crate::drain::REASON);
                 }
                 changed = self.snapshot_rx.changed() => {
                     if changed.is_err() {

@@ -754,6 +754,7 @@ impl russh::server::Handler for SshHandler {
             client_ip: self.client_ip,
             user: logged_in.user.clone(),
             fs: logged_in.fs.clone(),
+            open_files: self.shared.open_files.clone(),
         };
         let guard = logged_in._guard.clone();
         let handle = session.handle();

@@ -37,6 +37,11 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
                 continue;
             }
         };
+        if *context.drain.borrow() {
+            // Draining: no new sessions (the client sees the connection closed at once).
+            drop(stream);
+            continue;
+        }
         let Ok(guard) = crate::ftp::admit(&context, peer.ip(), "sftp") else {
             drop(stream);
             continue;
@@ -55,6 +60,8 @@ pub struct Shared {
     pub end_reason: Mutex<Option<String>>,
     /// Notified at login, so that the driver starts watching the user's login window.
     pub logged_in: tokio::sync::Notify,
+    /// Open file handles (see `session::SessionEnv::open_files`).
+    pub open_files: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {
@@ -151,7 +158,20 @@ async fn drive(
     snapshot_rx.borrow_and_update();
     tokio::pin!(running);
     let mut deadline = Some(login_deadline);
+    let mut drain = context.drain.subscribe();
+    let mut draining = false;
     loop {
+        if draining && (shared.user().is_none() || shared.open_files.load(Ordering::Relaxed) == 0) {
+            let _ = handle
+                .disconnect(
+                    russh::Disconnect::ByApplication,
+                    crate::drain::SFTP_MESSAGE.into(),
+                    String::new(),
+                )
+                .await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut running).await;
+            return crate::drain::REASON.to_string();
+        }
         // The end of the logged-in user's current login window, if it has windows.
         let edge = shared
             .user()
@@ -163,6 +183,10 @@ async fn drive(
             })
             .map(|wait| Instant::now() + wait);
         tokio::select! {
+            _ = crate::drain::started(&mut drain), if !draining => {
+                draining = true;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)), if draining => {}
             _ = shared.logged_in.notified() => {}
             _ = async {
                 match edge {

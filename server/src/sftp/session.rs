@@ -42,6 +42,9 @@ pub struct SessionEnv {
     pub client_ip: IpAddr,
     pub user: Arc<User>,
     pub fs: UserFs,
+    /// Open file handles of the connection (all its SFTP channels): a draining server waits
+    /// while it is above zero.
+    pub open_files: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 enum OpenHandle {
@@ -84,6 +87,8 @@ struct Sftp {
     env: SessionEnv,
     handles: HashMap<String, OpenHandle>,
     next_handle: u64,
+    /// This channel's share of `env.open_files`.
+    open_files: usize,
 }
 
 fn fs_status(error: &FsError) -> (StatusCode, String) {
@@ -135,9 +140,11 @@ where
         env,
         handles: HashMap::new(),
         next_handle: 1,
+        open_files: 0,
     };
     let end = sftp.serve(&mut reader, &out, idle).await;
     sftp.close_all().await;
+    sftp.count_open_files();
     drop(out);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer_task).await;
     end
@@ -222,10 +229,31 @@ impl Sftp {
                 return End::Ended(reason);
             }
             let reply = self.dispatch(id, request).await;
+            self.count_open_files();
             if let Err(end) = send(out, reply, idle).await {
                 return end;
             }
         }
+    }
+
+    /// Publishes how many file (not directory) handles are open, for the drain.
+    fn count_open_files(&mut self) {
+        use std::sync::atomic::Ordering;
+        let now = self
+            .handles
+            .values()
+            .filter(|h| !matches!(h, OpenHandle::Dir(_)))
+            .count();
+        if now > self.open_files {
+            self.env
+                .open_files
+                .fetch_add(now - self.open_files, Ordering::Relaxed);
+        } else {
+            self.env
+                .open_files
+                .fetch_sub(self.open_files - now, Ordering::Relaxed);
+        }
+        self.open_files = now;
     }
 
     /// Adopts a reloaded user (permissions change for the next request).
