@@ -337,107 +337,110 @@ async def worker_main(cfg: dict, plan: list[tuple[int, str, str, str]], pipe) ->
     host_key = asyncssh.read_public_key(cfg["host_pub"])
     known = ([host_key], [], [])
     key = asyncssh.read_private_key(cfg["client_key"])
-    sessions = [Session(*p) for p in plan]
 
     async def command() -> str:
         return await loop.run_in_executor(None, pipe.recv)
 
-    # -- 1. ramp ---------------------------------------------------------------------------
-    sem = asyncio.Semaphore(cfg["ramp_concurrency"])
-    latencies: dict[str, list[float]] = {"ftps": [], "sftp": []}
-    failures: dict[str, int] = {}
-    opened: list[Session] = []
+    for round_no in range(cfg["rounds"]):
+        if round_no:
+            assert await command() == "ramp"
+        sessions = [Session(*p) for p in plan]
+        # -- 1. ramp ---------------------------------------------------------------------------
+        sem = asyncio.Semaphore(cfg["ramp_concurrency"])
+        latencies: dict[str, list[float]] = {"ftps": [], "sftp": []}
+        failures: dict[str, int] = {}
+        opened: list[Session] = []
 
-    async def one(s: Session):
-        async with sem:
-            t0 = time.monotonic()
-            try:
-                await open_session(s, cfg, ctx, known, key)
-            except Exception as exc:  # noqa: BLE001 - counted
-                reason = f"{s.proto}: {classify(exc)}"
-                failures[reason] = failures.get(reason, 0) + 1
-                return
-            latencies[s.proto].append(time.monotonic() - t0)
-            opened.append(s)
-
-    t0 = time.monotonic()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(one(s) for s in sessions)), cfg["phase_timeout"])
-    except asyncio.TimeoutError:
-        failures["ramp phase timeout"] = len(sessions) - len(opened)
-    pipe.send({"phase": "ramp", "opened": len(opened), "attempted": len(sessions),
-               "seconds": time.monotonic() - t0, "latencies": latencies, "failures": failures})
-
-    # -- 2. transfers ----------------------------------------------------------------------
-    assert await command() == "transfers"
-    data = os.urandom(cfg["size"])
-    digest = hashlib.sha256(data).digest()
-    chosen = [s for s in opened if s.index % 1000 < cfg["transfer_share"] * 1000]
-    tsem = asyncio.Semaphore(cfg["transfer_concurrency"])
-    tfail: dict[str, int] = {}
-    moved = {"ftps": 0, "sftp": 0}
-    done = {"ftps": 0, "sftp": 0}
-    durations: list[float] = []
-
-    async def xfer(s: Session):
-        async with tsem:
-            t = time.monotonic()
-            try:
-                nbytes = await transfer(s, data, digest, cfg["timeout"])
-                moved[s.proto] += nbytes
-                done[s.proto] += 1
-                durations.append(time.monotonic() - t)
-            except Exception as exc:  # noqa: BLE001
-                reason = f"{s.proto}: {classify(exc)}"
-                tfail[reason] = tfail.get(reason, 0) + 1
-                # The control connection may be out of step after a failed transfer: close it
-                # rather than read stale replies in the checks below.
-                broken.append(s)
-
-    broken: list[Session] = []
-    t0 = time.monotonic()
-    try:
-        await asyncio.wait_for(asyncio.gather(*(xfer(s) for s in chosen)), cfg["phase_timeout"])
-    except asyncio.TimeoutError:
-        tfail["transfer phase timeout"] = len(chosen) - sum(done.values())
-    seconds = time.monotonic() - t0
-    for s in broken:
-        opened.remove(s)
-        try:
-            await asyncio.wait_for(close_session(s), 10)
-        except Exception:  # noqa: BLE001
-            pass
-    pipe.send({"phase": "transfers", "attempted": len(chosen), "done": done, "bytes": moved,
-               "seconds": seconds, "failures": tfail, "durations": durations,
-               "closed_after_failure": len(broken)})
-
-    # -- 3. check (before and after the limit phase) ---------------------------------------
-    for phase in ("check", "check_after_limits"):
-        assert await command() == phase
-        alive_fail: dict[str, int] = {}
-        csem = asyncio.Semaphore(500)
-
-        async def check(s: Session):
-            async with csem:
+        async def one(s: Session):
+            async with sem:
+                t0 = time.monotonic()
                 try:
-                    await still_alive(s, cfg["timeout"])
+                    await open_session(s, cfg, ctx, known, key)
+                except Exception as exc:  # noqa: BLE001 - counted
+                    reason = f"{s.proto}: {classify(exc)}"
+                    failures[reason] = failures.get(reason, 0) + 1
+                    return
+                latencies[s.proto].append(time.monotonic() - t0)
+                opened.append(s)
+
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(one(s) for s in sessions)), cfg["phase_timeout"])
+        except asyncio.TimeoutError:
+            failures["ramp phase timeout"] = len(sessions) - len(opened)
+        pipe.send({"phase": "ramp", "opened": len(opened), "attempted": len(sessions),
+                   "seconds": time.monotonic() - t0, "latencies": latencies, "failures": failures})
+
+        # -- 2. transfers ----------------------------------------------------------------------
+        assert await command() == "transfers"
+        data = os.urandom(cfg["size"])
+        digest = hashlib.sha256(data).digest()
+        chosen = [s for s in opened if s.index % 1000 < cfg["transfer_share"] * 1000]
+        tsem = asyncio.Semaphore(cfg["transfer_concurrency"])
+        tfail: dict[str, int] = {}
+        moved = {"ftps": 0, "sftp": 0}
+        done = {"ftps": 0, "sftp": 0}
+        durations: list[float] = []
+
+        async def xfer(s: Session):
+            async with tsem:
+                t = time.monotonic()
+                try:
+                    nbytes = await transfer(s, data, digest, cfg["timeout"])
+                    moved[s.proto] += nbytes
+                    done[s.proto] += 1
+                    durations.append(time.monotonic() - t)
                 except Exception as exc:  # noqa: BLE001
                     reason = f"{s.proto}: {classify(exc)}"
-                    alive_fail[reason] = alive_fail.get(reason, 0) + 1
+                    tfail[reason] = tfail.get(reason, 0) + 1
+                    # The control connection may be out of step after a failed transfer: close it
+                    # rather than read stale replies in the checks below.
+                    broken.append(s)
 
-        await asyncio.gather(*(check(s) for s in opened))
-        pipe.send({"phase": phase, "checked": len(opened), "failures": alive_fail})
+        broken: list[Session] = []
+        t0 = time.monotonic()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(xfer(s) for s in chosen)), cfg["phase_timeout"])
+        except asyncio.TimeoutError:
+            tfail["transfer phase timeout"] = len(chosen) - sum(done.values())
+        seconds = time.monotonic() - t0
+        for s in broken:
+            opened.remove(s)
+            try:
+                await asyncio.wait_for(close_session(s), 10)
+            except Exception:  # noqa: BLE001
+                pass
+        pipe.send({"phase": "transfers", "attempted": len(chosen), "done": done, "bytes": moved,
+                   "seconds": seconds, "failures": tfail, "durations": durations,
+                   "closed_after_failure": len(broken)})
 
-    # -- 5. close --------------------------------------------------------------------------
-    assert await command() == "close"
-    csem = asyncio.Semaphore(500)
+        # -- 3. check (before and after the limit phase) ---------------------------------------
+        for phase in ("check", "check_after_limits") if round_no == 0 else ("check",):
+            assert await command() == phase
+            alive_fail: dict[str, int] = {}
+            csem = asyncio.Semaphore(500)
 
-    async def close(s: Session):
-        async with csem:
-            await close_session(s)
+            async def check(s: Session):
+                async with csem:
+                    try:
+                        await still_alive(s, cfg["timeout"])
+                    except Exception as exc:  # noqa: BLE001
+                        reason = f"{s.proto}: {classify(exc)}"
+                        alive_fail[reason] = alive_fail.get(reason, 0) + 1
 
-    await asyncio.gather(*(close(s) for s in opened))
-    pipe.send({"phase": "close", "closed": len(opened)})
+            await asyncio.gather(*(check(s) for s in opened))
+            pipe.send({"phase": phase, "checked": len(opened), "failures": alive_fail})
+
+        # -- 5. close --------------------------------------------------------------------------
+        assert await command() == "close"
+        csem = asyncio.Semaphore(500)
+
+        async def close(s: Session):
+            async with csem:
+                await close_session(s)
+
+        await asyncio.gather(*(close(s) for s in opened))
+        pipe.send({"phase": "close", "closed": len(opened)})
 
 
 def worker_entry(cfg: dict, plan, pipe) -> None:
@@ -651,6 +654,8 @@ def main() -> int:
     ap.add_argument("--transfer-concurrency", type=int, default=100)
     ap.add_argument("--procs", type=int, default=2)
     ap.add_argument("--duration", type=int, default=1800, help="hard cap for the whole run, seconds")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat ramp/transfers/check/close on the same server (memory reuse); limits probed in round 1")
     ap.add_argument("--hold", type=float, default=10, help="seconds all sessions stay open idle before the transfers")
     ap.add_argument("--timeout", type=float, default=120, help="per operation, seconds")
     ap.add_argument("--login-timeout", type=int, default=120, help="server timeouts.loginSeconds")
@@ -659,6 +664,8 @@ def main() -> int:
                     default=Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target")) / "release" / "sluice-server")
     ap.add_argument("--workdir", type=Path, default=None, help="default: a temp dir under /dev/shm")
     ap.add_argument("--base-port", type=int, default=23000)
+    ap.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="extra environment for the server, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
@@ -679,7 +686,8 @@ def main() -> int:
 
     proc = subprocess.Popen([str(args.server_bin), "run", "--config", srv["config"]], stdout=server_log,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=server_limits,
-                            start_new_session=True)
+                            start_new_session=True,
+                            env={**os.environ, **dict(e.split("=", 1) for e in args.server_env)})
     report: dict = {"args": {k: str(v) for k, v in vars(args).items()}, "limits": limits,
                     "users": n_users, "machine": machine()}
     samples: list[tuple[float, int, int]] = []
@@ -706,7 +714,7 @@ def main() -> int:
         wcfg = {**srv, "timeout": args.timeout, "ramp_concurrency": max(1, args.ramp_concurrency // args.procs),
                 "transfer_concurrency": max(1, args.transfer_concurrency // args.procs),
                 "transfer_share": args.transfer_share, "size": args.size, "nofile": args.nofile,
-                "phase_timeout": max(60, args.duration / 3), "held_sessions": 0, "spare_user": f"u{n_users}"}
+                "phase_timeout": max(60, args.duration / 3), "held_sessions": 0, "rounds": args.rounds, "spare_user": f"u{n_users}"}
         for w in range(args.procs):
             parent, child = mp.Pipe()
             p = mp.Process(target=worker_entry, args=(wcfg, plan[w::args.procs], child), daemon=True)
@@ -737,79 +745,89 @@ def main() -> int:
             for _, pipe in workers:
                 pipe.send(word)
 
-        cpu0 = cpu_seconds(proc.pid)
-        log(f"ramp: {n} sessions ({n_sftp} SFTP), {args.procs} worker processes")
-        ramp = gather("ramp")
-        lat = {p: [x for r in ramp for x in r["latencies"][p]] for p in ("ftps", "sftp")}
-        opened = sum(r["opened"] for r in ramp)
-        fails = merge([r["failures"] for r in ramp])
-        rss, fds = proc_sample(proc.pid)
-        ramp_seconds = max(r["seconds"] for r in ramp)
-        report["ramp"] = {
-            "attempted": n, "opened": opened, "success_rate": opened / n, "failures": fails,
-            "seconds": round(ramp_seconds, 1), "logins_per_s": round(opened / ramp_seconds, 1),
-            "server_cpu_s": round(cpu_seconds(proc.pid) - cpu0, 1),
-            "login_latency_ms": {p: {"count": len(v), "p50": ms(percentile(v, 50)), "p99": ms(percentile(v, 99)),
-                                     "max": ms(max(v) if v else None)} for p, v in lat.items()},
-            "server_rss_mib": round(rss / MIB, 1), "server_fds": fds,
-            "rss_per_session_kib": round((rss - rss0) / 1024 / max(opened, 1), 1),
-        }
-        log(f"ramp: {opened}/{n} open in {ramp_seconds:.0f}s; server RSS {rss / MIB:.0f} MiB, {fds} fds; "
-            f"failures {fails}")
-        hold_end = time.monotonic() + args.hold
-        while time.monotonic() < hold_end:
-            sample()
-            time.sleep(1)
+        for rnd in range(args.rounds):
+            # Round 1's results are the report's top-level keys; later rounds (same server
+            # process: does memory get reused?) go to "later_rounds".
+            target: dict = report if rnd == 0 else {"round": rnd + 1}
+            if rnd:
+                log(f"round {rnd + 1}")
+                tell("ramp")
+            cpu0 = cpu_seconds(proc.pid)
+            log(f"ramp: {n} sessions ({n_sftp} SFTP), {args.procs} worker processes")
+            ramp = gather("ramp")
+            lat = {p: [x for r in ramp for x in r["latencies"][p]] for p in ("ftps", "sftp")}
+            opened = sum(r["opened"] for r in ramp)
+            fails = merge([r["failures"] for r in ramp])
+            rss, fds = proc_sample(proc.pid)
+            ramp_seconds = max(r["seconds"] for r in ramp)
+            target["ramp"] = {
+                "attempted": n, "opened": opened, "success_rate": opened / n, "failures": fails,
+                "seconds": round(ramp_seconds, 1), "logins_per_s": round(opened / ramp_seconds, 1),
+                "server_cpu_s": round(cpu_seconds(proc.pid) - cpu0, 1),
+                "login_latency_ms": {p: {"count": len(v), "p50": ms(percentile(v, 50)), "p99": ms(percentile(v, 99)),
+                                         "max": ms(max(v) if v else None)} for p, v in lat.items()},
+                "server_rss_mib": round(rss / MIB, 1), "server_fds": fds,
+                "rss_per_session_kib": round((rss - rss0) / 1024 / max(opened, 1), 1),
+            }
+            log(f"ramp: {opened}/{n} open in {ramp_seconds:.0f}s; server RSS {rss / MIB:.0f} MiB, {fds} fds; "
+                f"failures {fails}")
+            hold_end = time.monotonic() + args.hold
+            while time.monotonic() < hold_end:
+                sample()
+                time.sleep(1)
 
-        log("transfers")
-        cpu0 = cpu_seconds(proc.pid)
-        tell("transfers")
-        tr = gather("transfers")
-        moved = sum(sum(r["bytes"].values()) for r in tr)
-        secs = max(r["seconds"] for r in tr)
-        durs = [d for r in tr for d in r["durations"]]
-        report["transfers"] = {
-            "attempted": sum(r["attempted"] for r in tr),
-            "ok": merge([r["done"] for r in tr]),
-            "failures": merge([r["failures"] for r in tr]),
-            "sessions_closed_after_failed_transfer": sum(r["closed_after_failure"] for r in tr),
-            "bytes": moved, "seconds": round(secs, 1),
-            "aggregate_mb_per_s": round(moved / 1e6 / secs, 1) if secs else None,
-            "per_session_upload_plus_download_s": {"p50": pct(durs, 50), "p99": pct(durs, 99)},
-            "server_cpu_s": round(cpu_seconds(proc.pid) - cpu0, 1),
-        }
-        log(f"transfers: {report['transfers']}")
+            log("transfers")
+            cpu0 = cpu_seconds(proc.pid)
+            tell("transfers")
+            tr = gather("transfers")
+            moved = sum(sum(r["bytes"].values()) for r in tr)
+            secs = max(r["seconds"] for r in tr)
+            durs = [d for r in tr for d in r["durations"]]
+            target["transfers"] = {
+                "attempted": sum(r["attempted"] for r in tr),
+                "ok": merge([r["done"] for r in tr]),
+                "failures": merge([r["failures"] for r in tr]),
+                "sessions_closed_after_failed_transfer": sum(r["closed_after_failure"] for r in tr),
+                "bytes": moved, "seconds": round(secs, 1),
+                "aggregate_mb_per_s": round(moved / 1e6 / secs, 1) if secs else None,
+                "per_session_upload_plus_download_s": {"p50": pct(durs, 50), "p99": pct(durs, 99)},
+                "server_cpu_s": round(cpu_seconds(proc.pid) - cpu0, 1),
+            }
+            log(f"transfers: {target['transfers']}")
 
-        tell("check")
-        chk = gather("check")
-        report["check"] = {"checked": sum(r["checked"] for r in chk), "failures": merge([r["failures"] for r in chk])}
-        rss, fds = proc_sample(proc.pid)
-        report["peak"] = {"server_rss_mib": round(rss / MIB, 1), "server_fds": fds}
-        log(f"check: {report['check']}; server RSS {rss / MIB:.0f} MiB, {fds} fds")
+            tell("check")
+            chk = gather("check")
+            target["check"] = {"checked": sum(r["checked"] for r in chk), "failures": merge([r["failures"] for r in chk])}
+            rss, fds = proc_sample(proc.pid)
+            target["peak"] = {"server_rss_mib": round(rss / MIB, 1), "server_fds": fds}
+            log(f"check: {target['check']}; server RSS {rss / MIB:.0f} MiB, {fds} fds")
 
-        log("limits")
-        lcfg = {**wcfg, "held_sessions": opened, "timeout": 30}
-        report["limits_phase"] = asyncio.run(limits_phase(lcfg, limits))
-        report["limits_phase"]["server_alive"] = proc.poll() is None
-        report["limits_phase"]["readyz"] = health(srv["health_port"])
-        log(f"limits: {json.dumps(report['limits_phase'])}")
-        tell("check_after_limits")
-        chk = gather("check_after_limits")
-        report["check_after_limits"] = {"checked": sum(r["checked"] for r in chk),
-                                        "failures": merge([r["failures"] for r in chk])}
+            if rnd == 0:
+                log("limits")
+                lcfg = {**wcfg, "held_sessions": opened, "timeout": 30}
+                target["limits_phase"] = asyncio.run(limits_phase(lcfg, limits))
+                target["limits_phase"]["server_alive"] = proc.poll() is None
+                target["limits_phase"]["readyz"] = health(srv["health_port"])
+                log(f"limits: {json.dumps(target['limits_phase'])}")
+                tell("check_after_limits")
+                chk = gather("check_after_limits")
+                target["check_after_limits"] = {"checked": sum(r["checked"] for r in chk),
+                                                "failures": merge([r["failures"] for r in chk])}
 
-        log("close")
-        tell("close")
-        gather("close")
-        fd_deadline = time.monotonic() + 60
-        while True:
-            sample()
-            rss_end, fds_end = proc_sample(proc.pid)
-            if fds_end <= fd0 + 2 or time.monotonic() > fd_deadline:
-                break
-            time.sleep(1)
-        report["after_close"] = {"server_rss_mib": round(rss_end / MIB, 1), "server_fds": fds_end,
-                                 "fds_back_to_baseline": fds_end <= fd0 + 2}
+            log("close")
+            tell("close")
+            gather("close")
+            fd_deadline = time.monotonic() + 60
+            while True:
+                sample()
+                rss_end, fds_end = proc_sample(proc.pid)
+                if fds_end <= fd0 + 2 or time.monotonic() > fd_deadline:
+                    break
+                time.sleep(1)
+            target["after_close"] = {"server_rss_mib": round(rss_end / MIB, 1), "server_fds": fds_end,
+                                     "fds_back_to_baseline": fds_end <= fd0 + 2}
+            if rnd:
+                report.setdefault("later_rounds", []).append(target)
         report["server_alive"] = proc.poll() is None
         log(f"after close: {report['after_close']}")
     finally:

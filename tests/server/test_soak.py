@@ -21,7 +21,7 @@ Asserted at the end (measured, never timed):
   * memory flat: median RSS of the last quarter of samples <= 1.2 x the median of the second
     quarter + 8 MiB (the first quarter is warm-up: allocator arenas, TLS/SSH caches);
   * descriptors flat: once every client session is closed, the server's open fds come back to
-    the baseline measured before the workload (+2 slack) within 30 s;
+    the baseline measured before the workload within 30 s (+2 slack for sessions still closing);
   * nothing lost in the audit log: `transfer` events with result ok, per protocol and direction,
     equal the transfers the clients completed (uploads, downloads, FTPS listings).
 Results (samples, counts) are also written to $SOAK_REPORT (JSON) when set.
@@ -65,6 +65,18 @@ def proc_sample(pid: int) -> tuple[int, int]:
                 rss = int(line.split()[1]) * 1024
                 break
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_targets(pid: int) -> list[str]:
+    """What the process's descriptors point to (sockets and pipes by kind only)."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        out.append(target.split(":[")[0] if ":[" in target else target)
+    return sorted(out)
 
 
 def quarter_medians(values: list[int]) -> list[float]:
@@ -200,6 +212,7 @@ def test_soak(make_server, user_entry, tmp_path):
     t.close()
     time.sleep(2)
     _, fd_baseline = proc_sample(pid)
+    targets_baseline = fd_targets(pid)
 
     def ftps_worker():
         n = 0
@@ -358,9 +371,17 @@ def test_soak(make_server, user_entry, tmp_path):
     fd_deadline = time.monotonic() + 30
     while True:
         rss_end, fds_end = proc_sample(pid)
-        if fds_end <= fd_baseline + 2 or time.monotonic() > fd_deadline:
+        if fds_end <= fd_baseline or time.monotonic() > fd_deadline:
             break
         time.sleep(0.5)
+
+    targets_end = fd_targets(pid)
+    extra = list(targets_end)
+    for target in targets_baseline:
+        if target in extra:
+            extra.remove(target)
+    sockets_end = [line for line in subprocess.run(["ss", "-tanp"], capture_output=True, text=True).stdout.splitlines()
+                   if f"pid={pid}," in line]
 
     # Nothing lost in the audit log (written asynchronously: wait for it to catch up).
     expected = {
@@ -394,6 +415,8 @@ def test_soak(make_server, user_entry, tmp_path):
         "client_transfers": {f"{p} {d}": n for (p, d), n in expected.items()},
         "fd_baseline": fd_baseline,
         "fd_end": fds_end,
+        "fd_extra_at_end": extra,
+        "server_sockets_at_end": sockets_end,
         "fd_max": max((s[2] for s in samples), default=0),
         "rss_quarter_medians_mib": [round(q / MIB, 1) for q in quarters],
         "rss_end_mib": round(rss_end / MIB, 1),
