@@ -3,8 +3,9 @@
 //! swapped in by another process mid-session cannot escape. Blocking calls run on tokio's
 //! blocking pool; bulk data moves in large chunks through dedicated blocking workers.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::SystemTime;
 
 use cap_std::ambient_authority;
@@ -87,6 +88,38 @@ pub enum WriteMode {
     At(u64),
 }
 
+/// Home directories currently open, by (device, inode): the sessions of one user share one
+/// descriptor instead of holding one each (10,000 sessions of 500 users hold 500 home
+/// descriptors, not 10,000). Sharing is safe: every operation is an `*at` call relative to the
+/// descriptor, and listings open a fresh descriptor (cap-std never reads through the shared one).
+/// Keyed by inode, so a home deleted and recreated on disk gets a new descriptor.
+#[derive(Default)]
+struct OpenHomes {
+    homes: HashMap<(u64, u64), Weak<Dir>>,
+    /// Dead entries are pruned when the map reaches this size (amortised O(1) per login).
+    prune_at: usize,
+}
+
+static OPEN_HOMES: LazyLock<Mutex<OpenHomes>> = LazyLock::new(Mutex::default);
+
+/// The shared descriptor for `dir`'s directory if one is open, else `dir` itself, registered.
+fn share_home(dir: Dir) -> io::Result<Arc<Dir>> {
+    use cap_std::fs::MetadataExt;
+    let meta = dir.dir_metadata()?;
+    let key = (meta.dev(), meta.ino());
+    let mut open = OPEN_HOMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(shared) = open.homes.get(&key).and_then(Weak::upgrade) {
+        return Ok(shared);
+    }
+    if open.homes.len() >= open.prune_at {
+        open.homes.retain(|_, weak| weak.strong_count() > 0);
+        open.prune_at = (2 * open.homes.len()).max(64);
+    }
+    let dir = Arc::new(dir);
+    open.homes.insert(key, Arc::downgrade(&dir));
+    Ok(dir)
+}
+
 /// The confined home of one logged-in user.
 #[derive(Clone)]
 pub struct UserFs {
@@ -142,7 +175,7 @@ impl UserFs {
                 .open_dir(home_path.relative())
                 .map_err(|e| FsError::from_io(&home_path, e))?;
             Ok(UserFs {
-                home: Arc::new(dir),
+                home: share_home(dir).map_err(|e| FsError::from_io(&home_path, e))?,
             })
         })
         .await
@@ -849,4 +882,34 @@ pub fn sha256_of_file(file: &std::fs::File) -> io::Result<(String, u64)> {
         offset += n as u64;
     }
     Ok((hex::encode(hasher.finalize()), offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sessions_of_one_home_share_a_descriptor() {
+        let root = std::env::temp_dir().join(format!("sluice-userfs-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&root).unwrap();
+        let data_root = root.to_string_lossy().to_string();
+        let a = UserFs::open(data_root.clone(), "alice".into())
+            .await
+            .unwrap();
+        let b = UserFs::open(data_root.clone(), "alice".into())
+            .await
+            .unwrap();
+        let other = UserFs::open(data_root.clone(), "bob".into()).await.unwrap();
+        assert!(Arc::ptr_eq(&a.home, &b.home));
+        assert!(!Arc::ptr_eq(&a.home, &other.home));
+        // A home deleted and recreated while a session holds the old one is a new directory.
+        std::fs::remove_dir(root.join("alice")).unwrap();
+        let c = UserFs::open(data_root.clone(), "alice".into())
+            .await
+            .unwrap();
+        assert!(!Arc::ptr_eq(&a.home, &c.home));
+        assert!(c.metadata(&VirtualPath::root()).await.is_ok());
+        drop((a, b, c, other));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

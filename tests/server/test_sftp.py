@@ -553,6 +553,24 @@ def test_sessions_are_limited_per_user(make_server, user_entry, keys):
         t.close()
 
 
+def test_connection_over_the_address_limit_gets_an_ssh_disconnect_reason(make_server, user_entry, keys):
+    """A refused connection (session limits) gets SSH_MSG_DISCONNECT 12 with the reason, which
+    OpenSSH prints, instead of a bare reset; the held session and the server are unaffected."""
+    srv = make_server(users=[user_entry("alice", sshAuthorizedKeys=[pub(keys["alice"])])],
+                      config={"limits": {"maxSessionsPerIp": 1}})
+    t, sftp = paramiko_sftp(srv, key=keys["alice"])
+    try:
+        proc = run_sftp(srv, "ls\n", key=keys["alice"])
+        assert proc.returncode != 0
+        assert "too many sessions from your address" in proc.stderr, proc.stderr
+        assert "12:" in proc.stderr, proc.stderr
+        assert sftp.listdir("/") is not None
+    finally:
+        t.close()
+    time.sleep(0.5)
+    assert run_sftp(srv, "ls\n", key=keys["alice"]).returncode == 0
+
+
 def test_host_key_reload_serves_new_connections(sftp_server, keys):
     srv = sftp_server
     old = host_key(srv).asbytes()

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod files;
 pub mod handler;
 pub mod keys;
+pub mod refuse;
 pub mod session;
 pub mod tap;
 
@@ -42,9 +43,12 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
             drop(stream);
             continue;
         }
-        let Ok(guard) = crate::ftp::admit(&context, peer.ip(), "sftp") else {
-            drop(stream);
-            continue;
+        let guard = match crate::ftp::admit(&context, peer.ip(), "sftp") {
+            Ok(guard) => guard,
+            Err(refused) => {
+                tokio::spawn(refuse::refuse(stream, keys::SERVER_ID, refused));
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         tokio::spawn(run_connection(context.clone(), stream, peer, guard));
