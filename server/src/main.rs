@@ -3,19 +3,9 @@
 
 #![forbid(unsafe_code)]
 
-mod audit;
-mod auth;
-mod bans;
-mod demo;
-mod ftp;
-mod limits;
-mod metrics;
-mod reload;
-mod sftp;
-mod snapshot;
-mod tls;
-mod userfs;
-mod vpath;
+// The modules live in the library crate (server/src/lib.rs) so that fuzz targets can reach them;
+// declare new modules there, not here.
+use sluice_server::{audit, auth, demo, ftp, metrics, reload, sftp, snapshot};
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

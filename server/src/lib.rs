@@ -1,0 +1,18 @@
+//! sluice-server as a library: every module of the server, so that the binary (`main.rs`) and
+//! the fuzz targets under `fuzz/` build the same code. Declare new modules here (`pub mod x;`).
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod auth;
+pub mod bans;
+pub mod demo;
+pub mod ftp;
+pub mod limits;
+pub mod metrics;
+pub mod reload;
+pub mod sftp;
+pub mod snapshot;
+pub mod tls;
+pub mod userfs;
+pub mod vpath;
