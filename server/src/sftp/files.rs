@@ -23,6 +23,10 @@ const SKIP_LIMIT: u64 = 4 * CHUNK_BYTES as u64;
 
 type Chunk = io::Result<(u64, Vec<u8>)>;
 
+/// Reads start at most here: Linux offsets are signed 64-bit, and a chunk read from further on
+/// would pass the largest `off_t` (EINVAL). No file has data there.
+const MAX_OFFSET: u64 = i64::MAX as u64 - CHUNK_BYTES as u64;
+
 /// A download: serves READ requests from chunks read ahead.
 pub struct ReadAhead {
     file: Arc<std::fs::File>,
@@ -90,6 +94,12 @@ impl ReadAhead {
 
     /// Up to `len` bytes at `offset`; an empty result means end of file.
     pub async fn read(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        // No file reaches past the largest `off_t`; answering such offsets with end of file
+        // also keeps every offset sum below overflow (a READ at 2^64 - 253 overflowed
+        // `next + SKIP_LIMIT`; found by fuzzing).
+        if offset > MAX_OFFSET {
+            return Ok(Vec::new());
+        }
         if self.rx.is_none() && !self.finished {
             self.restart(offset);
         }
@@ -395,6 +405,22 @@ mod tests {
             outcome.sha256.as_deref(),
             Some(hex::encode(Sha256::digest(b"hello world")).as_str())
         );
+    }
+
+    /// Found by fuzzing (fuzz/ sftp_packets): READ at offset 0xffff_ffff_ffff_ff03 overflowed
+    /// `next + SKIP_LIMIT` (a panic with overflow checks) after a first READ there.
+    #[tokio::test]
+    async fn reads_at_offsets_beyond_any_file_are_end_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"hello").unwrap();
+        let file = std::fs::File::open(dir.path().join("f")).unwrap();
+        let mut ahead = ReadAhead::new(file);
+        for offset in [0xffff_ffff_ffff_ff03, u64::MAX, MAX_OFFSET + 1] {
+            assert!(ahead.read(offset, 32768).await.unwrap().is_empty());
+        }
+        assert!(ahead.read(MAX_OFFSET, 32768).await.unwrap().is_empty());
+        assert_eq!(ahead.read(0, 32768).await.unwrap(), b"hello");
+        assert_eq!(ahead.read(1, 2).await.unwrap(), b"el");
     }
 
     #[test]
