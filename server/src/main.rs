@@ -3,25 +3,11 @@
 
 #![forbid(unsafe_code)]
 
-mod audit;
-mod auth;
-mod ban_sync;
-mod bans;
-mod client_cert;
-mod demo;
-mod drain;
-mod ftp;
-mod leftovers;
-mod limits;
-mod metrics;
-mod reload;
-mod sftp;
-mod snapshot;
-mod tls;
-mod totp;
-mod userfs;
-mod vpath;
-mod windows;
+// The modules live in the library crate (server/src/lib.rs) so that fuzz targets can reach them;
+// declare new modules there, not here.
+use sluice_server::{
+    audit, auth, ban_sync, demo, drain, ftp, leftovers, metrics, reload, sftp, snapshot, windows,
+};
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};

@@ -23,6 +23,10 @@ const SKIP_LIMIT: u64 = 4 * CHUNK_BYTES as u64;
 
 type Chunk = io::Result<(u64, Vec<u8>)>;
 
+/// Reads start at most here: Linux offsets are signed 64-bit, and a chunk read from further on
+/// would pass the largest `off_t` (EINVAL). No file has data there.
+const MAX_OFFSET: u64 = i64::MAX as u64 - CHUNK_BYTES as u64;
+
 /// A download: serves READ requests from chunks read ahead.
 pub struct ReadAhead {
     file: Arc<std::fs::File>,
@@ -90,6 +94,12 @@ impl ReadAhead {
 
     /// Up to `len` bytes at `offset`; an empty result means end of file.
     pub async fn read(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        // No file reaches past the largest `off_t`; answering such offsets with end of file
+        // also keeps every offset sum below overflow (a READ at 2^64 - 253 overflowed
+        // `next + SKIP_LIMIT`; found by fuzzing).
+        if offset > MAX_OFFSET {
+            return Ok(Vec::new());
+        }
         if self.rx.is_none() && !self.finished {
             self.restart(offset);
         }
@@ -181,6 +191,14 @@ pub struct WriteOutcome {
     pub error: Option<io::Error>,
 }
 
+/// Whether a file whose writes were not sequential is hashed at close. Not when it grew by
+/// more than this handle wrote: it then has holes (a WRITE far beyond the end, a SETSTAT size)
+/// or another handle's data, and reading it back could cost far more than the upload did (one
+/// WRITE at offset 2^40 made the server read a terabyte of zeros; found by fuzzing).
+pub fn hash_at_close(size_at_open: u64, written: u64, size: u64) -> bool {
+    size <= size_at_open.saturating_add(written)
+}
+
 /// An upload: writes go to a dedicated blocking worker.
 pub struct WriteBehind {
     tx: Option<mpsc::Sender<WriteCommand>>,
@@ -196,6 +214,7 @@ impl WriteBehind {
         let failed = Arc::new(Mutex::new(None));
         let worker_failed = failed.clone();
         let worker = tokio::task::spawn_blocking(move || {
+            let size_at_open = file.metadata().map(|m| m.len()).unwrap_or(0);
             let mut hasher = Sha256::new();
             let mut sequential = true;
             let mut next = 0u64;
@@ -255,8 +274,10 @@ impl WriteBehind {
                 None
             } else if sequential && next == size {
                 Some(hex::encode(hasher.finalize()))
-            } else {
+            } else if hash_at_close(size_at_open, written, size) {
                 userfs::sha256_of_file(&file).ok().map(|(hash, _)| hash)
+            } else {
+                None
             };
             WriteOutcome {
                 sha256,
@@ -336,5 +357,78 @@ impl WriteBehind {
                 error: Some(io::Error::other(join.to_string())),
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn upload(writes: &[(u64, &[u8])]) -> (WriteOutcome, std::time::Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("up.bin"))
+            .unwrap();
+        let mut worker = WriteBehind::new(file);
+        for (offset, data) in writes {
+            assert!(worker.write(*offset, data.to_vec()).await);
+        }
+        let started = std::time::Instant::now();
+        let outcome = worker.finish().await;
+        (outcome, started.elapsed())
+    }
+
+    /// Found by fuzzing (fuzz/ sftp_packets): WRITE "hello world" at offset 0x77_0000_0000
+    /// (510 GiB) made the close hash 510 GiB of zeros, pinning a core for minutes.
+    #[tokio::test]
+    async fn a_write_far_beyond_the_end_is_not_hashed_back_at_close() {
+        let (outcome, took) = upload(&[(0x77_0000_0000, b"hello world"), (11, b"!")]).await;
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(outcome.size, 0x77_0000_0000 + 11);
+        assert_eq!(outcome.written, 12);
+        assert_eq!(outcome.sha256, None);
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "close took {took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn out_of_order_writes_without_holes_are_hashed_at_close() {
+        let (outcome, _) = upload(&[(5, b" world"), (0, b"hello")]).await;
+        assert_eq!(outcome.size, 11);
+        assert_eq!(
+            outcome.sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(b"hello world")).as_str())
+        );
+    }
+
+    /// Found by fuzzing (fuzz/ sftp_packets): READ at offset 0xffff_ffff_ffff_ff03 overflowed
+    /// `next + SKIP_LIMIT` (a panic with overflow checks) after a first READ there.
+    #[tokio::test]
+    async fn reads_at_offsets_beyond_any_file_are_end_of_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), b"hello").unwrap();
+        let file = std::fs::File::open(dir.path().join("f")).unwrap();
+        let mut ahead = ReadAhead::new(file);
+        for offset in [0xffff_ffff_ffff_ff03, u64::MAX, MAX_OFFSET + 1] {
+            assert!(ahead.read(offset, 32768).await.unwrap().is_empty());
+        }
+        assert!(ahead.read(MAX_OFFSET, 32768).await.unwrap().is_empty());
+        assert_eq!(ahead.read(0, 32768).await.unwrap(), b"hello");
+        assert_eq!(ahead.read(1, 2).await.unwrap(), b"el");
+    }
+
+    #[test]
+    fn files_that_grew_by_more_than_was_written_are_not_hashed() {
+        assert!(hash_at_close(0, 11, 11));
+        assert!(hash_at_close(1 << 30, 10, (1 << 30) + 10));
+        assert!(hash_at_close(100, 0, 50));
+        assert!(!hash_at_close(0, 11, 0x77_0000_000b));
+        assert!(hash_at_close(u64::MAX, 1, u64::MAX));
     }
 }
