@@ -146,6 +146,7 @@ fuzz_target!(|input: &[u8]| {
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             user,
             fs,
+            open_files: Default::default(),
         };
         let (client, server) = tokio::io::duplex(64 * 1024);
         let served = tokio::spawn(session::run(server, env));
