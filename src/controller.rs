@@ -4,7 +4,7 @@
 //! usernames are decided in one place); a small second controller marks users whose server
 //! does not exist.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -67,6 +67,28 @@ pub struct Context {
     pub recorder: Recorder,
     /// The clock, injectable for tests.
     pub now: fn() -> Timestamp,
+    /// The last reason announced by an Event per object and condition, so that a reconcile
+    /// that still sees the previous status in the cache (the status patch not yet watched
+    /// back) does not announce the same transition again.
+    pub announced: Announced,
+}
+
+/// The reasons last announced by Events, per `<object uid>/<condition>`.
+#[derive(Default)]
+pub struct Announced(std::sync::Mutex<HashMap<String, String>>);
+
+impl Announced {
+    /// Whether `reason` is news for `key` given the `stored` reason of the status the
+    /// reconcile read: it differs from the stored one and from the one this process announced
+    /// last. Records `reason` either way.
+    pub fn is_news(&self, key: &str, stored: Option<&str>, reason: &str) -> bool {
+        let mut announced = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = announced.insert(key.to_string(), reason.to_string());
+        stored != Some(reason) && last.as_deref() != Some(reason)
+    }
 }
 
 /// An Api over every namespace, or over the one namespace the operator is limited to (its
@@ -99,6 +121,7 @@ pub async fn run(
         client: client.clone(),
         metrics,
         now: Timestamp::now,
+        announced: Announced::default(),
     });
     // Read leniently: one object the types reject must not stop the watch for every other.
     let servers: Api<Lenient<FileTransferServer>> = scoped(&client, ns);
@@ -334,13 +357,6 @@ pub fn condition(
         observed_generation: generation,
         last_transition_time,
     }
-}
-
-fn is_true(conditions: &[Condition], type_: &str) -> Option<bool> {
-    conditions
-        .iter()
-        .find(|c| c.type_ == type_)
-        .map(|c| c.status == "True")
 }
 
 struct CertOutcome {
@@ -1037,7 +1053,16 @@ async fn reconcile_server(
         now,
     )];
     conditions.extend(conditions_without_ready);
-    if is_true(&previous_conditions, "Ready") != Some(all_ready) {
+    let uid = server.metadata.uid.clone().unwrap_or_default();
+    let stored_ready = previous_conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.reason.as_str());
+    let ready_reason = if all_ready { "Ready" } else { "NotReady" };
+    if context
+        .announced
+        .is_news(&format!("{uid}/Ready"), stored_ready, ready_reason)
+    {
         publish(
             &context,
             server.as_ref(),
@@ -1055,11 +1080,18 @@ async fn reconcile_server(
         .iter()
         .find(|c| c.type_ == "CertificateReady")
         .map(|c| c.reason.as_str());
-    if certificate_warning(
+    let certificate_news = context.announced.is_news(
+        &format!("{uid}/CertificateReady"),
         previous_certificate_reason,
-        certificate.ready,
         certificate.reason,
-    ) {
+    );
+    if certificate_news
+        && certificate_warning(
+            previous_certificate_reason,
+            certificate.ready,
+            certificate.reason,
+        )
+    {
         warn!(server = %names.server, reason = certificate.reason, message = %certificate.message, "certificate needs attention");
         publish(
             &context,
@@ -1283,7 +1315,11 @@ async fn update_user_status(
         .iter()
         .find(|c| c.type_ == "Ready")
         .map(|c| c.reason.clone());
-    if previous_reason.as_deref() != Some(verdict.reason) {
+    let key = format!("{}/Ready", user.metadata.uid.clone().unwrap_or_default());
+    if context
+        .announced
+        .is_news(&key, previous_reason.as_deref(), verdict.reason)
+    {
         // A Warning also for a ready user whose password expires soon: recorded once, when the
         // reason changes to it.
         let type_ = if verdict.ready && verdict.reason != "PasswordExpiresSoon" {
@@ -1473,5 +1509,45 @@ mod tests {
         assert_eq!(names[0], "ftp.example.com");
         assert!(names.contains(&"partners.transfer.svc".to_string()));
         assert!(names.contains(&"198.51.100.7".to_string()));
+    }
+
+    #[test]
+    fn a_transition_is_announced_once_even_when_the_cache_still_shows_the_old_status() {
+        let announced = Announced::default();
+        // The reconcile that sees the transition announces it...
+        assert!(announced.is_news(
+            "u/CertificateReady",
+            Some("Issued"),
+            "CertificateExpiringSoon"
+        ));
+        // ...the next one, reading a cache that lags behind the status patch, does not.
+        assert!(!announced.is_news(
+            "u/CertificateReady",
+            Some("Issued"),
+            "CertificateExpiringSoon"
+        ));
+        // Nor does one that sees the patched status, or a restarted operator that sees it.
+        assert!(!announced.is_news(
+            "u/CertificateReady",
+            Some("CertificateExpiringSoon"),
+            "CertificateExpiringSoon"
+        ));
+        assert!(!Announced::default().is_news(
+            "u/CertificateReady",
+            Some("CertificateExpiringSoon"),
+            "CertificateExpiringSoon"
+        ));
+        // Leaving and coming back is a new transition; other objects are independent.
+        assert!(announced.is_news(
+            "u/CertificateReady",
+            Some("CertificateExpiringSoon"),
+            "Issued"
+        ));
+        assert!(announced.is_news(
+            "u/CertificateReady",
+            Some("Issued"),
+            "CertificateExpiringSoon"
+        ));
+        assert!(announced.is_news("v/CertificateReady", None, "CertificateExpiringSoon"));
     }
 }

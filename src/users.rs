@@ -204,37 +204,8 @@ fn resolve_one(
     let mut digest = None;
     let password_hash = match (&spec.auth.password_secret_ref, &spec.auth.password_hash) {
         (Some(reference), _) => {
-            let key = reference.key.clone().unwrap_or_else(|| "password".into());
-            let Some(secret) = inputs.secrets.get(&reference.name) else {
-                return Err(Verdict::refused(
-                    "SecretNotFound",
-                    format!(
-                        "spec.auth.passwordSecretRef: Secret {} not found",
-                        reference.name
-                    ),
-                ));
-            };
-            let bytes = secret
-                .data
-                .as_ref()
-                .and_then(|d| d.get(&key))
-                .map(|b| b.0.clone())
-                .or_else(|| {
-                    secret
-                        .string_data
-                        .as_ref()
-                        .and_then(|d| d.get(&key))
-                        .map(|s| s.clone().into_bytes())
-                });
-            let Some(bytes) = bytes else {
-                return Err(Verdict::refused(
-                    "SecretKeyMissing",
-                    format!(
-                        "spec.auth.passwordSecretRef: Secret {} has no key {key:?}",
-                        reference.name
-                    ),
-                ));
-            };
+            let (secret, key, bytes) =
+                secret_value(inputs, reference, "password", "spec.auth.passwordSecretRef")?;
             let Ok(password) = String::from_utf8(bytes) else {
                 return Err(Verdict::refused(
                     "PasswordPolicyViolation",
@@ -329,20 +300,19 @@ fn resolve_one(
     Ok((entry, digest))
 }
 
-/// The user's TOTP setting with the base32 secret read from `spec.totp.secretRef`.
-fn resolve_totp(
-    spec: &crate::crd::TransferUserSpec,
-    inputs: &UserInputs<'_>,
-) -> Result<Option<config::TotpConfig>, Verdict> {
-    let Some(totp) = &spec.totp else {
-        return Ok(None);
-    };
-    let reference = &totp.secret_ref;
-    let key = reference.key.clone().unwrap_or_else(|| "totp".into());
+/// The bytes under `reference`'s key (`default_key` when it names none) of a Secret of the
+/// namespace, with that Secret and the key; a refusal naming `field` when either is missing.
+fn secret_value<'a>(
+    inputs: &UserInputs<'a>,
+    reference: &crate::crd::SecretKeyRef,
+    default_key: &str,
+    field: &str,
+) -> Result<(&'a Secret, String, Vec<u8>), Verdict> {
+    let key = reference.key.clone().unwrap_or_else(|| default_key.into());
     let Some(secret) = inputs.secrets.get(&reference.name) else {
         return Err(Verdict::refused(
             "SecretNotFound",
-            format!("spec.totp.secretRef: Secret {} not found", reference.name),
+            format!("{field}: Secret {} not found", reference.name),
         ));
     };
     let bytes = secret
@@ -360,12 +330,21 @@ fn resolve_totp(
     let Some(bytes) = bytes else {
         return Err(Verdict::refused(
             "SecretKeyMissing",
-            format!(
-                "spec.totp.secretRef: Secret {} has no key {key:?}",
-                reference.name
-            ),
+            format!("{field}: Secret {} has no key {key:?}", reference.name),
         ));
     };
+    Ok((secret, key, bytes))
+}
+
+/// The user's TOTP setting with the base32 secret read from `spec.totp.secretRef`.
+fn resolve_totp(
+    spec: &crate::crd::TransferUserSpec,
+    inputs: &UserInputs<'_>,
+) -> Result<Option<config::TotpConfig>, Verdict> {
+    let Some(totp) = &spec.totp else {
+        return Ok(None);
+    };
+    let (_, _, bytes) = secret_value(inputs, &totp.secret_ref, "totp", "spec.totp.secretRef")?;
     // Authenticator apps show secrets in groups ("JBSW Y3DP ..."): spaces are dropped.
     let secret_text: String = String::from_utf8_lossy(&bytes)
         .chars()
