@@ -294,21 +294,8 @@ impl UserFs {
         let home = self.home.clone();
         let path = path.clone();
         blocking(move || {
-            let mut file = open_regular_file(&home, &path)?;
-            let mut hasher = Sha256::new();
-            let mut buffer = vec![0u8; CHUNK_BYTES];
-            let mut total = 0u64;
-            loop {
-                let n = file
-                    .read(&mut buffer)
-                    .map_err(|e| FsError::from_io(&path, e))?;
-                if n == 0 {
-                    break;
-                }
-                total += n as u64;
-                hasher.update(&buffer[..n]);
-            }
-            Ok((hex::encode(hasher.finalize()), total))
+            let file = open_regular_file(&home, &path)?;
+            sha256_of_file(&file).map_err(|e| FsError::from_io(&path, e))
         })
         .await
     }
@@ -863,9 +850,23 @@ pub fn set_file_times(file: &std::fs::File, atime: u64, mtime: u64) -> io::Resul
     file.set_times(std::fs::FileTimes::new().set_accessed(at).set_modified(mt))
 }
 
+/// How much longer than its stored bytes a file may be and still be hashed. A file with holes
+/// (a write far beyond its end, a `setstat` size, `REST` beyond the end) costs nothing to make
+/// but hashing it reads every zero of the holes: one SFTP WRITE at offset 2^62 and a reopen
+/// would keep a core busy for years (found by fuzzing). Such files are not hashed.
+const HOLE_SLACK_BYTES: u64 = 1 << 20;
+
 /// SHA-256 of an open file from its start, read in large chunks (blocking).
 pub fn sha256_of_file(file: &std::fs::File) -> io::Result<(String, u64)> {
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let meta = file.metadata()?;
+    let allocated = meta.blocks().saturating_mul(512);
+    if meta.len() > allocated.saturating_add(HOLE_SLACK_BYTES) {
+        return Err(io::Error::other(format!(
+            "not hashed: the file has holes ({} bytes long, {allocated} bytes stored)",
+            meta.len()
+        )));
+    }
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; CHUNK_BYTES];
     let mut offset = 0u64;
@@ -887,6 +888,23 @@ pub fn sha256_of_file(file: &std::fs::File) -> io::Result<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_with_holes_are_not_hashed_and_dense_ones_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let dense = dir.path().join("dense");
+        std::fs::write(&dense, b"hello").unwrap();
+        let (digest, size) = sha256_of_file(&std::fs::File::open(&dense).unwrap()).unwrap();
+        assert_eq!(digest, hex::encode(Sha256::digest(b"hello")));
+        assert_eq!(size, 5);
+        let sparse = dir.path().join("sparse");
+        std::fs::File::create(&sparse)
+            .unwrap()
+            .set_len(1 << 40)
+            .unwrap();
+        let error = sha256_of_file(&std::fs::File::open(&sparse).unwrap()).unwrap_err();
+        assert!(error.to_string().contains("holes"), "{error}");
+    }
 
     #[tokio::test]
     async fn sessions_of_one_home_share_a_descriptor() {

@@ -1,6 +1,7 @@
 """What a user does with real clients: ftplib, curl and lftp over explicit and implicit FTPS."""
 
 import calendar
+import ftplib
 import hashlib
 import os
 import re
@@ -113,6 +114,22 @@ def test_size_mdtm_and_hashes(server):
         reply = ftp.sendcmd(cmd)
         assert reply.startswith("213"), reply
         assert digest in reply.lower(), (cmd, reply, digest)
+    ftp.quit()
+
+
+def test_a_file_with_holes_is_not_hashed(server):
+    """A sparse file costs nothing to make but hashing it reads every zero (found by fuzzing):
+    HASH answers an error naming the holes at once, and the session keeps serving."""
+    with open(server.make_home("alice") / "sparse.bin", "wb") as f:
+        f.truncate(1 << 40)
+    ftp = server.ftp("alice")
+    start = time.monotonic()
+    with pytest.raises(ftplib.Error) as refused:
+        ftp.sendcmd("HASH sparse.bin")
+    assert "holes" in str(refused.value), refused.value
+    assert time.monotonic() - start < 10
+    assert ftp.size("sparse.bin") == 1 << 40
+    assert ftp.voidcmd("NOOP").startswith("200")
     ftp.quit()
 
 

@@ -397,6 +397,31 @@ mod tests {
         );
     }
 
+    /// Found by a one-hour fuzz run (fuzz/ sftp_packets): a file made sparse first (a SETSTAT
+    /// size, or an earlier handle's far WRITE), then reopened and written a few bytes, passed
+    /// the grew-by-more-than-written check and was hashed back in full at close.
+    #[tokio::test]
+    async fn a_file_with_holes_from_before_the_open_is_not_hashed_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse.bin");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(0x7d_0000_0000)
+            .unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        let mut worker = WriteBehind::new(file);
+        assert!(worker.write(3, b"new".to_vec()).await);
+        let started = std::time::Instant::now();
+        let outcome = worker.finish().await;
+        assert!(outcome.error.is_none(), "{:?}", outcome.error);
+        assert_eq!(outcome.sha256, None);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "close took {:?}",
+            started.elapsed()
+        );
+    }
+
     #[tokio::test]
     async fn out_of_order_writes_without_holes_are_hashed_at_close() {
         let (outcome, _) = upload(&[(5, b" world"), (0, b"hello")]).await;
