@@ -316,7 +316,11 @@ def test_deleting_the_pod_starts_a_new_process_that_keeps_the_data(ftps, tmp_pat
     cluster.kubectl("delete", "pod", POD, "-n", ns, "--wait=true", timeout=90)
 
     def replaced():
-        pod = cluster.kubectl_json("get", "pod", POD, "-n", ns)
+        # Right after the delete the StatefulSet may not have created the new pod yet.
+        proc = cluster.kubectl("get", "pod", POD, "-n", ns, "-o", "json", check=False)
+        if proc.returncode != 0:
+            return None
+        pod = json.loads(proc.stdout)
         ready = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
         return pod["metadata"]["uid"] != old_uid and ready.get("Ready") == "True" and pod
     cluster.wait_for(replaced, 90, "the StatefulSet to replace pod files-0 and the kubelet to run it")
