@@ -668,6 +668,9 @@ def main() -> int:
                     help="extra environment for the server, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--settle", type=float, default=0,
+                    help="seconds to wait after the descriptors are back before the after-close RSS sample"
+                         " (allocators that return memory on a timer, e.g. jemalloc's 10 s decay)")
     args = ap.parse_args()
 
     deadline = time.monotonic() + args.duration
@@ -824,6 +827,10 @@ def main() -> int:
                 if fds_end <= fd0 + 2 or time.monotonic() > fd_deadline:
                     break
                 time.sleep(1)
+            if args.settle:
+                time.sleep(args.settle)
+                sample()
+                rss_end, fds_end = proc_sample(proc.pid)
             target["after_close"] = {"server_rss_mib": round(rss_end / MIB, 1), "server_fds": fds_end,
                                      "fds_back_to_baseline": fds_end <= fd0 + 2}
             if rnd:
