@@ -220,7 +220,10 @@ async fn measured_reconcile_server(
 ) -> Result<Action, ControllerError> {
     let started = std::time::Instant::now();
     let result = match &object.parsed {
-        Ok(server) => reconcile_server(Arc::new(server.clone()), context.clone()).await,
+        Ok(server) => match past_admission_check(server) {
+            None => reconcile_server(Arc::new(server.clone()), context.clone()).await,
+            Some(invalid) => report_invalid(&object, &invalid, &context).await,
+        },
         Err(invalid) => report_invalid(&object, invalid, &context).await,
     };
     let kind = ("kind", "FileTransferServer".to_string());
@@ -260,6 +263,21 @@ fn user_error_policy(
     _: Arc<Context>,
 ) -> Action {
     Action::requeue(Duration::from_secs(30))
+}
+
+/// What the CRD's schema and CEL rules should have refused but the operator cannot render
+/// safely either (an object stored before the rules, a CRD installed without them): reported
+/// like an object the types reject.
+fn past_admission_check(server: &FileTransferServer) -> Option<Invalid> {
+    let error = render::passive_ports(&server.spec.passive).err()?;
+    Some(Invalid {
+        message: error.to_string(),
+        conditions: server
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default(),
+    })
 }
 
 /// An object the Rust types reject (see [`crate::lenient`]): `Ready=False` with reason
@@ -1375,6 +1393,27 @@ async fn reconcile_user(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_server_with_a_passive_range_past_admission_is_invalid_spec_naming_the_field() {
+        let server: FileTransferServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FileTransferServer",
+            "metadata": {"name": "partners", "namespace": "transfer"},
+            "spec": {"protocols": ["ftpsExplicit"], "passive": {"portStart": 1024, "portEnd": 65535}},
+        }))
+        .unwrap();
+        let invalid = past_admission_check(&server).expect("refused");
+        assert!(
+            invalid
+                .message
+                .starts_with("spec.passive: ports 1024..65535"),
+            "{}",
+            invalid.message
+        );
+        let mut fine = server.clone();
+        fine.spec.passive.port_end = 1123;
+        assert!(past_admission_check(&fine).is_none());
+    }
 
     #[test]
     fn condition_keeps_transition_time_while_status_is_unchanged() {

@@ -55,6 +55,35 @@ pub enum RenderError {
     MissingMetadata,
     #[error("cannot render {file}: {message}")]
     Yaml { file: &'static str, message: String },
+    #[error("{field}: {message}")]
+    InvalidField {
+        field: &'static str,
+        message: String,
+    },
+}
+
+/// Most passive ports one server may pin (the CRD's CEL rule says the same).
+pub const MAX_PASSIVE_PORTS: i32 = 100;
+
+/// The passive port range, checked again here although the CRD's schema and CEL rules already
+/// refuse a bad one: every port becomes a container and a Service port, so a range that got past
+/// admission (a CRD installed without its rules, an object stored before them) must not make
+/// the operator build millions of ports (found by the `operator_specs` fuzz target).
+pub fn passive_ports(
+    passive: &crate::crd::PassiveSpec,
+) -> Result<std::ops::RangeInclusive<i32>, RenderError> {
+    let (start, end) = (passive.port_start, passive.port_end);
+    let within = |port: i32| (1024..=65535).contains(&port);
+    if !within(start) || !within(end) || end < start || end - start >= MAX_PASSIVE_PORTS {
+        return Err(RenderError::InvalidField {
+            field: "spec.passive",
+            message: format!(
+                "ports {start}..{end} must lie within 1024..65535, end >= start, \
+                 and hold at most {MAX_PASSIVE_PORTS} ports"
+            ),
+        });
+    }
+    Ok(start..=end)
 }
 
 /// Names of the children of one server.
@@ -527,7 +556,7 @@ pub fn stateful_set(
     }
     ports.push(container_port("health", CONTAINER_HEALTH));
     if serves_ftps(fts) {
-        for port in spec.passive.port_start..=spec.passive.port_end {
+        for port in passive_ports(&spec.passive)? {
             ports.push(container_port(&format!("pasv-{port}"), port));
         }
     }
@@ -696,7 +725,7 @@ fn service_port(name: &str, port: i32, target: i32) -> ServicePort {
     }
 }
 
-fn client_ports(fts: &FileTransferServer) -> Vec<ServicePort> {
+fn client_ports(fts: &FileTransferServer) -> Result<Vec<ServicePort>, RenderError> {
     let spec = &fts.spec;
     let mut ports = Vec::new();
     if serves(fts, ServedProtocol::FtpsExplicit) {
@@ -719,11 +748,11 @@ fn client_ports(fts: &FileTransferServer) -> Vec<ServicePort> {
     if serves_ftps(fts) {
         // Passive ports keep the same number outside and inside: the server advertises the
         // number it listens on.
-        for port in spec.passive.port_start..=spec.passive.port_end {
+        for port in passive_ports(&spec.passive)? {
             ports.push(service_port(&format!("pasv-{port}"), port, port));
         }
     }
-    ports
+    Ok(ports)
 }
 
 /// The client Service (all pods) or, with `pod_ordinal`, the Service of one pod.
@@ -759,7 +788,7 @@ pub fn client_service(
         spec: Some(ServiceSpec {
             type_: Some(service_type.to_string()),
             selector: Some(selector),
-            ports: Some(client_ports(fts)),
+            ports: Some(client_ports(fts)?),
             external_traffic_policy: exposed
                 .then(|| format!("{:?}", spec.exposure.external_traffic_policy)),
             load_balancer_source_ranges: (spec.exposure.service_type == ServiceType::LoadBalancer
@@ -822,7 +851,8 @@ pub fn network_policy(fts: &FileTransferServer) -> Result<NetworkPolicy, RenderE
         ports.push(tcp(CONTAINER_SFTP, None));
     }
     if serves_ftps(fts) {
-        ports.push(tcp(spec.passive.port_start, Some(spec.passive.port_end)));
+        let passive = passive_ports(&spec.passive)?;
+        ports.push(tcp(*passive.start(), Some(*passive.end())));
     }
     let client_rule = NetworkPolicyIngressRule {
         from: Some(
@@ -898,6 +928,44 @@ spec:
   exposure:
     serviceType: LoadBalancer
 ";
+
+    #[test]
+    fn a_passive_range_past_admission_is_refused_not_expanded() {
+        // The fuzz input that timed out: millions of ports, each a container and Service port.
+        let huge = fixture(&BASIC.replace("portEnd: 30004", "portEnd: 2230019"));
+        for result in [
+            stateful_set(&huge, "d").map(|_| ()),
+            client_service(&huge, None).map(|_| ()),
+            network_policy(&huge).map(|_| ()),
+        ] {
+            let message = result.unwrap_err().to_string();
+            assert!(
+                message.starts_with("spec.passive: ports 30000..2230019"),
+                "{message}"
+            );
+        }
+        for (start, end) in [(30000, 30100), (30010, 30000), (80, 90), (65535, 65536)] {
+            let mut passive = fixture(BASIC).spec.passive;
+            (passive.port_start, passive.port_end) = (start, end);
+            assert!(passive_ports(&passive).is_err(), "{start}..{end}");
+        }
+        let mut passive = fixture(BASIC).spec.passive;
+        (passive.port_start, passive.port_end) = (65436, 65535);
+        assert_eq!(passive_ports(&passive).unwrap().count(), 100);
+        let ports = client_service(&fixture(BASIC), None)
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap();
+        assert_eq!(
+            ports
+                .iter()
+                .filter(|p| p.name.as_deref().unwrap_or("").starts_with("pasv-"))
+                .count(),
+            5
+        );
+    }
 
     #[test]
     fn sftp_server_gets_its_listener_host_key_and_port() {
