@@ -209,6 +209,28 @@ def test_paramiko_file_and_directory_operations(sftp_server, keys):
     srv.wait_event("request_refused", protocol="sftp", request="chown")
 
 
+def test_directory_listings_are_audited_like_ftps_list(sftp_server, keys):
+    srv = sftp_server
+    (srv.home("alice") / "listed").mkdir(parents=True)
+    for i in range(3):
+        (srv.home("alice") / "listed" / f"f{i}.txt").write_bytes(b"x" * i)
+    t, sftp = paramiko_sftp(srv, key=keys["alice"])
+    try:
+        assert sorted(sftp.listdir("/listed")) == ["f0.txt", "f1.txt", "f2.txt"]
+        # A directory handle still open when the session ends is logged as incomplete.
+        kind, msg = sftp._request(paramiko.sftp.CMD_OPENDIR, "/")
+        assert kind == paramiko.sftp.CMD_HANDLE
+    finally:
+        t.close()
+    listed = srv.wait_event("transfer", protocol="sftp", direction="list", path="/listed")
+    assert listed["result"] == "ok" and listed["user"] == "alice"
+    assert listed["entries"] == listed["entries_total"] == 3
+    assert listed["bytes"] > 3 * len("f0.txt")
+    unfinished = srv.wait_event("transfer", protocol="sftp", direction="list", path="/")
+    assert unfinished["result"] == "incomplete" and unfinished["entries"] == 0
+    assert unfinished["entries_total"] >= 1
+
+
 def test_resume_upload_and_download(sftp_server, keys, tmp_path):
     srv = sftp_server
     payload = os.urandom(2_000_000)

@@ -72,6 +72,9 @@ struct DirHandle {
     path: VirtualPath,
     entries: Vec<(String, FileStat)>,
     position: usize,
+    /// Bytes of `SSH_FXP_NAME` packets sent, for the `list` transfer event at close.
+    bytes_sent: u64,
+    started: Instant,
 }
 
 /// Why the loop ended.
@@ -512,12 +515,28 @@ impl Sftp {
         self.audit("transfer", fields);
     }
 
+    /// A directory listing is a transfer with `direction: list`, as FTPS `LIST`/`MLSD` are:
+    /// who looked at which directory is part of the access record.
+    fn list_audit(&self, dir: &DirHandle, result: &str) {
+        self.transfer_audit(
+            "list",
+            &dir.path,
+            dir.bytes_sent,
+            dir.started,
+            result,
+            json!({"entries": dir.position, "entries_total": dir.entries.len()}),
+        );
+    }
+
     async fn close(&mut self, id: u32, handle: &str) -> Result<Vec<u8>, Vec<u8>> {
         let Some(open) = self.handles.remove(handle) else {
             return Ok(codec::status(id, StatusCode::Failure, "no such handle"));
         };
         match open {
-            OpenHandle::Dir(_) => Ok(codec::ok(id)),
+            OpenHandle::Dir(dir) => {
+                self.list_audit(&dir, "ok");
+                Ok(codec::ok(id))
+            }
             OpenHandle::Read(read) => {
                 self.transfer_audit(
                     "download",
@@ -615,7 +634,7 @@ impl Sftp {
                     "incomplete",
                     json!({}),
                 ),
-                OpenHandle::Dir(_) => {}
+                OpenHandle::Dir(dir) => self.list_audit(&dir, "incomplete"),
             }
         }
     }
@@ -806,6 +825,8 @@ impl Sftp {
             path,
             entries,
             position: 0,
+            bytes_sent: 0,
+            started: Instant::now(),
         })) {
             Some(name) => Ok(codec::handle(id, &name)),
             None => Ok(codec::status(
@@ -839,7 +860,9 @@ impl Sftp {
                 .attrs(stat);
         }
         dir.position += batch.len();
-        Ok(packet.finish())
+        let packet = packet.finish();
+        dir.bytes_sent += packet.len() as u64;
+        Ok(packet)
     }
 
     async fn remove(&mut self, id: u32, text: &str) -> Result<Vec<u8>, Vec<u8>> {
