@@ -1,6 +1,7 @@
 //! Bans across replicas, the operator's side: every [`SYNC_PERIOD`] it asks each ready pod of a
-//! multi-replica FileTransferServer for its own IP bans (`GET /bans` on the health port), merges
-//! them (latest expiry per address, expired ones dropped, at most [`MAX_ENTRIES`]) and hands
+//! multi-replica FileTransferServer for its own bans of addresses and usernames (`GET /bans` on
+//! the health port), merges them (latest expiry per address or username, expired ones dropped,
+//! at most [`MAX_ENTRIES`]) and hands
 //! every pod the merged bans of the *other* pods (`PUT /bans/peers`) when what it holds differs.
 //! Pods never re-export what they imported, so bans do not bounce between replicas. The calls
 //! carry the bearer token of the `<server>-ban-sync` Secret, created once per server. The merge
@@ -47,11 +48,14 @@ pub enum BanSyncError {
     },
 }
 
-/// One ban on the wire (the server's `WireBan`).
+/// One ban on the wire (the server's `WireBan`): of an `address` or of a `username`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WireBan {
-    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     pub expires_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
@@ -68,43 +72,66 @@ pub struct Report {
     pub peers: Vec<WireBan>,
 }
 
+/// What a ban refuses: addresses sort before usernames.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum BanKey {
+    /// Canonical text form.
+    Address(String),
+    /// Lower-case.
+    Username(String),
+}
+
+impl BanKey {
+    /// The key of a wire ban, if it names exactly one valid target.
+    fn of(ban: &WireBan) -> Option<BanKey> {
+        match (&ban.address, &ban.username) {
+            (Some(address), None) => address
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| BanKey::Address(sluice_config::canonical_ip(ip).to_string())),
+            (None, Some(user)) if !user.is_empty() => {
+                Some(BanKey::Username(user.to_ascii_lowercase()))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A ban being merged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ban {
-    pub address: String,
+    pub key: BanKey,
     pub expires_at: Timestamp,
     /// The pod that imposed it.
     pub pod: String,
 }
 
-/// Merges the pods' own bans: one entry per address with the latest expiry, expired ones
-/// dropped, unparsable ones skipped, and at most `cap` entries (the latest-expiring) sorted by
-/// address.
+/// Merges the pods' own bans: one entry per address or username with the latest expiry,
+/// expired ones dropped, unparsable ones skipped, and at most `cap` entries (the
+/// latest-expiring) sorted by key (addresses first).
 pub fn merge<'a>(
     reports: impl IntoIterator<Item = (&'a str, &'a [WireBan])>,
     now: Timestamp,
     cap: usize,
 ) -> Vec<Ban> {
-    let mut by_address: BTreeMap<String, Ban> = BTreeMap::new();
+    let mut by_key: BTreeMap<BanKey, Ban> = BTreeMap::new();
     for (pod, bans) in reports {
         for ban in bans {
-            let (Ok(address), Ok(expires_at)) = (
-                ban.address.parse::<std::net::IpAddr>(),
-                ban.expires_at.parse::<Timestamp>(),
-            ) else {
+            let (Some(key), Ok(expires_at)) =
+                (BanKey::of(ban), ban.expires_at.parse::<Timestamp>())
+            else {
                 continue;
             };
             if expires_at <= now {
                 continue;
             }
-            let address = sluice_config::canonical_ip(address).to_string();
             let candidate = Ban {
-                address: address.clone(),
+                key: key.clone(),
                 expires_at,
                 pod: pod.to_string(),
             };
-            by_address
-                .entry(address)
+            by_key
+                .entry(key)
                 .and_modify(|known| {
                     if candidate.expires_at > known.expires_at {
                         *known = candidate.clone();
@@ -113,11 +140,11 @@ pub fn merge<'a>(
                 .or_insert(candidate);
         }
     }
-    let mut merged: Vec<Ban> = by_address.into_values().collect();
+    let mut merged: Vec<Ban> = by_key.into_values().collect();
     if merged.len() > cap {
         merged.sort_by_key(|b| std::cmp::Reverse(b.expires_at));
         merged.truncate(cap);
-        merged.sort_by(|a, b| a.address.cmp(&b.address));
+        merged.sort_by(|a, b| a.key.cmp(&b.key));
     }
     merged
 }
@@ -134,16 +161,16 @@ pub fn view_for(pod: &str, reports: &BTreeMap<String, Report>, now: Timestamp) -
     )
 }
 
-/// Whether a pod holding `held` (its report's `peers`) needs `wanted` sent: compared by
-/// address and expiry only.
+/// Whether a pod holding `held` (its report's `peers`) needs `wanted` sent: compared by key
+/// and expiry only.
 pub fn differs(held: &[WireBan], wanted: &[Ban]) -> bool {
-    let held: BTreeSet<(String, Option<Timestamp>)> = held
+    let held: BTreeSet<(Option<BanKey>, Option<Timestamp>)> = held
         .iter()
-        .map(|b| (b.address.clone(), b.expires_at.parse().ok()))
+        .map(|b| (BanKey::of(b), b.expires_at.parse().ok()))
         .collect();
-    let wanted: BTreeSet<(String, Option<Timestamp>)> = wanted
+    let wanted: BTreeSet<(Option<BanKey>, Option<Timestamp>)> = wanted
         .iter()
-        .map(|b| (b.address.clone(), Some(b.expires_at)))
+        .map(|b| (Some(b.key.clone()), Some(b.expires_at)))
         .collect();
     held != wanted
 }
@@ -152,10 +179,17 @@ pub fn differs(held: &[WireBan], wanted: &[Ban]) -> bool {
 pub fn peer_body(bans: &[Ban]) -> String {
     let wire: Vec<WireBan> = bans
         .iter()
-        .map(|b| WireBan {
-            address: b.address.clone(),
-            expires_at: b.expires_at.to_string(),
-            pod: Some(b.pod.clone()),
+        .map(|b| {
+            let (address, username) = match &b.key {
+                BanKey::Address(address) => (Some(address.clone()), None),
+                BanKey::Username(user) => (None, Some(user.clone())),
+            };
+            WireBan {
+                address,
+                username,
+                expires_at: b.expires_at.to_string(),
+                pod: Some(b.pod.clone()),
+            }
         })
         .collect();
     serde_json::json!({ "bans": wire }).to_string()
@@ -437,9 +471,25 @@ mod tests {
 
     fn wire(address: &str, expires_at: &str) -> WireBan {
         WireBan {
-            address: address.into(),
+            address: Some(address.into()),
+            username: None,
             expires_at: expires_at.into(),
             pod: None,
+        }
+    }
+
+    fn user_wire(username: &str, expires_at: &str) -> WireBan {
+        WireBan {
+            address: None,
+            username: Some(username.into()),
+            expires_at: expires_at.into(),
+            pod: None,
+        }
+    }
+
+    fn key_text(ban: &Ban) -> &str {
+        match &ban.key {
+            BanKey::Address(key) | BanKey::Username(key) => key,
         }
     }
 
@@ -462,7 +512,7 @@ mod tests {
         let merged = merge([("p0", &a[..]), ("p1", &b[..])], now(), 100);
         let got: Vec<(&str, String, &str)> = merged
             .iter()
-            .map(|b| (b.address.as_str(), b.expires_at.to_string(), b.pod.as_str()))
+            .map(|b| (key_text(b), b.expires_at.to_string(), b.pod.as_str()))
             .collect();
         assert_eq!(
             got,
@@ -474,12 +524,52 @@ mod tests {
     }
 
     #[test]
+    fn usernames_merge_case_insensitively_after_the_addresses() {
+        let a = [
+            user_wire("Alice", "2030-01-01T00:05:00Z"),
+            wire("127.0.0.3", "2030-01-01T00:05:00Z"),
+            user_wire("", "2030-01-01T00:05:00Z"),
+            WireBan {
+                address: Some("127.0.0.4".into()),
+                username: Some("both".into()),
+                expires_at: "2030-01-01T00:05:00Z".into(),
+                pod: None,
+            },
+        ];
+        let b = [user_wire("alice", "2030-01-01T00:09:00Z")];
+        let merged = merge([("p0", &a[..]), ("p1", &b[..])], now(), 100);
+        assert_eq!(
+            merged.iter().map(|b| b.key.clone()).collect::<Vec<_>>(),
+            [
+                BanKey::Address("127.0.0.3".into()),
+                BanKey::Username("alice".into())
+            ]
+        );
+        assert_eq!(merged[1].pod, "p1");
+        let body: serde_json::Value = serde_json::from_str(&peer_body(&merged)).unwrap();
+        assert_eq!(body["bans"][1]["username"], "alice");
+        assert!(body["bans"][1].get("address").is_none());
+        // A pod holding the user ban under another case does not need it again.
+        assert!(!differs(
+            &[
+                wire("127.0.0.3", "2030-01-01T00:05:00Z"),
+                user_wire("ALICE", "2030-01-01T00:09:00Z")
+            ],
+            &merged
+        ));
+        assert!(differs(
+            &[wire("127.0.0.3", "2030-01-01T00:05:00Z")],
+            &merged
+        ));
+    }
+
+    #[test]
     fn merge_caps_the_size_keeping_the_latest_expiring() {
         let bans: Vec<WireBan> = (1..=5)
             .map(|n| wire(&format!("10.0.0.{n}"), &format!("2030-01-01T00:0{n}:00Z")))
             .collect();
         let merged = merge([("p0", &bans[..])], now(), 2);
-        let addresses: Vec<&str> = merged.iter().map(|b| b.address.as_str()).collect();
+        let addresses: Vec<&str> = merged.iter().map(key_text).collect();
         assert_eq!(addresses, ["10.0.0.4", "10.0.0.5"]);
     }
 

@@ -1,5 +1,5 @@
-//! Bans across replicas, the pod's side: `GET /bans` reports this pod's own IP bans (and the
-//! peers' bans it holds) and `PUT /bans/peers` replaces the peers' bans with the list the
+//! Bans across replicas, the pod's side: `GET /bans` reports this pod's own bans of addresses
+//! and usernames (and the peers' bans it holds) and `PUT /bans/peers` replaces the peers' bans with the list the
 //! operator merged from the other replicas. Both sit on the health listener, need the bearer
 //! token of `bans.sync.tokenFile` (compared in constant time) and answer 404 without it. The
 //! request body is bounded (1 MiB, 10,000 entries) and validated with errors naming the field.
@@ -28,6 +28,9 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const MAX_ENTRIES: usize = 10_000;
 /// Longest `pod` name accepted (a DNS subdomain).
 const MAX_POD_NAME: usize = 253;
+/// Longest banned username accepted (what a client sent as USER or SSH user name; the server
+/// never bans longer ones, as it refuses them before counting).
+const MAX_USERNAME: usize = 256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SyncError {
@@ -58,11 +61,14 @@ impl SyncError {
     }
 }
 
-/// One ban on the wire.
+/// One ban on the wire: of an `address` or of a `username`, exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct WireBan {
-    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
     /// RFC 3339 instant the ban ends.
     pub expires_at: String,
     /// The replica that imposed it (informational, for the audit log).
@@ -77,10 +83,18 @@ struct PeerList {
     bans: Vec<WireBan>,
 }
 
+/// What a ban refuses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BanTarget {
+    Address(IpAddr),
+    /// Lower-case.
+    Username(String),
+}
+
 /// A validated ban from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerBan {
-    pub address: IpAddr,
+    pub target: BanTarget,
     pub expires_at: jiff::Timestamp,
     pub pod: Option<String>,
 }
@@ -102,12 +116,33 @@ pub fn parse_peer_list(body: &[u8]) -> Result<Vec<PeerBan>, SyncError> {
         .into_iter()
         .enumerate()
         .map(|(index, ban)| {
-            let address = ban.address.parse::<IpAddr>().map_err(|_| {
-                SyncError::Invalid(format!(
-                    "bans[{index}].address: {:?} is not an IP address",
-                    ban.address
-                ))
-            })?;
+            let target = match (&ban.address, &ban.username) {
+                (Some(address), None) => {
+                    let address = address.parse::<IpAddr>().map_err(|_| {
+                        SyncError::Invalid(format!(
+                            "bans[{index}].address: {address:?} is not an IP address"
+                        ))
+                    })?;
+                    BanTarget::Address(sluice_config::canonical_ip(address))
+                }
+                (None, Some(username)) => {
+                    if username.is_empty()
+                        || username.len() > MAX_USERNAME
+                        || username.chars().any(char::is_control)
+                    {
+                        return Err(SyncError::Invalid(format!(
+                            "bans[{index}].username: must be 1-{MAX_USERNAME} bytes without \
+                             control characters"
+                        )));
+                    }
+                    BanTarget::Username(username.to_ascii_lowercase())
+                }
+                _ => {
+                    return Err(SyncError::Invalid(format!(
+                        "bans[{index}]: needs exactly one of address and username"
+                    )));
+                }
+            };
             let expires_at = ban.expires_at.parse::<jiff::Timestamp>().map_err(|_| {
                 SyncError::Invalid(format!(
                     "bans[{index}].expiresAt: {:?} is not an RFC 3339 instant",
@@ -120,7 +155,7 @@ pub fn parse_peer_list(body: &[u8]) -> Result<Vec<PeerBan>, SyncError> {
                 )));
             }
             Ok(PeerBan {
-                address: sluice_config::canonical_ip(address),
+                target,
                 expires_at,
                 pod: ban.pod,
             })
@@ -164,7 +199,14 @@ pub struct Endpoint {
     config_path: PathBuf,
     /// The wall-clock expiry first reported for each local ban (keyed by its monotonic end), so
     /// that every report gives the same instant and the operator sees no spurious change.
-    reported: Mutex<HashMap<IpAddr, (Instant, jiff::Timestamp)>>,
+    reported: Mutex<HashMap<BanKey, (Instant, jiff::Timestamp)>>,
+}
+
+/// A local ban's identity in [`Endpoint::reported`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum BanKey {
+    Address(IpAddr),
+    Username(String),
 }
 
 fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -277,40 +319,52 @@ impl Endpoint {
         }
     }
 
-    /// This pod's own IP bans and the peers' bans it holds, with absolute expiry.
+    /// This pod's own bans and the peers' bans it holds, with absolute expiry; addresses
+    /// first, then usernames, each sorted.
     fn report(&self) -> serde_json::Value {
         let now = Instant::now();
         let wall = jiff::Timestamp::now();
-        let bans = self.context.bans.local_ip_bans(now);
-        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        reported.retain(|ip, (until, _)| bans.contains(&(*ip, *until)));
-        let mut local: Vec<WireBan> = bans
+        let own: Vec<(BanKey, Instant)> = self
+            .context
+            .bans
+            .local_ip_bans(now)
             .into_iter()
-            .map(|(ip, until)| {
+            .map(|(ip, until)| (BanKey::Address(ip), until))
+            .chain(
+                self.context
+                    .bans
+                    .local_user_bans(now)
+                    .into_iter()
+                    .map(|(user, until)| (BanKey::Username(user), until)),
+            )
+            .collect();
+        let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
+        reported.retain(|key, (until, _)| own.iter().any(|(k, u)| k == key && u == until));
+        let mut local: Vec<WireBan> = own
+            .into_iter()
+            .map(|(key, until)| {
                 let (_, expires_at) = *reported
-                    .entry(ip)
+                    .entry(key.clone())
                     .or_insert_with(|| (until, wall_expiry(until, now, wall)));
-                WireBan {
-                    address: ip.to_string(),
-                    expires_at: expires_at.to_string(),
-                    pod: None,
-                }
+                wire(&key, expires_at)
             })
             .collect();
         drop(reported);
-        local.sort_by(|a, b| a.address.cmp(&b.address));
-        let mut peers: Vec<WireBan> = self
+        local.sort_by(wire_order);
+        let peer_ips = self
             .context
             .bans
             .peer_ip_bans(now)
             .into_iter()
-            .map(|(ip, expires_at)| WireBan {
-                address: ip.to_string(),
-                expires_at: expires_at.to_string(),
-                pod: None,
-            })
-            .collect();
-        peers.sort_by(|a, b| a.address.cmp(&b.address));
+            .map(|(ip, expires_at)| wire(&BanKey::Address(ip), expires_at));
+        let peer_users = self
+            .context
+            .bans
+            .peer_user_bans(now)
+            .into_iter()
+            .map(|(user, expires_at)| wire(&BanKey::Username(user), expires_at));
+        let mut peers: Vec<WireBan> = peer_ips.chain(peer_users).collect();
+        peers.sort_by(wire_order);
         Metrics::inc(
             &self.context.metrics.ban_sync_requests,
             &[("result", "200")],
@@ -322,17 +376,25 @@ impl Endpoint {
     fn import(&self, bans: &[PeerBan]) -> serde_json::Value {
         let now = Instant::now();
         let wall = jiff::Timestamp::now();
-        let entries: Vec<(IpAddr, jiff::Timestamp, Duration)> = bans
-            .iter()
-            .map(|b| (b.address, b.expires_at, remaining(b.expires_at, wall)))
-            .collect();
+        let mut ips = Vec::new();
+        let mut users = Vec::new();
+        for ban in bans {
+            let left = remaining(ban.expires_at, wall);
+            match &ban.target {
+                BanTarget::Address(ip) => ips.push((*ip, ban.expires_at, left)),
+                BanTarget::Username(user) => users.push((user.clone(), ban.expires_at, left)),
+            }
+        }
         let config = self.context.snapshot.borrow().config.bans.clone();
-        let new = self.context.bans.replace_peer_bans(&config, &entries, now);
-        for (ip, expires_at) in &new {
-            let pod = bans
-                .iter()
-                .find(|b| b.address == *ip)
-                .and_then(|b| b.pod.clone());
+        let new_ips = self.context.bans.replace_peer_bans(&config, &ips, now);
+        let new_users = self.context.bans.replace_peer_user_bans(&users, now);
+        let pod_of = |target: &BanTarget| {
+            bans.iter()
+                .find(|b| b.target == *target)
+                .and_then(|b| b.pod.clone())
+        };
+        for (ip, expires_at) in &new_ips {
+            let pod = pod_of(&BanTarget::Address(*ip));
             Metrics::inc(&self.context.metrics.bans, &[("scope", "peer_ip")]);
             self.context.audit.server_event(
                 "ban",
@@ -342,13 +404,46 @@ impl Endpoint {
             );
             tracing::warn!(%ip, %expires_at, pod = ?pod, "banned: imported from another replica");
         }
+        for (user, expires_at) in &new_users {
+            let pod = pod_of(&BanTarget::Username(user.clone()));
+            Metrics::inc(&self.context.metrics.bans, &[("scope", "peer_user")]);
+            self.context.audit.server_event(
+                "ban",
+                json!({"scope": "user", "key": user,
+                       "origin": "peer", "pod": pod, "expires_at": expires_at.to_string(),
+                       "duration_seconds": remaining(*expires_at, wall).as_secs()}),
+            );
+            tracing::warn!(%user, %expires_at, pod = ?pod, "username banned: imported from another replica");
+        }
         crate::ftp::update_ban_gauges(&self.context, now);
         Metrics::inc(
             &self.context.metrics.ban_sync_requests,
             &[("result", "200")],
         );
-        json!({"imported": entries.len(), "new": new.len()})
+        json!({"imported": ips.len() + users.len(), "new": new_ips.len() + new_users.len()})
     }
+}
+
+fn wire(key: &BanKey, expires_at: jiff::Timestamp) -> WireBan {
+    let (address, username) = match key {
+        BanKey::Address(ip) => (Some(ip.to_string()), None),
+        BanKey::Username(user) => (None, Some(user.clone())),
+    };
+    WireBan {
+        address,
+        username,
+        expires_at: expires_at.to_string(),
+        pod: None,
+    }
+}
+
+/// Addresses before usernames, each in order.
+fn wire_order(a: &WireBan, b: &WireBan) -> std::cmp::Ordering {
+    (a.username.is_some(), &a.address, &a.username).cmp(&(
+        b.username.is_some(),
+        &b.address,
+        &b.username,
+    ))
 }
 
 #[cfg(test)]
@@ -359,9 +454,61 @@ mod tests {
     fn a_valid_list_parses_and_canonicalises_addresses() {
         let body = br#"{"bans":[{"address":"::ffff:127.0.0.3","expiresAt":"2030-01-01T00:00:00Z","pod":"fts-0"},{"address":"2001:db8::1","expiresAt":"2030-01-01T00:00:00+02:00"}]}"#;
         let bans = parse_peer_list(body).unwrap();
-        assert_eq!(bans[0].address.to_string(), "127.0.0.3");
+        assert_eq!(
+            bans[0].target,
+            BanTarget::Address("127.0.0.3".parse().unwrap())
+        );
         assert_eq!(bans[0].pod.as_deref(), Some("fts-0"));
         assert_eq!(bans[1].expires_at.to_string(), "2029-12-31T22:00:00Z");
+    }
+
+    #[test]
+    fn username_bans_parse_in_lower_case_and_need_exactly_one_target() {
+        let body =
+            br#"{"bans":[{"username":"Alice","expiresAt":"2030-01-01T00:00:00Z","pod":"fts-1"}]}"#;
+        let bans = parse_peer_list(body).unwrap();
+        assert_eq!(bans[0].target, BanTarget::Username("alice".into()));
+        let err = |body: &str| parse_peer_list(body.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err(r#"{"bans":[{"address":"1.2.3.4","username":"a","expiresAt":"2030-01-01T00:00:00Z"}]}"#)
+                .contains("bans[0]: needs exactly one of address and username")
+        );
+        assert!(
+            err(r#"{"bans":[{"expiresAt":"2030-01-01T00:00:00Z"}]}"#).contains("needs exactly one")
+        );
+        assert!(
+            err(r#"{"bans":[{"username":"","expiresAt":"2030-01-01T00:00:00Z"}]}"#)
+                .contains("bans[0].username")
+        );
+        assert!(
+            err(r#"{"bans":[{"username":"a\u0000b","expiresAt":"2030-01-01T00:00:00Z"}]}"#)
+                .contains("bans[0].username")
+        );
+        let long = format!(
+            r#"{{"bans":[{{"username":"{}","expiresAt":"2030-01-01T00:00:00Z"}}]}}"#,
+            "u".repeat(MAX_USERNAME + 1)
+        );
+        assert!(err(&long).contains("bans[0].username"));
+    }
+
+    #[test]
+    fn wire_bans_list_addresses_before_usernames() {
+        let when: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let mut bans = vec![
+            wire(&BanKey::Username("bob".into()), when),
+            wire(&BanKey::Address("127.0.0.9".parse().unwrap()), when),
+            wire(&BanKey::Username("alice".into()), when),
+        ];
+        bans.sort_by(wire_order);
+        let keys: Vec<String> = bans
+            .iter()
+            .map(|b| b.address.clone().or(b.username.clone()).unwrap())
+            .collect();
+        assert_eq!(keys, ["127.0.0.9", "alice", "bob"]);
+        assert_eq!(
+            serde_json::to_string(&bans[1]).unwrap(),
+            r#"{"username":"alice","expiresAt":"2030-01-01T00:00:00Z"}"#
+        );
     }
 
     #[test]

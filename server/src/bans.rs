@@ -55,7 +55,8 @@ pub struct NewBan {
     pub count: u32,
 }
 
-/// An IP ban another replica imposed, handed over by the operator (see `ban_sync`).
+/// A ban another replica imposed (an address or a username), handed over by the operator (see
+/// `ban_sync`).
 struct PeerBan {
     until: Instant,
     /// The absolute expiry as received, reported back verbatim.
@@ -69,6 +70,39 @@ struct State {
     /// Bans of the other replicas: kept apart from `by_ip` so they are never exported as this
     /// pod's own (no ping-pong between replicas) and are replaced as a whole on each import.
     peers: HashMap<IpAddr, PeerBan>,
+    /// Username bans of the other replicas (lower-case), kept apart for the same reason.
+    peer_users: HashMap<String, PeerBan>,
+}
+
+/// Replaces `held` with `bans` (key, absolute expiry, time left); returns the keys whose ban is
+/// new or was extended.
+fn replace_held<K: Eq + std::hash::Hash + Clone>(
+    held: &mut HashMap<K, PeerBan>,
+    bans: impl IntoIterator<Item = (K, jiff::Timestamp, Duration)>,
+    now: Instant,
+) -> Vec<(K, jiff::Timestamp)> {
+    let mut fresh = HashMap::new();
+    let mut new = Vec::new();
+    for (key, expires_at, left) in bans {
+        if left.is_zero() {
+            continue;
+        }
+        let known = held
+            .get(&key)
+            .is_some_and(|p| p.until > now && p.expires_at >= expires_at);
+        if !known {
+            new.push((key.clone(), expires_at));
+        }
+        fresh.insert(
+            key,
+            PeerBan {
+                until: now + left,
+                expires_at,
+            },
+        );
+    }
+    *held = fresh;
+    new
 }
 
 pub struct BanEngine {
@@ -149,10 +183,15 @@ impl BanEngine {
         if !config.enabled || safelisted(config, ip) {
             return None;
         }
-        self.lock()
-            .by_user
-            .get(&user.to_ascii_lowercase())
-            .and_then(|r| r.banned(now))
+        let user = user.to_ascii_lowercase();
+        let state = self.lock();
+        let own = state.by_user.get(&user).and_then(|r| r.banned(now));
+        let peer = state
+            .peer_users
+            .get(&user)
+            .filter(|p| p.until > now)
+            .map(|p| p.until - now);
+        own.max(peer)
     }
 
     /// Whether a refused connection from `ip` should be logged now: once per window, not per
@@ -268,31 +307,45 @@ impl BanEngine {
         bans: &[(IpAddr, jiff::Timestamp, Duration)],
         now: Instant,
     ) -> Vec<(IpAddr, jiff::Timestamp)> {
-        let mut state = self.lock();
-        let mut fresh = HashMap::with_capacity(bans.len());
-        let mut new = Vec::new();
-        for (ip, expires_at, left) in bans {
-            let ip = canonical_ip(*ip);
-            if left.is_zero() || safelisted(config, ip) {
-                continue;
-            }
-            let known = state
-                .peers
-                .get(&ip)
-                .is_some_and(|p| p.until > now && p.expires_at >= *expires_at);
-            if !known {
-                new.push((ip, *expires_at));
-            }
-            fresh.insert(
-                ip,
-                PeerBan {
-                    until: now + *left,
-                    expires_at: *expires_at,
-                },
-            );
-        }
-        state.peers = fresh;
-        new
+        let bans = bans
+            .iter()
+            .map(|(ip, expires_at, left)| (canonical_ip(*ip), *expires_at, *left))
+            .filter(|(ip, _, _)| !safelisted(config, *ip));
+        replace_held(&mut self.lock().peers, bans, now)
+    }
+
+    /// This pod's own username bans in force with the instant each ends.
+    pub fn local_user_bans(&self, now: Instant) -> Vec<(String, Instant)> {
+        self.lock()
+            .by_user
+            .iter()
+            .filter(|(_, r)| r.banned(now).is_some())
+            .filter_map(|(user, r)| r.banned_until.map(|until| (user.clone(), until)))
+            .collect()
+    }
+
+    /// The peers' username bans in force, with the absolute expiry they were imported with.
+    pub fn peer_user_bans(&self, now: Instant) -> Vec<(String, jiff::Timestamp)> {
+        self.lock()
+            .peer_users
+            .iter()
+            .filter(|(_, p)| p.until > now)
+            .map(|(user, p)| (user.clone(), p.expires_at))
+            .collect()
+    }
+
+    /// Replaces the peers' username bans, like [`BanEngine::replace_peer_bans`]; usernames are
+    /// compared in lower case. The safelist still applies at login: a safelisted address is
+    /// never refused for a username ban.
+    pub fn replace_peer_user_bans(
+        &self,
+        bans: &[(String, jiff::Timestamp, Duration)],
+        now: Instant,
+    ) -> Vec<(String, jiff::Timestamp)> {
+        let bans = bans
+            .iter()
+            .map(|(user, expires_at, left)| (user.to_ascii_lowercase(), *expires_at, *left));
+        replace_held(&mut self.lock().peer_users, bans, now)
     }
 
     /// Active bans: (scope, key, remaining), for metrics and status.
@@ -311,13 +364,66 @@ impl BanEngine {
             .iter()
             .filter(|(_, p)| p.until > now)
             .map(|(ip, p)| ("peer_ip", ip.to_string(), p.until - now));
-        ips.chain(users).chain(peers).collect()
+        let peer_users = state
+            .peer_users
+            .iter()
+            .filter(|(_, p)| p.until > now)
+            .map(|(user, p)| ("peer_user", user.clone(), p.until - now));
+        ips.chain(users).chain(peers).chain(peer_users).collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_username_ban_refuses_the_user_from_any_address_but_the_safelist() {
+        let engine = BanEngine::default();
+        let config = config();
+        let now = Instant::now();
+        let at: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
+        let new = engine.replace_peer_user_bans(
+            &[
+                ("Alice".into(), at, Duration::from_secs(30)),
+                ("gone".into(), at, Duration::ZERO),
+            ],
+            now,
+        );
+        assert_eq!(new, [("alice".to_string(), at)]);
+        let anywhere: IpAddr = "127.0.0.44".parse().unwrap();
+        assert!(
+            engine
+                .user_banned(&config, "ALICE", anywhere, now)
+                .is_some()
+        );
+        assert!(engine.user_banned(&config, "gone", anywhere, now).is_none());
+        assert!(
+            engine
+                .user_banned(&config, "alice", "127.0.0.9".parse().unwrap(), now)
+                .is_none()
+        );
+        assert!(
+            engine
+                .user_banned(&config, "alice", anywhere, now + Duration::from_secs(31))
+                .is_none()
+        );
+        // Imported again unchanged: not new; never exported as this pod's own.
+        assert!(
+            engine
+                .replace_peer_user_bans(&[("alice".into(), at, Duration::from_secs(29))], now)
+                .is_empty()
+        );
+        assert!(engine.local_user_bans(now).is_empty());
+        assert_eq!(engine.peer_user_bans(now), [("alice".to_string(), at)]);
+        // Replaced as a whole.
+        engine.replace_peer_user_bans(&[], now);
+        assert!(
+            engine
+                .user_banned(&config, "alice", anywhere, now)
+                .is_none()
+        );
+    }
 
     fn config() -> BanConfig {
         BanConfig {

@@ -1,7 +1,8 @@
 """Bans across replicas (issue 7): wrong passwords from 127.0.0.3 against pod 0 of a 2-replica
 FileTransferServer ban that address there; the operator collects the ban from pod 0's `/bans`
 endpoint and hands it to pod 1, which then refuses 127.0.0.3 before the banner while 127.0.0.4
-still logs in. The propagation delay (ban on pod 0 → refusal on pod 1) is measured and printed."""
+still logs in. The propagation delay (ban on pod 0 → refusal on pod 1) is measured and printed.
+A username banned on pod 0 (a distributed attack) is then refused on pod 1 too."""
 
 from __future__ import annotations
 
@@ -135,5 +136,20 @@ def test_a_ban_on_one_replica_refuses_the_address_on_the_other(crds, operator, k
         assert 'sluice_operator_ban_sync_total{result="updated"}' in metrics, metrics
         wrong = _curl(pod1, "partner", "still-wrong", BYSTANDER)
         assert wrong.returncode == CURL_LOGIN_DENIED, "the bystander is not banned"
+
+        # A username under a distributed attack on pod 0 (one wrong password from each of five
+        # addresses) is banned there, and pod 1 then refuses that user even with the right
+        # password from an address it has never seen.
+        for n in range(5):
+            _curl(pod0, "partner", f"distributed-{n}", f"127.0.0.{21 + n}")
+        cluster.wait_for(lambda: (_bans(pod0, origin="local", scope="user", key="partner") or [None])[0],
+                         30, "the username ban on pod 0")
+        cluster.wait_for(
+            lambda: _curl(pod1, "partner", password, "127.0.0.31").returncode == CURL_LOGIN_DENIED or None,
+            MAX_PROPAGATION_SECONDS + 5, "pod 1 to refuse the banned username")
+        imported = cluster.wait_for(
+            lambda: (_bans(pod1, origin="peer", scope="user", key="partner") or [None])[0],
+            10, "the imported username ban in pod 1's audit log")
+        assert imported["pod"] == "ha-0"
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

@@ -5,10 +5,13 @@ the banner, is audited once with `origin: peer`, is not reported back as the pod
 expires at its absolute expiry."""
 
 import datetime
+import ftplib
 import json
 import time
 import urllib.error
 import urllib.request
+
+import pytest
 
 from test_bans import BANS, banner_refused, wrong_logins
 
@@ -124,3 +127,44 @@ def test_local_bans_are_reported_with_a_stable_expiry(make_server, tmp_path):
     # An empty peer list clears nothing local.
     assert call(srv, "PUT", "/bans/peers", {"bans": []})[0] == 200
     assert banner_refused(srv, "127.0.0.5")
+
+
+def test_username_bans_are_reported_and_imported(make_server, tmp_path):
+    """A username banned here (failures from many addresses) is reported as `username`; a
+    username ban imported from a peer refuses that user from any address but the safelist,
+    while other users keep logging in, and is audited once with `origin: peer`."""
+    srv = sync_server(make_server, tmp_path, baseBanSeconds=30, maxBanSeconds=60)
+    srv.reload_users([srv.user("alice"), srv.user("bob", password="bob's long password 7"),
+                      srv.user("carol", password="carol's long password 8")])
+    for n in range(6):
+        wrong_logins(srv, f"127.0.1.{n + 1}", 1, user="Carol")
+    srv.wait_event("ban", scope="user", key="carol", origin="local")
+    _, report = call(srv, "GET", "/bans")
+    assert [b.get("username") for b in report["bans"] if "username" in b] == ["carol"]
+    assert all(set(b) == {"username", "expiresAt"} or set(b) == {"address", "expiresAt"} for b in report["bans"])
+
+    status, body = call(srv, "PUT", "/bans/peers", {"bans": [
+        {"username": "Bob", "expiresAt": expiry(60), "pod": "sluice-1"}]})
+    assert status == 200 and body == {"imported": 1, "new": 1}, body
+    with pytest.raises(ftplib.error_perm, match="530"):
+        srv.ftp("bob", source="127.0.2.7")
+    ban = srv.wait_event("ban", origin="peer", scope="user", key="bob")
+    assert ban["pod"] == "sluice-1"
+    assert srv.wait_event("login", user="bob", result="failure")
+    # The safelist still wins, other users are not affected, and the peer ban is not re-exported.
+    ftp = srv.ftp("bob", source="127.0.0.9")
+    ftp.quit()
+    ftp = srv.ftp("alice", source="127.0.2.7")
+    ftp.quit()
+    _, report = call(srv, "GET", "/bans")
+    assert [b.get("username") for b in report["peers"]] == ["bob"]
+    assert "bob" not in [b.get("username") for b in report["bans"]]
+    _, metrics = srv.http_get("/metrics")
+    assert 'sluice_bans_active{scope="peer_user"} 1' in metrics
+    # An empty list from the operator lifts it.
+    assert call(srv, "PUT", "/bans/peers", {"bans": []})[0] == 200
+    ftp = srv.ftp("bob", source="127.0.2.7")
+    ftp.quit()
+    status, body = call(srv, "PUT", "/bans/peers", {"bans": [
+        {"username": "x", "address": "127.0.0.3", "expiresAt": expiry(60)}]})
+    assert status == 400 and "needs exactly one of address and username" in body["error"], body

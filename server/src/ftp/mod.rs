@@ -191,7 +191,7 @@ pub fn user_banned(context: &Context, user: &str, ip: std::net::IpAddr) -> bool 
 
 pub fn update_ban_gauges(context: &Context, now: std::time::Instant) {
     let active = context.bans.active(now);
-    for scope in ["ip", "user", "peer_ip"] {
+    for scope in ["ip", "user", "peer_ip", "peer_user"] {
         let count = active.iter().filter(|(s, _, _)| *s == scope).count();
         context
             .metrics
