@@ -61,8 +61,16 @@ pub struct WireBan {
     pub pod: Option<String>,
 }
 
+/// The last TOTP step a replica accepted for a user (the server's `WireTotpStep`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireTotpStep {
+    pub username: String,
+    pub step: u64,
+}
+
 /// What `GET /bans` answers.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Report {
     /// The pod's own bans.
     #[serde(default)]
@@ -70,6 +78,13 @@ pub struct Report {
     /// The peers' bans it holds.
     #[serde(default)]
     pub peers: Vec<WireBan>,
+    /// TOTP steps the pod accepted recently (so that a code used on one replica is refused as
+    /// a replay on the others).
+    #[serde(default)]
+    pub totp_steps: Vec<WireTotpStep>,
+    /// The peers' TOTP steps it holds.
+    #[serde(default)]
+    pub peer_totp_steps: Vec<WireTotpStep>,
 }
 
 /// What a ban refuses: addresses sort before usernames.
@@ -161,6 +176,26 @@ pub fn view_for(pod: &str, reports: &BTreeMap<String, Report>, now: Timestamp) -
     )
 }
 
+/// The TOTP steps `pod` should hold from its peers: per username, the latest step any *other*
+/// pod accepted; sorted, at most [`MAX_ENTRIES`].
+pub fn steps_for(pod: &str, reports: &BTreeMap<String, Report>) -> Vec<(String, u64)> {
+    let mut latest: BTreeMap<String, u64> = BTreeMap::new();
+    for (_, report) in reports.iter().filter(|(name, _)| name.as_str() != pod) {
+        for entry in report.totp_steps.iter().filter(|e| !e.username.is_empty()) {
+            let step = latest.entry(entry.username.clone()).or_default();
+            *step = (*step).max(entry.step);
+        }
+    }
+    latest.into_iter().take(MAX_ENTRIES).collect()
+}
+
+/// Whether a pod holding `held` TOTP steps needs `wanted` sent.
+pub fn steps_differ(held: &[WireTotpStep], wanted: &[(String, u64)]) -> bool {
+    let held: BTreeSet<(&str, u64)> = held.iter().map(|e| (e.username.as_str(), e.step)).collect();
+    let wanted: BTreeSet<(&str, u64)> = wanted.iter().map(|(u, s)| (u.as_str(), *s)).collect();
+    held != wanted
+}
+
 /// Whether a pod holding `held` (its report's `peers`) needs `wanted` sent: compared by key
 /// and expiry only.
 pub fn differs(held: &[WireBan], wanted: &[Ban]) -> bool {
@@ -175,8 +210,8 @@ pub fn differs(held: &[WireBan], wanted: &[Ban]) -> bool {
     held != wanted
 }
 
-/// The `PUT /bans/peers` body for `bans`.
-pub fn peer_body(bans: &[Ban]) -> String {
+/// The `PUT /bans/peers` body for `bans` and TOTP `steps`.
+pub fn peer_body(bans: &[Ban], steps: &[(String, u64)]) -> String {
     let wire: Vec<WireBan> = bans
         .iter()
         .map(|b| {
@@ -192,7 +227,14 @@ pub fn peer_body(bans: &[Ban]) -> String {
             }
         })
         .collect();
-    serde_json::json!({ "bans": wire }).to_string()
+    let steps: Vec<WireTotpStep> = steps
+        .iter()
+        .map(|(username, step)| WireTotpStep {
+            username: username.clone(),
+            step: *step,
+        })
+        .collect();
+    serde_json::json!({ "bans": wire, "totpSteps": steps }).to_string()
 }
 
 /// A fresh random token (32 bytes, hex).
@@ -388,7 +430,9 @@ async fn sync_server(
         .collect();
     for (pod, (address, report)) in &reports {
         let wanted = view_for(pod, &by_pod, now);
-        if !differs(&report.peers, &wanted) {
+        let wanted_steps = steps_for(pod, &by_pod);
+        if !differs(&report.peers, &wanted) && !steps_differ(&report.peer_totp_steps, &wanted_steps)
+        {
             continue;
         }
         match call(
@@ -396,7 +440,7 @@ async fn sync_server(
             hyper::Method::PUT,
             "/bans/peers",
             &token,
-            Some(peer_body(&wanted)),
+            Some(peer_body(&wanted, &wanted_steps)),
         )
         .await
         {
@@ -546,7 +590,7 @@ mod tests {
             ]
         );
         assert_eq!(merged[1].pod, "p1");
-        let body: serde_json::Value = serde_json::from_str(&peer_body(&merged)).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&peer_body(&merged, &[])).unwrap();
         assert_eq!(body["bans"][1]["username"], "alice");
         assert!(body["bans"][1].get("address").is_none());
         // A pod holding the user ban under another case does not need it again.
@@ -561,6 +605,48 @@ mod tests {
             &[wire("127.0.0.3", "2030-01-01T00:05:00Z")],
             &merged
         ));
+    }
+
+    #[test]
+    fn totp_steps_spread_to_the_other_pods_latest_first() {
+        let step = |username: &str, step: u64| WireTotpStep {
+            username: username.into(),
+            step,
+        };
+        let mut reports = BTreeMap::new();
+        reports.insert(
+            "s-0".to_string(),
+            Report {
+                totp_steps: vec![step("alice", 10), step("bob", 4)],
+                ..Report::default()
+            },
+        );
+        reports.insert(
+            "s-1".to_string(),
+            Report {
+                totp_steps: vec![step("alice", 12)],
+                peer_totp_steps: vec![step("alice", 10), step("bob", 4)],
+                ..Report::default()
+            },
+        );
+        reports.insert(
+            "s-2".to_string(),
+            Report {
+                peer_totp_steps: vec![step("alice", 10), step("bob", 4)],
+                ..Report::default()
+            },
+        );
+        assert_eq!(steps_for("s-0", &reports), [("alice".to_string(), 12)]);
+        let to_s1 = steps_for("s-1", &reports);
+        assert_eq!(to_s1, [("alice".to_string(), 10), ("bob".to_string(), 4)]);
+        assert!(!steps_differ(&reports["s-1"].peer_totp_steps, &to_s1));
+        let to_s2 = steps_for("s-2", &reports);
+        assert_eq!(to_s2, [("alice".to_string(), 12), ("bob".to_string(), 4)]);
+        assert!(steps_differ(&reports["s-2"].peer_totp_steps, &to_s2));
+        let body: serde_json::Value = serde_json::from_str(&peer_body(&[], &to_s2)).unwrap();
+        assert_eq!(body["totpSteps"][0]["username"], "alice");
+        assert_eq!(body["totpSteps"][0]["step"], 12);
+        assert_eq!(body["bans"], serde_json::json!([]));
     }
 
     #[test]
@@ -581,6 +667,7 @@ mod tests {
             Report {
                 bans: vec![wire("127.0.0.3", "2030-01-01T00:05:00Z")],
                 peers: vec![],
+                ..Report::default()
             },
         );
         reports.insert(
@@ -588,6 +675,7 @@ mod tests {
             Report {
                 bans: vec![],
                 peers: vec![wire("127.0.0.3", "2030-01-01T00:05:00Z")],
+                ..Report::default()
             },
         );
         let to_s0 = view_for("s-0", &reports, now());
@@ -597,7 +685,7 @@ mod tests {
         assert!(!differs(&reports["s-1"].peers, &to_s1), "already held");
         assert!(!differs(&reports["s-0"].peers, &to_s0));
         assert!(differs(&[], &to_s1));
-        let body: serde_json::Value = serde_json::from_str(&peer_body(&to_s1)).unwrap();
+        let body: serde_json::Value = serde_json::from_str(&peer_body(&to_s1, &[])).unwrap();
         assert_eq!(body["bans"][0]["address"], "127.0.0.3");
         assert_eq!(body["bans"][0]["expiresAt"], "2030-01-01T00:05:00Z");
         assert_eq!(body["bans"][0]["pod"], "s-0");

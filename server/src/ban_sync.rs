@@ -78,9 +78,31 @@ pub struct WireBan {
 
 /// Body of `PUT /bans/peers`.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PeerList {
     bans: Vec<WireBan>,
+    #[serde(default)]
+    totp_steps: Vec<WireTotpStep>,
+}
+
+/// The last TOTP time step a replica accepted for a user (see `totp::ReplayGuard`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireTotpStep {
+    pub username: String,
+    pub step: u64,
+}
+
+/// A validated `PUT /bans/peers` body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerUpdate {
+    pub bans: Vec<PeerBan>,
+    /// (username, last accepted step), at most one per username (the latest).
+    pub totp_steps: Vec<(String, u64)>,
+}
+
+fn valid_username(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MAX_USERNAME && !name.chars().any(char::is_control)
 }
 
 /// What a ban refuses.
@@ -100,7 +122,7 @@ pub struct PeerBan {
 }
 
 /// Parses and validates a `PUT /bans/peers` body; errors name the offending field.
-pub fn parse_peer_list(body: &[u8]) -> Result<Vec<PeerBan>, SyncError> {
+pub fn parse_peer_update(body: &[u8]) -> Result<PeerUpdate, SyncError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(SyncError::TooLarge);
     }
@@ -112,7 +134,25 @@ pub fn parse_peer_list(body: &[u8]) -> Result<Vec<PeerBan>, SyncError> {
             list.bans.len()
         )));
     }
-    list.bans
+    if list.totp_steps.len() > MAX_ENTRIES {
+        return Err(SyncError::Invalid(format!(
+            "totpSteps: {} entries, at most {MAX_ENTRIES} allowed",
+            list.totp_steps.len()
+        )));
+    }
+    let mut totp_steps: HashMap<String, u64> = HashMap::new();
+    for (index, entry) in list.totp_steps.into_iter().enumerate() {
+        if !valid_username(&entry.username) {
+            return Err(SyncError::Invalid(format!(
+                "totpSteps[{index}].username: must be 1-{MAX_USERNAME} bytes without control \
+                 characters"
+            )));
+        }
+        let step = totp_steps.entry(entry.username).or_default();
+        *step = (*step).max(entry.step);
+    }
+    let bans = list
+        .bans
         .into_iter()
         .enumerate()
         .map(|(index, ban)| {
@@ -126,10 +166,7 @@ pub fn parse_peer_list(body: &[u8]) -> Result<Vec<PeerBan>, SyncError> {
                     BanTarget::Address(sluice_config::canonical_ip(address))
                 }
                 (None, Some(username)) => {
-                    if username.is_empty()
-                        || username.len() > MAX_USERNAME
-                        || username.chars().any(char::is_control)
-                    {
+                    if !valid_username(username) {
                         return Err(SyncError::Invalid(format!(
                             "bans[{index}].username: must be 1-{MAX_USERNAME} bytes without \
                              control characters"
@@ -160,7 +197,10 @@ pub fn parse_peer_list(body: &[u8]) -> Result<Vec<PeerBan>, SyncError> {
                 pod: ban.pod,
             })
         })
-        .collect()
+        .collect::<Result<Vec<PeerBan>, SyncError>>()?;
+    let mut totp_steps: Vec<(String, u64)> = totp_steps.into_iter().collect();
+    totp_steps.sort();
+    Ok(PeerUpdate { bans, totp_steps })
 }
 
 /// Whether `header` (the `Authorization` value) carries `token`. Both sides are hashed first so
@@ -312,8 +352,8 @@ impl Endpoint {
                         }
                     })?
                     .to_bytes();
-                let bans = parse_peer_list(&body)?;
-                Ok(self.import(&bans))
+                let update = parse_peer_update(&body)?;
+                Ok(self.import(&update))
             }
             (method, _) => Err(SyncError::Method(method.to_string())),
         }
@@ -369,11 +409,24 @@ impl Endpoint {
             &self.context.metrics.ban_sync_requests,
             &[("result", "200")],
         );
-        json!({"pod": self.context.host_name, "bans": local, "peers": peers})
+        let steps = |mut steps: Vec<(String, u64)>| {
+            steps.sort();
+            steps
+                .into_iter()
+                .map(|(username, step)| WireTotpStep { username, step })
+                .collect::<Vec<_>>()
+        };
+        json!({"pod": self.context.host_name, "bans": local, "peers": peers,
+               "totpSteps": steps(self.context.totp.local_steps(now)),
+               "peerTotpSteps": steps(self.context.totp.peer_steps())})
     }
 
     /// Replaces the peers' bans; new ones are audited once and counted.
-    fn import(&self, bans: &[PeerBan]) -> serde_json::Value {
+    fn import(&self, update: &PeerUpdate) -> serde_json::Value {
+        let bans = &update.bans;
+        self.context
+            .totp
+            .replace_peer_steps(update.totp_steps.iter().cloned());
         let now = Instant::now();
         let wall = jiff::Timestamp::now();
         let mut ips = Vec::new();
@@ -420,7 +473,8 @@ impl Endpoint {
             &self.context.metrics.ban_sync_requests,
             &[("result", "200")],
         );
-        json!({"imported": ips.len() + users.len(), "new": new_ips.len() + new_users.len()})
+        json!({"imported": ips.len() + users.len(), "new": new_ips.len() + new_users.len(),
+               "totpSteps": update.totp_steps.len()})
     }
 }
 
@@ -453,7 +507,7 @@ mod tests {
     #[test]
     fn a_valid_list_parses_and_canonicalises_addresses() {
         let body = br#"{"bans":[{"address":"::ffff:127.0.0.3","expiresAt":"2030-01-01T00:00:00Z","pod":"fts-0"},{"address":"2001:db8::1","expiresAt":"2030-01-01T00:00:00+02:00"}]}"#;
-        let bans = parse_peer_list(body).unwrap();
+        let bans = parse_peer_update(body).unwrap().bans;
         assert_eq!(
             bans[0].target,
             BanTarget::Address("127.0.0.3".parse().unwrap())
@@ -466,9 +520,9 @@ mod tests {
     fn username_bans_parse_in_lower_case_and_need_exactly_one_target() {
         let body =
             br#"{"bans":[{"username":"Alice","expiresAt":"2030-01-01T00:00:00Z","pod":"fts-1"}]}"#;
-        let bans = parse_peer_list(body).unwrap();
+        let bans = parse_peer_update(body).unwrap().bans;
         assert_eq!(bans[0].target, BanTarget::Username("alice".into()));
-        let err = |body: &str| parse_peer_list(body.as_bytes()).unwrap_err().to_string();
+        let err = |body: &str| parse_peer_update(body.as_bytes()).unwrap_err().to_string();
         assert!(
             err(r#"{"bans":[{"address":"1.2.3.4","username":"a","expiresAt":"2030-01-01T00:00:00Z"}]}"#)
                 .contains("bans[0]: needs exactly one of address and username")
@@ -489,6 +543,35 @@ mod tests {
             "u".repeat(MAX_USERNAME + 1)
         );
         assert!(err(&long).contains("bans[0].username"));
+    }
+
+    #[test]
+    fn totp_steps_keep_the_latest_per_user_and_name_bad_fields() {
+        let body = br#"{"bans":[],"totpSteps":[{"username":"alice","step":7},{"username":"bob","step":3},{"username":"alice","step":5}]}"#;
+        let update = parse_peer_update(body).unwrap();
+        assert_eq!(
+            update.totp_steps,
+            [("alice".to_string(), 7), ("bob".to_string(), 3)]
+        );
+        assert!(
+            parse_peer_update(br#"{"bans":[]}"#)
+                .unwrap()
+                .totp_steps
+                .is_empty()
+        );
+        let err = |body: &str| parse_peer_update(body.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err(r#"{"bans":[],"totpSteps":[{"username":"","step":1}]}"#)
+                .contains("totpSteps[0].username")
+        );
+        assert!(
+            err(r#"{"bans":[],"totpSteps":[{"username":"a","step":-1}]}"#)
+                .starts_with("request body")
+        );
+        assert!(
+            err(r#"{"bans":[],"totpSteps":[{"username":"a","step":1,"code":"123456"}]}"#)
+                .contains("code")
+        );
     }
 
     #[test]
@@ -513,7 +596,7 @@ mod tests {
 
     #[test]
     fn bad_bodies_name_the_field() {
-        let err = |body: &str| parse_peer_list(body.as_bytes()).unwrap_err().to_string();
+        let err = |body: &str| parse_peer_update(body.as_bytes()).unwrap_err().to_string();
         assert!(
             err(r#"{"bans":[{"address":"1.2.3.4","expiresAt":"2030-01-01T00:00:00Z"},{"address":"nope","expiresAt":"2030-01-01T00:00:00Z"}]}"#)
                 .contains("bans[1].address")
@@ -533,7 +616,7 @@ mod tests {
         assert!(many.len() < MAX_BODY_BYTES);
         assert!(err(&many).contains("at most 10000"));
         let huge = vec![b' '; MAX_BODY_BYTES + 1];
-        assert_eq!(parse_peer_list(&huge), Err(SyncError::TooLarge));
+        assert_eq!(parse_peer_update(&huge), Err(SyncError::TooLarge));
     }
 
     #[test]

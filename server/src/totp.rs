@@ -1,7 +1,8 @@
 //! TOTP (RFC 6238) second factor: checks a code against a user's secret with one time step of
 //! clock skew either way (the `totp-rs` crate computes and compares the codes in constant
 //! time), and remembers per user the last accepted step so that a code is accepted once:
-//! any step at or before it is refused, across every FTPS and SFTP session of the process.
+//! any step at or before it is refused, across every FTPS and SFTP session of the process, and,
+//! through the operator's sync of `/bans` (see `ban_sync`), across the replicas of a server.
 //! Neither the code nor the secret is ever logged.
 
 use std::collections::HashMap;
@@ -61,10 +62,17 @@ pub fn split_password_and_code(argument: &str, digits: u8) -> Option<(&str, &str
     Some(argument.split_at(at))
 }
 
-/// The last accepted step per user name, shared by every session of the process.
+/// How long an accepted step is reported to the other replicas: a code stays acceptable for
+/// less than three periods after it was accepted (one step of skew either way), and a period is
+/// at most 300 s.
+pub const SHARE_FOR: std::time::Duration = std::time::Duration::from_secs(900);
+
+/// The last accepted step per user name, shared by every session of the process, and the
+/// last steps the other replicas accepted (imported, kept apart so they are never re-exported).
 #[derive(Default)]
 pub struct ReplayGuard {
-    last: Mutex<HashMap<String, u64>>,
+    last: Mutex<HashMap<String, (u64, std::time::Instant)>>,
+    peers: Mutex<HashMap<String, u64>>,
 }
 
 impl ReplayGuard {
@@ -79,14 +87,46 @@ impl ReplayGuard {
         let Some(step) = matching_step(config, code.trim(), unix_seconds) else {
             return TotpOutcome::Invalid;
         };
+        let peer = self
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            .copied();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        match last.get(user) {
-            Some(&used) if step <= used => TotpOutcome::Replayed,
+        let used = last.get(user).map(|(step, _)| *step).max(peer);
+        match used {
+            Some(used) if step <= used => TotpOutcome::Replayed,
             _ => {
-                last.insert(user.to_string(), step);
+                last.insert(user.to_string(), (step, std::time::Instant::now()));
                 TotpOutcome::Accepted
             }
         }
+    }
+
+    /// Steps accepted here within [`SHARE_FOR`] (what this pod reports to its peers).
+    pub fn local_steps(&self, now: std::time::Instant) -> Vec<(String, u64)> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.retain(|_, (_, at)| now.saturating_duration_since(*at) < SHARE_FOR * 2);
+        last.iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) < SHARE_FOR)
+            .map(|(user, (step, _))| (user.clone(), *step))
+            .collect()
+    }
+
+    /// The steps imported from the other replicas.
+    pub fn peer_steps(&self) -> Vec<(String, u64)> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(user, step)| (user.clone(), *step))
+            .collect()
+    }
+
+    /// Replaces the imported steps (the operator sends the other replicas' latest per user).
+    pub fn replace_peer_steps(&self, steps: impl IntoIterator<Item = (String, u64)>) {
+        *self.peers.lock().unwrap_or_else(|p| p.into_inner()) = steps.into_iter().collect();
     }
 
     /// [`verify`](Self::verify) at the current system time.
@@ -155,6 +195,43 @@ mod tests {
         assert!(matching_step(&sha1, "14050471", t + 60).is_none());
         assert!(matching_step(&sha1, "1405047", t).is_none());
         assert!(matching_step(&sha1, "+4050471", t).is_none());
+    }
+
+    #[test]
+    fn a_step_another_replica_accepted_is_a_replay_here_and_is_not_re_exported() {
+        let sha1 = config(b"12345678901234567890", TotpAlgorithm::Sha1, 8);
+        let t = 1111111111;
+        let guard = ReplayGuard::default();
+        // Another replica accepted step 37037037 ("14050471") for alice.
+        guard.replace_peer_steps([("alice".to_string(), 37037037)]);
+        assert_eq!(
+            guard.verify("alice", &sha1, "14050471", t),
+            TotpOutcome::Replayed
+        );
+        assert!(guard.local_steps(std::time::Instant::now()).is_empty());
+        assert_eq!(guard.peer_steps(), [("alice".to_string(), 37037037)]);
+        // Not for another user; and once the import is replaced, the code is fresh here.
+        assert_eq!(
+            guard.verify("bob", &sha1, "14050471", t),
+            TotpOutcome::Accepted
+        );
+        guard.replace_peer_steps([]);
+        assert_eq!(
+            guard.verify("alice", &sha1, "14050471", t),
+            TotpOutcome::Accepted
+        );
+        let now = std::time::Instant::now();
+        let mut local = guard.local_steps(now);
+        local.sort();
+        assert_eq!(
+            local,
+            [
+                ("alice".to_string(), 37037037),
+                ("bob".to_string(), 37037037)
+            ]
+        );
+        // Reported for SHARE_FOR only.
+        assert!(guard.local_steps(now + SHARE_FOR).is_empty());
     }
 
     #[test]

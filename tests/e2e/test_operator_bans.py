@@ -2,10 +2,12 @@
 FileTransferServer ban that address there; the operator collects the ban from pod 0's `/bans`
 endpoint and hands it to pod 1, which then refuses 127.0.0.3 before the banner while 127.0.0.4
 still logs in. The propagation delay (ban on pod 0 → refusal on pod 1) is measured and printed.
-A username banned on pod 0 (a distributed attack) is then refused on pod 1 too."""
+A username banned on pod 0 (a distributed attack) is then refused on pod 1 too, and a TOTP code
+used on pod 0 is refused as a replay on pod 1."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import json
 import socket
@@ -151,5 +153,38 @@ def test_a_ban_on_one_replica_refuses_the_address_on_the_other(crds, operator, k
             lambda: (_bans(pod1, origin="peer", scope="user", key="partner") or [None])[0],
             10, "the imported username ban in pod 1's audit log")
         assert imported["pod"] == "ha-0"
+
+        # A TOTP code used on pod 0 is a replay on pod 1: the operator carries the accepted step.
+        from test_operator_ftps import _totp
+
+        totp_secret = base64.b32encode(uuid.uuid4().bytes + uuid.uuid4().bytes[:4]).decode()
+        otp_password = strong_password()
+        secret, user = user_manifests("otp", otp_password, server=NAME)
+        user["spec"]["totp"] = {"secretRef": {"name": "otp-totp"}}
+        cluster.apply([secret, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "otp-totp"},
+                                "stringData": {"totp": totp_secret}}, user], "-n", ns)
+        cluster.kubectl("wait", "--for=condition=Ready", "tu/otp", "-n", ns, "--timeout=60s", timeout=70)
+
+        def used_on_pod0():
+            code = _totp(totp_secret)
+            return code if _curl(pod0, "otp", otp_password + code, "127.0.0.41").returncode == 0 else None
+
+        code = cluster.wait_for(used_on_pod0, 60, "a TOTP login on pod 0", interval=2)
+        bearer = base64.b64decode(token["data"]["token"]).decode()
+
+        def pod1_holds_the_step():
+            request = urllib.request.Request(f"http://{kubelet.pod_ip('ha-1', ns)}:8080/bans",
+                                             headers={"Authorization": f"Bearer {bearer}"})
+            with urllib.request.urlopen(request, timeout=5) as response:
+                held = json.loads(response.read())["peerTotpSteps"]
+            return [s for s in held if s["username"] == "otp"] or None
+
+        cluster.wait_for(pod1_holds_the_step, MAX_PROPAGATION_SECONDS, "pod 1 to hold pod 0's TOTP step")
+        # The first and only use of this code on pod 1 is refused (it never saw the code).
+        assert _curl(pod1, "otp", otp_password + code, "127.0.0.42").returncode == CURL_LOGIN_DENIED
+        refusal = cluster.wait_for(
+            lambda: [e for e in pod1.audit_events() if e.get("event") == "login" and e.get("user") == "otp"]
+            or None, 10, "pod 1's login event for otp")
+        assert [e["reason"] for e in refusal] == ["totp replayed"], refusal
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

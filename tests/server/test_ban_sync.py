@@ -89,7 +89,7 @@ def test_an_imported_ban_refuses_the_address_before_the_banner_and_expires(make_
         {"address": "127.0.0.9", "expiresAt": expiry(60), "pod": "sluice-0"},  # safelisted here
     ]})
     assert status == 200, body
-    assert body == {"imported": 2, "new": 1}
+    assert body == {"imported": 2, "new": 1, "totpSteps": 0}
     assert banner_refused(srv, "127.0.0.3")
     assert not banner_refused(srv, "127.0.0.9"), "the local safelist wins"
     ftp = srv.ftp("alice", source="127.0.0.4")
@@ -145,7 +145,7 @@ def test_username_bans_are_reported_and_imported(make_server, tmp_path):
 
     status, body = call(srv, "PUT", "/bans/peers", {"bans": [
         {"username": "Bob", "expiresAt": expiry(60), "pod": "sluice-1"}]})
-    assert status == 200 and body == {"imported": 1, "new": 1}, body
+    assert status == 200 and body == {"imported": 1, "new": 1, "totpSteps": 0}, body
     with pytest.raises(ftplib.error_perm, match="530"):
         srv.ftp("bob", source="127.0.2.7")
     ban = srv.wait_event("ban", origin="peer", scope="user", key="bob")

@@ -194,3 +194,36 @@ def test_sftp_code_with_paramiko_and_replay_across_protocols(srv, key, monkeypat
     with pytest.raises(paramiko.AuthenticationException):
         paramiko_two_factor(srv, key, "123", monkeypatch).close()
     srv.wait_event("login", protocol="sftp", result="failure", reason="totp invalid")
+
+
+def test_a_code_used_on_another_replica_is_a_replay_here(make_server, user_entry, tmp_path):
+    """Replay records cross replicas through the operator's `/bans` sync: this pod reports the
+    steps it accepted (`totpSteps`), and a step another replica accepted (`PUT /bans/peers`)
+    makes that code, and older ones, a replay here."""
+    from test_ban_sync import TOKEN, call
+
+    token = tmp_path / "ban-sync-token"
+    token.write_text(TOKEN + "\n")
+    srv = make_server(users=[user_entry("alice", totp={"secret": SECRET})],
+                      config={"bans": {"sync": {"tokenFile": str(token)}}})
+    now = time.time()
+    step = int(now // 30)
+    assert login(srv, "alice", PASSWORD + totp(SECRET, now)).startswith("230")
+    status, report = call(srv, "GET", "/bans")
+    assert status == 200
+    assert report["totpSteps"] == [{"username": "alice", "step": step}], report
+    assert report["peerTotpSteps"] == []
+
+    # Another replica accepted the next step's code: it is a replay here, never having been used.
+    next_code = totp(SECRET, now + 30)
+    status, body = call(srv, "PUT", "/bans/peers",
+                        {"bans": [], "totpSteps": [{"username": "alice", "step": step + 1}]})
+    assert status == 200 and body["totpSteps"] == 1, body
+    assert refused(srv, "alice", PASSWORD + next_code).startswith("530")
+    srv.wait_event("login", protocol="ftps", user="alice", result="failure", reason="totp replayed")
+    _, report = call(srv, "GET", "/bans")
+    assert report["peerTotpSteps"] == [{"username": "alice", "step": step + 1}]
+    assert report["totpSteps"] == [{"username": "alice", "step": step}], "imports are not re-exported"
+    # Without the import the same code is fresh here.
+    assert call(srv, "PUT", "/bans/peers", {"bans": [], "totpSteps": []})[0] == 200
+    assert login(srv, "alice", PASSWORD + next_code).startswith("230")
