@@ -577,7 +577,7 @@ mod tests {
     #[test]
     fn wire_bans_list_addresses_before_usernames() {
         let when: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
-        let mut bans = vec![
+        let mut bans = [
             wire(&BanKey::Username("bob".into()), when),
             wire(&BanKey::Address("127.0.0.9".parse().unwrap()), when),
             wire(&BanKey::Username("alice".into()), when),
