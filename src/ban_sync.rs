@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::{Api, ListParams, PostParams};
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tracing::{debug, info, warn};
 
 use crate::crd::FileTransferServer;
@@ -25,8 +25,10 @@ use crate::render::{self, Names};
 
 /// How often bans are collected and spread.
 pub const SYNC_PERIOD: Duration = Duration::from_secs(2);
-/// Most bans handed to one pod (the server refuses larger lists); the latest-expiring are kept.
-pub const MAX_ENTRIES: usize = 10_000;
+/// Most bans (and TOTP steps) handed to one pod (the server refuses larger lists); the
+/// latest-expiring bans are kept.
+pub use sluice_config::MAX_SYNC_ENTRIES as MAX_ENTRIES;
+pub use sluice_config::{WireBan, WireTotpStep};
 /// Longest answer read from a pod.
 const MAX_RESPONSE_BYTES: usize = 2 * 1024 * 1024;
 /// Deadline of one call to a pod (connect, request and answer).
@@ -46,26 +48,6 @@ pub enum BanSyncError {
         address: String,
         message: String,
     },
-}
-
-/// One ban on the wire (the server's `WireBan`): of an `address` or of a `username`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct WireBan {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    pub expires_at: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-}
-
-/// The last TOTP step a replica accepted for a user (the server's `WireTotpStep`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireTotpStep {
-    pub username: String,
-    pub step: u64,
 }
 
 /// What `GET /bans` answers.

@@ -4,6 +4,7 @@
 //! This crate is deliberately free of runtime dependencies (no tokio, no TLS) so that the
 //! operator can render these files from the very same types the server parses.
 
+mod ban_wire;
 mod bans;
 mod error;
 mod second_factor;
@@ -12,6 +13,7 @@ mod ssh;
 mod users;
 mod windows;
 
+pub use ban_wire::{MAX_SYNC_ENTRIES, WireBan, WireTotpStep};
 pub use bans::{BanConfig, BanSyncConfig};
 pub use error::{ConfigError, FieldError};
 pub use second_factor::*;

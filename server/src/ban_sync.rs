@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -24,8 +24,7 @@ use crate::metrics::Metrics;
 
 /// Largest `PUT /bans/peers` body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Most entries in one `PUT /bans/peers` (the operator caps its merged list to this too).
-pub const MAX_ENTRIES: usize = 10_000;
+pub use sluice_config::{MAX_SYNC_ENTRIES as MAX_ENTRIES, WireBan, WireTotpStep};
 /// Longest `pod` name accepted (a DNS subdomain).
 const MAX_POD_NAME: usize = 253;
 /// Longest banned username accepted (what a client sent as USER or SSH user name; the server
@@ -61,21 +60,6 @@ impl SyncError {
     }
 }
 
-/// One ban on the wire: of an `address` or of a `username`, exactly one of the two.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct WireBan {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    /// RFC 3339 instant the ban ends.
-    pub expires_at: String,
-    /// The replica that imposed it (informational, for the audit log).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod: Option<String>,
-}
-
 /// Body of `PUT /bans/peers`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -83,14 +67,6 @@ struct PeerList {
     bans: Vec<WireBan>,
     #[serde(default)]
     totp_steps: Vec<WireTotpStep>,
-}
-
-/// The last TOTP time step a replica accepted for a user (see `totp::ReplayGuard`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WireTotpStep {
-    pub username: String,
-    pub step: u64,
 }
 
 /// A validated `PUT /bans/peers` body.
