@@ -79,6 +79,13 @@ def hash_password(password: str) -> str:
         return phc
 
 
+def keygen(path: Path, comment: str = "test") -> Path:
+    """A fresh unencrypted ed25519 key pair at `path` (and `path`.pub), made by ssh-keygen."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
 def make_cert(directory: Path, name: str = "tls", cn: str = "localhost", days: int = 90) -> tuple[Path, Path]:
     """Self-signed ECDSA P-256 certificate for 127.0.0.1 and localhost."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -368,8 +375,7 @@ class SluiceServer:
         self.explicit_port, self.implicit_port, self.health_port, self.sftp_port = ports
         # SFTP: an ed25519 host key and a known_hosts file for clients.
         self.host_key = self.dir / "ssh_host_ed25519_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "sluice-test", "-f", str(self.host_key)],
-                       check=True, capture_output=True)
+        keygen(self.host_key, "sluice-test")
         self.known_hosts = self.dir / "known_hosts"
         host_pub = (self.dir / "ssh_host_ed25519_key.pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{self.sftp_port} {host_pub[0]} {host_pub[1]}\n")

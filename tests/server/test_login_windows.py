@@ -20,6 +20,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from conftest import keygen
+
 OFFSET_ENV = "SLUICE_TEST_ONLY_CLOCK_OFFSET_SECONDS"
 CLOSED = "login window closed, session ended"
 BANS = {
@@ -28,15 +30,10 @@ BANS = {
 }
 
 
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
-                   check=True, capture_output=True)
-    return path
-
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory) -> Path:
-    return _keygen(tmp_path_factory.mktemp("windowkeys") / "alice")
+    return keygen(tmp_path_factory.mktemp("windowkeys") / "alice")
 
 
 def pub(key: Path) -> str:

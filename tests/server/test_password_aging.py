@@ -14,16 +14,13 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from conftest import keygen
 
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
-                   check=True, capture_output=True)
-    return path
 
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory) -> Path:
-    return _keygen(tmp_path_factory.mktemp("agingkeys") / "alice")
+    return keygen(tmp_path_factory.mktemp("agingkeys") / "alice")
 
 
 def pub(key: Path) -> str:

@@ -17,6 +17,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from conftest import keygen
+
 PASSWORD = "correct horse battery staple 42"
 ALL = ["list", "download", "upload", "overwrite", "delete", "rename", "mkdir", "rmdir"]
 
@@ -26,16 +28,11 @@ ALL = ["list", "download", "upload", "overwrite", "delete", "rename", "mkdir", "
 # ------------------------------------------------------------------------------------------
 
 
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
-                   check=True, capture_output=True)
-    return path
-
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory):
     d = tmp_path_factory.mktemp("sshkeys")
-    return {"alice": _keygen(d / "alice"), "other": _keygen(d / "other")}
+    return {"alice": keygen(d / "alice"), "other": keygen(d / "other")}
 
 
 def pub(key: Path) -> str:
@@ -598,7 +595,7 @@ def test_host_key_reload_serves_new_connections(sftp_server, keys):
     old = host_key(srv).asbytes()
     t, sftp = paramiko_sftp(srv, key=keys["alice"])
     new_key = srv.root / "new_host_key"
-    _keygen(new_key)
+    keygen(new_key)
     before = len(srv.events("config_reload", result="applied"))
     shutil.copy(new_key, srv.host_key.with_name("staged"))
     os.replace(srv.host_key.with_name("staged"), srv.host_key)

@@ -46,7 +46,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from conftest import hash_password, make_cert
+from conftest import hash_password, keygen, make_cert
 
 SOAK_SECONDS = int(os.environ.get("SOAK_SECONDS", "0") or 0)
 RELOAD_SECONDS = float(os.environ.get("SOAK_RELOAD_SECONDS", "60"))
@@ -119,11 +119,6 @@ class Counters:
             return self.ok.get(key, 0)
 
 
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "soak", "-f", str(path)],
-                   check=True, capture_output=True)
-    return path
-
 
 def _sftp_connect(srv, user: str, *, key: Path | None = None, password: str | None = None,
                   source: str | None = None, timeout: float = 60):
@@ -180,7 +175,7 @@ class AuditTail:
 @pytest.mark.skipif(SOAK_SECONDS <= 0, reason="soak runs only with SOAK_SECONDS set (tests/run: 300)")
 @pytest.mark.timeout(max(SOAK_SECONDS, 0) + 600)
 def test_soak(make_server, user_entry, tmp_path):
-    key = _keygen(tmp_path / "bob_key")
+    key = keygen(tmp_path / "bob_key", "soak")
     pub = Path(str(key) + ".pub").read_text().strip()
     users = [
         user_entry("alice"),

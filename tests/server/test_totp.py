@@ -18,6 +18,8 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from conftest import keygen
+
 PASSWORD = "correct horse battery staple 42"
 SECRET = base64.b32encode(b"sluice-totp-test-secret!").decode()  # 192 bits
 
@@ -39,15 +41,10 @@ def test_rfc6238_helper_matches_the_rfc():
     assert totp(secret, 1111111109, 8) == "07081804"
 
 
-def _keygen(path: Path) -> Path:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
-                   check=True, capture_output=True)
-    return path
-
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory) -> Path:
-    return _keygen(tmp_path_factory.mktemp("totpkeys") / "id")
+    return keygen(tmp_path_factory.mktemp("totpkeys") / "id")
 
 
 @pytest.fixture
