@@ -82,7 +82,7 @@ fn valid_username(name: &str) -> bool {
 }
 
 /// What a ban refuses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum BanTarget {
     Address(IpAddr),
     /// Lower-case.
@@ -215,14 +215,7 @@ pub struct Endpoint {
     config_path: PathBuf,
     /// The wall-clock expiry first reported for each local ban (keyed by its monotonic end), so
     /// that every report gives the same instant and the operator sees no spurious change.
-    reported: Mutex<HashMap<BanKey, (Instant, jiff::Timestamp)>>,
-}
-
-/// A local ban's identity in [`Endpoint::reported`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum BanKey {
-    Address(IpAddr),
-    Username(String),
+    reported: Mutex<HashMap<BanTarget, (Instant, jiff::Timestamp)>>,
 }
 
 fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -340,22 +333,22 @@ impl Endpoint {
     fn report(&self) -> serde_json::Value {
         let now = Instant::now();
         let wall = jiff::Timestamp::now();
-        let own: Vec<(BanKey, Instant)> = self
+        let own: HashMap<BanTarget, Instant> = self
             .context
             .bans
             .local_ip_bans(now)
             .into_iter()
-            .map(|(ip, until)| (BanKey::Address(ip), until))
+            .map(|(ip, until)| (BanTarget::Address(ip), until))
             .chain(
                 self.context
                     .bans
                     .local_user_bans(now)
                     .into_iter()
-                    .map(|(user, until)| (BanKey::Username(user), until)),
+                    .map(|(user, until)| (BanTarget::Username(user), until)),
             )
             .collect();
         let mut reported = self.reported.lock().unwrap_or_else(|p| p.into_inner());
-        reported.retain(|key, (until, _)| own.iter().any(|(k, u)| k == key && u == until));
+        reported.retain(|key, (until, _)| own.get(key) == Some(until));
         let mut local: Vec<WireBan> = own
             .into_iter()
             .map(|(key, until)| {
@@ -372,13 +365,13 @@ impl Endpoint {
             .bans
             .peer_ip_bans(now)
             .into_iter()
-            .map(|(ip, expires_at)| wire(&BanKey::Address(ip), expires_at));
+            .map(|(ip, expires_at)| wire(&BanTarget::Address(ip), expires_at));
         let peer_users = self
             .context
             .bans
             .peer_user_bans(now)
             .into_iter()
-            .map(|(user, expires_at)| wire(&BanKey::Username(user), expires_at));
+            .map(|(user, expires_at)| wire(&BanTarget::Username(user), expires_at));
         let mut peers: Vec<WireBan> = peer_ips.chain(peer_users).collect();
         peers.sort_by(wire_order);
         Metrics::inc(
@@ -417,11 +410,10 @@ impl Endpoint {
         let config = self.context.snapshot.borrow().config.bans.clone();
         let new_ips = self.context.bans.replace_peer_bans(&config, &ips, now);
         let new_users = self.context.bans.replace_peer_user_bans(&users, now);
-        let pod_of = |target: &BanTarget| {
-            bans.iter()
-                .find(|b| b.target == *target)
-                .and_then(|b| b.pod.clone())
-        };
+        let pods: HashMap<&BanTarget, &Option<String>> =
+            // Reversed so that the first entry of a target wins, as a search would find it.
+            bans.iter().rev().map(|b| (&b.target, &b.pod)).collect();
+        let pod_of = |target: &BanTarget| pods.get(target).and_then(|pod| (*pod).clone());
         for (ip, expires_at) in &new_ips {
             let pod = pod_of(&BanTarget::Address(*ip));
             Metrics::inc(&self.context.metrics.bans, &[("scope", "peer_ip")]);
@@ -454,10 +446,10 @@ impl Endpoint {
     }
 }
 
-fn wire(key: &BanKey, expires_at: jiff::Timestamp) -> WireBan {
+fn wire(key: &BanTarget, expires_at: jiff::Timestamp) -> WireBan {
     let (address, username) = match key {
-        BanKey::Address(ip) => (Some(ip.to_string()), None),
-        BanKey::Username(user) => (None, Some(user.clone())),
+        BanTarget::Address(ip) => (Some(ip.to_string()), None),
+        BanTarget::Username(user) => (None, Some(user.clone())),
     };
     WireBan {
         address,
@@ -554,9 +546,9 @@ mod tests {
     fn wire_bans_list_addresses_before_usernames() {
         let when: jiff::Timestamp = "2030-01-01T00:00:00Z".parse().unwrap();
         let mut bans = [
-            wire(&BanKey::Username("bob".into()), when),
-            wire(&BanKey::Address("127.0.0.9".parse().unwrap()), when),
-            wire(&BanKey::Username("alice".into()), when),
+            wire(&BanTarget::Username("bob".into()), when),
+            wire(&BanTarget::Address("127.0.0.9".parse().unwrap()), when),
+            wire(&BanTarget::Username("alice".into()), when),
         ];
         bans.sort_by(wire_order);
         let keys: Vec<String> = bans
