@@ -6,6 +6,7 @@
 
 mod ban_wire;
 mod bans;
+mod budgets;
 mod error;
 mod second_factor;
 mod server;
@@ -15,6 +16,7 @@ mod windows;
 
 pub use ban_wire::{MAX_SYNC_ENTRIES, WireBan, WireTotpStep};
 pub use bans::{BanConfig, BanSyncConfig};
+pub use budgets::*;
 pub use error::{ConfigError, FieldError};
 pub use second_factor::*;
 pub use server::*;

@@ -74,6 +74,9 @@ pub struct ServerConfig {
     /// Password aging; see [`PasswordsConfig`].
     #[serde(default, skip_serializing_if = "PasswordsConfig::is_default")]
     pub passwords: PasswordsConfig,
+    /// Per-connection and per-user resource budgets; see [`crate::Budgets`].
+    #[serde(default)]
+    pub budgets: crate::Budgets,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -195,6 +198,17 @@ pub struct Limits {
     /// Longest accepted command line in bytes, CRLF included.
     #[serde(default = "default_max_command_length")]
     pub max_command_length: u32,
+    /// New connections one source may open per second, sustained (token bucket), checked
+    /// before any TLS or SSH handshake. Over it a connection is refused at once.
+    #[serde(default = "default_new_connections_per_second")]
+    pub new_connections_per_second: u32,
+    /// New connections one source may open in a burst before the rate applies.
+    #[serde(default = "default_new_connection_burst")]
+    pub new_connection_burst: u32,
+    /// IPv6 clients are one source per prefix of this length for per-address limits, the
+    /// connection rate and bans: one host usually holds a whole /64 and can rotate addresses.
+    #[serde(default = "default_ipv6_prefix_length")]
+    pub ipv6_prefix_length: u8,
 }
 
 impl Default for Limits {
@@ -206,6 +220,9 @@ impl Default for Limits {
             max_auth_attempts: default_max_auth_attempts(),
             auth_failure_delay_ms: default_auth_failure_delay_ms(),
             max_command_length: default_max_command_length(),
+            new_connections_per_second: default_new_connections_per_second(),
+            new_connection_burst: default_new_connection_burst(),
+            ipv6_prefix_length: default_ipv6_prefix_length(),
         }
     }
 }
@@ -320,6 +337,15 @@ fn default_auth_failure_delay_ms() -> u64 {
 }
 fn default_max_command_length() -> u32 {
     4096
+}
+fn default_new_connections_per_second() -> u32 {
+    10
+}
+fn default_new_connection_burst() -> u32 {
+    30
+}
+fn default_ipv6_prefix_length() -> u8 {
+    64
 }
 fn default_login_seconds() -> u64 {
     30
@@ -514,6 +540,27 @@ impl ServerConfig {
                 "must be between 512 and 65536 bytes".into(),
             );
         }
+        if limits.new_connections_per_second == 0 {
+            err(
+                "limits.newConnectionsPerSecond",
+                "must be at least 1".into(),
+            );
+        }
+        if limits.new_connection_burst < limits.new_connections_per_second {
+            err(
+                "limits.newConnectionBurst",
+                "must be at least limits.newConnectionsPerSecond".into(),
+            );
+        }
+        if !(32..=128).contains(&limits.ipv6_prefix_length) {
+            err(
+                "limits.ipv6PrefixLength",
+                format!(
+                    "must be between 32 and 128, got {}",
+                    limits.ipv6_prefix_length
+                ),
+            );
+        }
         let timeouts = &self.timeouts;
         for (field, value) in [
             ("timeouts.loginSeconds", timeouts.login_seconds),
@@ -545,6 +592,7 @@ impl ServerConfig {
         self.ssh
             .validate(file, self.listeners.sftp.is_some(), &mut errors);
         errors.extend(self.bans.validate(file, "bans"));
+        self.budgets.validate(file, &mut errors);
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(
                 file,

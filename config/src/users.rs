@@ -282,6 +282,7 @@ pub fn validate_password_hash(hash: &str) -> Result<(), String> {
     if parts[2] != "v=19" {
         return Err("version must be v=19".into());
     }
+    crate::Argon2Params::parse_capped(parts[3])?;
     Ok(())
 }
 
