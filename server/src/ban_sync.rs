@@ -19,7 +19,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::ftp::Context;
+use crate::context::Context;
 use crate::metrics::Metrics;
 
 /// Largest `PUT /bans/peers` body.
@@ -436,7 +436,7 @@ impl Endpoint {
             );
             tracing::warn!(%user, %expires_at, pod = ?pod, "username banned: imported from another replica");
         }
-        crate::ftp::update_ban_gauges(&self.context, now);
+        crate::admission::update_ban_gauges(&self.context, now);
         Metrics::inc(
             &self.context.metrics.ban_sync_requests,
             &[("result", "200")],

@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::ftp::Context;
+use crate::context::Context;
 
 /// The `disconnect` reason of sessions ended by the drain.
 pub const REASON: &str = "server shutting down";

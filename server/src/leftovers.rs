@@ -22,7 +22,7 @@ pub const STALE_AFTER: Duration = Duration::from_secs(7 * 86_400);
 /// `.sluice-upload-<host>-`, with the host name reduced to `[A-Za-z0-9-]` (at most 40).
 fn host_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
-    PREFIX.get_or_init(|| format!("{TEMP_PREFIX}{}-", host_tag(&crate::ftp::host_name())))
+    PREFIX.get_or_init(|| format!("{TEMP_PREFIX}{}-", host_tag(&crate::context::host_name())))
 }
 
 /// This process's random instance tag (8 hex digits).

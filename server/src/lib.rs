@@ -3,11 +3,13 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod ban_sync;
 pub mod bans;
 pub mod client_cert;
+pub mod context;
 pub mod demo;
 pub mod drain;
 pub mod ftp;

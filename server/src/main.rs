@@ -223,7 +223,7 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         .unwrap_or_default();
     let users = snapshot.users.len();
     let (sender, receiver) = watch::channel(Arc::new(snapshot));
-    let context = ftp::Context::new(receiver, audit.clone(), metrics.clone());
+    let context = sluice_server::context::Context::new(receiver, audit.clone(), metrics.clone());
 
     if let Some(address) = &listeners.ftps_explicit {
         let listener = bind(address, "ftpsExplicit").await?;

@@ -21,7 +21,8 @@ use super::command::{self, CommandLine};
 use super::control::{Control, ControlIo, Incoming};
 use super::data::{self, DataContext, DataError, DataStream, TransferError};
 use super::listing;
-use super::{Context, ListenerKind};
+use super::ListenerKind;
+use crate::context::Context;
 use crate::audit::SessionTag;
 use crate::client_cert::{self, PeerCertificate};
 use crate::limits::{ConnectionGuard, UserGuard};
@@ -714,7 +715,7 @@ impl Session {
             return self.done(503, "send USER first").await;
         };
         self.tag.user = Some(name.clone());
-        if super::user_banned(&self.context, &name, self.client_ip) {
+        if crate::admission::user_banned(&self.context, &name, self.client_ip) {
             return self
                 .login_failed(
                     "user banned after repeated failed logins",
@@ -817,7 +818,7 @@ impl Session {
 
     async fn login_failed(&mut self, reason: &str, reply: &str) -> Flow {
         self.failures += 1;
-        super::record_login_failure(&self.context, self.client_ip, self.tag.user.as_deref());
+        crate::admission::record_login_failure(&self.context, self.client_ip, self.tag.user.as_deref());
         Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
         let mut fields = self.cert_fields();
         fields["result"] = "failure".into();

@@ -18,7 +18,7 @@ use super::keys::{self, SshMaterial};
 use super::session::{self, End, SessionEnv};
 use super::tap::{self, KillSwitch, SharedCapture};
 use crate::audit::SessionTag;
-use crate::ftp::Context;
+use crate::context::Context;
 use crate::limits::UserGuard;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -221,7 +221,7 @@ impl SshHandler {
 
     async fn failed(&mut self, user: &str, method: &str, reason: &str) -> Auth {
         self.failures += 1;
-        crate::ftp::record_login_failure(&self.context, self.client_ip, Some(user));
+        crate::admission::record_login_failure(&self.context, self.client_ip, Some(user));
         Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
         let mut tag = self.tag.clone();
         tag.user = Some(user.chars().take(128).collect());
@@ -480,7 +480,7 @@ impl russh::server::Handler for SshHandler {
         self.refresh_snapshot();
         self.over_limit()?;
         self.key_fingerprint = Some(key.public_key.fingerprint(HashAlg::Sha256).to_string());
-        if crate::ftp::user_banned(&self.context, user, self.client_ip) {
+        if crate::admission::user_banned(&self.context, user, self.client_ip) {
             return Ok(self
                 .failed(
                     user,
@@ -501,7 +501,7 @@ impl russh::server::Handler for SshHandler {
         self.log_handshake();
         self.refresh_snapshot();
         self.over_limit()?;
-        if crate::ftp::user_banned(&self.context, user, self.client_ip) {
+        if crate::admission::user_banned(&self.context, user, self.client_ip) {
             return Ok(self
                 .failed(user, "password", "user banned after repeated failed logins")
                 .await);

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::audit::SessionTag;
-use crate::ftp::Context;
+use crate::context::Context;
 use crate::limits::ConnectionGuard;
 use crate::metrics::Metrics;
 
@@ -43,7 +43,7 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
             drop(stream);
             continue;
         }
-        let guard = match crate::ftp::admit(&context, peer.ip(), "sftp") {
+        let guard = match crate::admission::admit(&context, peer.ip(), "sftp") {
             Ok(guard) => guard,
             Err(refused) => {
                 tokio::spawn(refuse::refuse(stream, keys::SERVER_ID, refused));
