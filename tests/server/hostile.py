@@ -116,6 +116,14 @@ def ssh_transport(srv, source: str | None = None, timeout: float = 20) -> parami
     return t
 
 
+def ssh_login(srv, user: str, source: str | None = None, timeout: float = 20,
+              password: str | None = None) -> paramiko.Transport:
+    """An authenticated SSH connection with no channel open yet."""
+    t = ssh_transport(srv, source, timeout)
+    t.auth_password(user, password if password is not None else srv.passwords[user])
+    return t
+
+
 def sftp_login(srv, user: str, source: str | None = None, timeout: float = 20,
                password: str | None = None) -> tuple[paramiko.Transport, paramiko.SFTPClient]:
     t = ssh_transport(srv, source, timeout)
@@ -602,12 +610,11 @@ class SftpReadFlood(Attack):
         self.notes["errors"] = []
         for _ in range(self.connections):
             try:
-                t, _sftp = sftp_login(self.srv, self.user, self.source, timeout=15)
+                t = ssh_login(self.srv, self.user, self.source, timeout=15)
             except Exception as exc:  # noqa: BLE001
                 self.notes["errors"].append(f"login: {exc}")
                 continue
             self._held.append(t)
-            _sftp.close()
             for _ in range(self.channels):
                 try:
                     raw = RawSftp(t, timeout=15)
@@ -655,9 +662,8 @@ class SftpOpendirFlood(Attack):
         pid = self.srv.proc.pid
         for _ in range(self.connections):
             try:
-                t, sftp = sftp_login(self.srv, self.user, self.source, timeout=15)
+                t = ssh_login(self.srv, self.user, self.source, timeout=15)
                 self._held.append(t)
-                sftp.close()
                 raw = RawSftp(t, timeout=15)
                 self._held.append(raw)
             except Exception as exc:  # noqa: BLE001
@@ -958,15 +964,17 @@ class ConnectionRate(Attack):
                     bucket.append(None)
         self.notes["burst_seconds"] = time.monotonic() - t0
         self._held.extend(s for s in ftps_socks + sftp_socks if s is not None)
+        time.sleep(2)  # greetings, banners and refusals arrive
         ftps_answers = [_read_greeting(s) for s in ftps_socks]
         sftp_answers = [_read_ssh_banner(s) for s in sftp_socks]
         self.result = {
             "ftps_accepted": sum(1 for a in ftps_answers if a.startswith("220")),
             "ftps_refused": [a for a in ftps_answers if not a.startswith("220")],
             "sftp_accepted": sum(1 for a in sftp_answers if a == "banner"),
-            "sftp_refused": [a for a in sftp_answers if a != "banner"],
+            "sftp_refused": [a for a in sftp_answers if a.startswith("closed") or a.startswith("other")],
+            "sftp_pending": sum(1 for a in sftp_answers if a == "no banner yet"),
         }
-        self.notes.update(ftps_accepted=self.result["ftps_accepted"], sftp_accepted=self.result["sftp_accepted"],
+        self.notes.update(ftps_accepted=self.result["ftps_accepted"], sftp_accepted=self.result["sftp_accepted"], sftp_pending=self.result["sftp_pending"],
                           ftps_refused=len(self.result["ftps_refused"]), sftp_refused=len(self.result["sftp_refused"]))
         return self.result
 
@@ -983,47 +991,43 @@ class ConnectionRate(Attack):
         self._spawn(keep)
 
 
-def _read_greeting(sock: socket.socket | None, timeout: float = 3) -> str:
+def _drain(sock: socket.socket | None) -> tuple[bytes, bool | None]:
+    """(everything already received, closed?) without blocking; closed is None when the
+    connection could not even be made."""
     if sock is None:
-        return "connect failed"
-    sock.settimeout(timeout)
+        return b"", None
+    sock.setblocking(False)
     data = b""
-    try:
-        while not data.endswith(b"\r\n") or (len(data) >= 4 and data[3:4] == b"-"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                return data.decode(errors="replace") or "closed"
-            data += chunk
-            if data.endswith(b"\r\n") and data[3:4] == b" ":
-                break
-    except (socket.timeout, TimeoutError):
-        return data.decode(errors="replace") or "no greeting"
-    except OSError as exc:
-        return f"error: {exc}"
-    return data.decode(errors="replace").strip()
+    while True:
+        try:
+            chunk = sock.recv(65536)
+        except BlockingIOError:
+            return data, False
+        except OSError:
+            return data, True
+        if not chunk:
+            return data, True
+        data += chunk
 
 
-def _read_ssh_banner(sock: socket.socket | None, timeout: float = 3) -> str:
-    """'banner' when the server sent its SSH identification and kept the connection open for
-    another second; otherwise what happened."""
-    if sock is None:
+def _read_greeting(sock: socket.socket | None) -> str:
+    data, closed = _drain(sock)
+    if closed is None:
         return "connect failed"
-    sock.settimeout(timeout)
-    try:
-        data = sock.recv(4096)
-    except (socket.timeout, TimeoutError):
-        return "no banner"
-    except OSError as exc:
-        return f"error: {exc}"
-    if not data.startswith(b"SSH-"):
-        return "closed without banner" if not data else f"other: {data[:40]!r}"
-    sock.settimeout(1)
-    try:
-        more = sock.recv(4096)
-        if not more:
-            return "closed after banner"
-    except (socket.timeout, TimeoutError):
-        pass
-    except OSError as exc:
-        return f"error after banner: {exc}"
-    return "banner"
+    text = data.decode(errors="replace").strip()
+    if text:
+        return text
+    return "closed without greeting" if closed else "no greeting yet"
+
+
+def _read_ssh_banner(sock: socket.socket | None) -> str:
+    """'banner' when the server sent its SSH identification and kept the connection open;
+    otherwise what happened."""
+    data, closed = _drain(sock)
+    if closed is None:
+        return "connect failed"
+    if data.startswith(b"SSH-"):
+        return "closed after banner" if closed else "banner"
+    if data:
+        return f"other: {data[:40]!r}"
+    return "closed without banner" if closed else "no banner yet"
