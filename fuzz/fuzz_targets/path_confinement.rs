@@ -265,6 +265,7 @@ fuzz_target!(|ops: Vec<Op>| {
         let fs = UserFs::open(
             fixture.data.to_string_lossy().into_owned(),
             "home".to_string(),
+            sluice_server::filework::UserWork::unshared(4),
         )
         .await
         .expect("open home");

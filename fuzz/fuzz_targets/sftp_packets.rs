@@ -130,6 +130,7 @@ fuzz_target!(|input: &[u8]| {
         let fs = UserFs::open(
             fixture.data.to_string_lossy().into_owned(),
             user.home.clone(),
+            sluice_server::filework::UserWork::unshared(4),
         )
         .await
         .expect("open home");
@@ -147,6 +148,7 @@ fuzz_target!(|input: &[u8]| {
             user,
             fs,
             open_files: Default::default(),
+            open_handles: Default::default(),
         };
         let (client, server) = tokio::io::duplex(64 * 1024);
         let served = tokio::spawn(session::run(server, env));

@@ -2,11 +2,106 @@
 //! new-connection rate per source, bans, and the accounting of failed logins. FTPS and SFTP call
 //! the same functions, so a limit or ban can never be weaker on one protocol.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::Instant;
+
 use serde_json::json;
 
+use crate::audit::SessionTag;
 use crate::context::Context;
 use crate::metrics::Metrics;
 use sluice_config::canonical_ip;
+
+/// The source a connection is counted against: the client's address, and for IPv6 its
+/// `prefix`-bit network (`limits.ipv6PrefixLength`, default /64): one host usually holds a
+/// whole /64 and could otherwise rotate addresses past every per-address limit and ban.
+pub fn source_key(ip: IpAddr, prefix: u8) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) if prefix < 128 => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        other => other,
+    }
+}
+
+/// Token buckets of new connections per source, checked before any TLS or SSH handshake so
+/// that a flood of handshakes (ssh-audit's DHEat: 38 key exchanges in 4 ms) costs the server
+/// an `accept` and a close, not a key exchange each.
+#[derive(Default)]
+pub struct ConnectionRate {
+    buckets: Mutex<HashMap<IpAddr, Bucket>>,
+}
+
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+    /// Whether this run of refusals was audited already (one event per run, not per refusal).
+    refusal_logged: bool,
+}
+
+/// What the rate limiter decided for one new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateDecision {
+    Allowed,
+    /// Refused; `first` is true for the first refusal of a run (audit it).
+    Refused {
+        first: bool,
+    },
+}
+
+/// Sources tracked at most; past it, full buckets are dropped (they carry no state).
+const MAX_TRACKED_SOURCES: usize = 65_536;
+
+impl ConnectionRate {
+    pub fn check(&self, key: IpAddr, per_second: u32, burst: u32, now: Instant) -> RateDecision {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (rate, burst) = (f64::from(per_second), f64::from(burst));
+        if buckets.len() >= MAX_TRACKED_SOURCES {
+            buckets.retain(|_, bucket| {
+                bucket.tokens + now.duration_since(bucket.updated).as_secs_f64() * rate < burst
+            });
+        }
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: burst,
+            updated: now,
+            refusal_logged: false,
+        });
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            bucket.refusal_logged = false;
+            RateDecision::Allowed
+        } else {
+            let first = !bucket.refusal_logged;
+            bucket.refusal_logged = true;
+            RateDecision::Refused { first }
+        }
+    }
+}
+
+/// A session went over one of its budgets (`budgets.*`): counted by budget, and audited with
+/// the budget's name and limit so that an operator sees which tenant hit what.
+pub fn budget_exceeded(
+    audit: &crate::audit::Audit,
+    metrics: &Metrics,
+    tag: &SessionTag,
+    budget: &'static str,
+    limit: u64,
+    action: &'static str,
+) {
+    Metrics::inc(&metrics.budget_exceeded, &[("budget", budget)]);
+    tracing::warn!(session = %tag.session, user = ?tag.user, budget, limit, action, "tenant budget exceeded");
+    audit.event(
+        tag,
+        "budget_exceeded",
+        json!({"budget": budget, "limit": limit, "action": action}),
+    );
+}
 
 /// Admits a new connection of any protocol against the total and per-address session limits,
 /// counting and auditing a refusal. Shared by the FTPS and SFTP accept loops.
@@ -15,16 +110,34 @@ pub fn admit(
     ip: std::net::IpAddr,
     listener: &str,
 ) -> Result<crate::limits::ConnectionGuard, crate::limits::LimitError> {
-    let ip = canonical_ip(ip);
     let snapshot = context.snapshot.borrow();
     let (limits, bans) = (&snapshot.config.limits, &snapshot.config.bans);
+    let client = canonical_ip(ip);
+    let ip = source_key(ip, limits.ipv6_prefix_length);
     let now = std::time::Instant::now();
+    if let RateDecision::Refused { first } = context.connection_rate.check(
+        ip,
+        limits.new_connections_per_second,
+        limits.new_connection_burst,
+        now,
+    ) {
+        Metrics::inc(&context.metrics.sessions_refused, &[("reason", "rate")]);
+        if first {
+            context.audit.server_event(
+                "connection_refused",
+                json!({"ip": client.to_string(), "source": ip.to_string(), "reason": crate::limits::LimitError::Rate.to_string(),
+                       "listener": listener, "budget": "newConnectionsPerSecond",
+                       "limit": limits.new_connections_per_second, "burst": limits.new_connection_burst}),
+            );
+        }
+        return Err(crate::limits::LimitError::Rate);
+    }
     if let Some(remaining) = context.bans.ip_banned(bans, ip, now) {
         Metrics::inc(&context.metrics.sessions_refused, &[("reason", "banned")]);
         if context.bans.log_refusal(bans, ip, now) {
             context.audit.server_event(
                 "connection_refused",
-                json!({"ip": ip.to_string(), "reason": "banned", "listener": listener,
+                json!({"ip": client.to_string(), "source": ip.to_string(), "reason": "banned", "listener": listener,
                        "ban_remaining_seconds": remaining.as_secs()}),
             );
         }
@@ -40,7 +153,7 @@ pub fn admit(
             );
             context.audit.server_event(
                 "connection_refused",
-                json!({"ip": ip.to_string(), "reason": refused.to_string(), "listener": listener}),
+                json!({"ip": client.to_string(), "source": ip.to_string(), "reason": refused.to_string(), "listener": listener}),
             );
         })
 }
@@ -49,15 +162,18 @@ pub fn admit(
 /// and SFTP.
 pub fn record_login_failure(context: &Context, ip: std::net::IpAddr, user: Option<&str>) {
     let now = std::time::Instant::now();
+    let snapshot = context.snapshot.borrow().clone();
+    let client = canonical_ip(ip);
+    let ip = source_key(ip, snapshot.config.limits.ipv6_prefix_length);
     let bans = context
         .bans
-        .record_failure(&context.snapshot.borrow().config.bans, ip, user, now);
+        .record_failure(&snapshot.config.bans, ip, user, now);
     for ban in bans {
         Metrics::inc(&context.metrics.bans, &[("scope", ban.scope)]);
         context.audit.server_event(
             "ban",
             json!({"scope": ban.scope, "key": ban.key, "duration_seconds": ban.duration.as_secs(),
-                   "count": ban.count, "ip": canonical_ip(ip).to_string(), "origin": "local"}),
+                   "count": ban.count, "ip": client.to_string(), "origin": "local"}),
         );
         tracing::warn!(scope = ban.scope, key = %ban.key, seconds = ban.duration.as_secs(), "banned after repeated failed logins");
     }
@@ -66,12 +182,13 @@ pub fn record_login_failure(context: &Context, ip: std::net::IpAddr, user: Optio
 
 /// Whether `user` is banned for logins from `ip` (safelisted addresses never are).
 pub fn user_banned(context: &Context, user: &str, ip: std::net::IpAddr) -> bool {
+    let snapshot = context.snapshot.borrow().clone();
     context
         .bans
         .user_banned(
-            &context.snapshot.borrow().config.bans,
+            &snapshot.config.bans,
             user,
-            ip,
+            source_key(ip, snapshot.config.limits.ipv6_prefix_length),
             std::time::Instant::now(),
         )
         .is_some()
@@ -89,3 +206,64 @@ pub fn update_ban_gauges(context: &Context, now: std::time::Instant) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn ipv6_sources_are_their_prefix_and_ipv4_stays_whole() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(source_key(a, 64), source_key(b, 64));
+        assert_ne!(source_key(a, 64), source_key(other, 64));
+        assert_eq!(
+            source_key(a, 64),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        assert_ne!(source_key(a, 128), source_key(b, 128));
+        assert_eq!(source_key(a, 48), source_key(other, 48));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(v4, 64), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(source_key(mapped, 64), v4);
+    }
+
+    #[test]
+    fn a_burst_is_allowed_then_the_rate_applies_per_source() {
+        let rate = ConnectionRate::default();
+        let start = Instant::now();
+        let a: IpAddr = "127.0.0.2".parse().unwrap();
+        let b: IpAddr = "127.0.0.3".parse().unwrap();
+        for _ in 0..30 {
+            assert_eq!(rate.check(a, 10, 30, start), RateDecision::Allowed);
+        }
+        assert_eq!(
+            rate.check(a, 10, 30, start),
+            RateDecision::Refused { first: true }
+        );
+        assert_eq!(
+            rate.check(a, 10, 30, start),
+            RateDecision::Refused { first: false }
+        );
+        // Another source is not affected.
+        assert_eq!(rate.check(b, 10, 30, start), RateDecision::Allowed);
+        // 100 ms later one token is back (10 per second).
+        let later = start + Duration::from_millis(100);
+        assert_eq!(rate.check(a, 10, 30, later), RateDecision::Allowed);
+        assert_eq!(
+            rate.check(a, 10, 30, later),
+            RateDecision::Refused { first: true }
+        );
+        // A quiet source refills to the burst, not beyond it.
+        let much_later = start + Duration::from_secs(3600);
+        for _ in 0..30 {
+            assert_eq!(rate.check(a, 10, 30, much_later), RateDecision::Allowed);
+        }
+        assert!(matches!(
+            rate.check(a, 10, 30, much_later),
+            RateDecision::Refused { .. }
+        ));
+    }
+}

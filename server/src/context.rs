@@ -33,6 +33,10 @@ pub struct Context {
     pub totp: crate::totp::ReplayGuard,
     /// `true` once SIGTERM started the drain (see `crate::drain`).
     pub drain: watch::Sender<bool>,
+    /// Blocking file work, budgeted per user and in total (see `crate::filework`).
+    pub file_work: crate::filework::FileWork,
+    /// New connections per source (see `crate::admission`).
+    pub connection_rate: crate::admission::ConnectionRate,
 }
 
 impl Context {
@@ -41,11 +45,12 @@ impl Context {
         audit: Audit,
         metrics: Arc<Metrics>,
     ) -> Arc<Context> {
-        let (start, end) = {
+        let (start, end, max_file_work) = {
             let current = snapshot.borrow();
             (
                 current.config.passive.port_start,
                 current.config.passive.port_end,
+                current.config.budgets.max_file_work,
             )
         };
         Arc::new(Context {
@@ -60,6 +65,8 @@ impl Context {
             bans: crate::bans::BanEngine::default(),
             totp: crate::totp::ReplayGuard::default(),
             drain: watch::channel(false).0,
+            file_work: crate::filework::FileWork::new(max_file_work),
+            connection_rate: crate::admission::ConnectionRate::default(),
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())
@@ -67,6 +74,14 @@ impl Context {
                     .min(4),
             ),
         })
+    }
+
+    /// `username`'s file-work budget under the current configuration.
+    pub fn user_work(&self, username: &str) -> crate::filework::UserWork {
+        let budgets = self.snapshot.borrow().config.budgets.clone();
+        self.file_work.resize(budgets.max_file_work);
+        self.file_work
+            .for_user(username, budgets.max_file_work_per_user)
     }
 
     /// The pool for the configured range; replaced when a reload changes the range (leases
@@ -91,4 +106,3 @@ pub fn host_name() -> String {
         })
         .unwrap_or_default()
 }
-

@@ -27,6 +27,10 @@ pub enum LimitError {
     PerUser,
     #[error("your address is banned for a while after repeated failed logins")]
     Banned,
+    #[error(
+        "too many new connections from your address (limits.newConnectionsPerSecond); slow down"
+    )]
+    Rate,
 }
 
 pub struct ConnectionGuard {

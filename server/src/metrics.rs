@@ -33,6 +33,7 @@ pub struct Metrics {
     pub bans: Family<Labels, Counter>,
     pub bans_active: Family<Labels, Gauge>,
     pub ban_sync_requests: Family<Labels, Counter>,
+    pub budget_exceeded: Family<Labels, Counter>,
     registry: std::sync::OnceLock<Registry>,
 }
 
@@ -54,6 +55,11 @@ impl Metrics {
             "sessions_refused",
             "Connections refused by a session limit",
             metrics.sessions_refused.clone(),
+        );
+        registry.register(
+            "budget_exceeded",
+            "Requests refused or sessions ended by a tenant budget (budgets.*), by budget",
+            metrics.budget_exceeded.clone(),
         );
         registry.register("logins", "Login attempts by result", metrics.logins.clone());
         registry.register("commands", "Commands by verb", metrics.commands.clone());

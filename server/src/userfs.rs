@@ -13,6 +13,7 @@ use cap_std::fs::{Dir, OpenOptions};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::filework::UserWork;
 use crate::vpath::VirtualPath;
 
 /// Size of the chunks moved between disk and network.
@@ -120,21 +121,40 @@ fn share_home(dir: Dir) -> io::Result<Arc<Dir>> {
     Ok(dir)
 }
 
-/// The confined home of one logged-in user.
+/// The confined home of one logged-in user, and the user's file-work budget that every
+/// blocking call on it takes a slot of.
 #[derive(Clone)]
 pub struct UserFs {
     home: Arc<Dir>,
+    work: UserWork,
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs `f` on the blocking pool outside any user's budget: only for the home open at login,
+/// which must never wait for user file work.
+async fn unbudgeted<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, FsError> + Send + 'static,
 ) -> Result<T, FsError> {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result,
-        Err(join) => Err(FsError::Io {
-            path: String::new(),
-            source: io::Error::other(join.to_string()),
-        }),
+        Err(join) => Err(cancelled(join.to_string())),
+    }
+}
+
+fn cancelled(message: String) -> FsError {
+    FsError::Io {
+        path: String::new(),
+        source: io::Error::other(message),
+    }
+}
+
+/// Runs `f` under `work`'s budget.
+async fn budgeted<T: Send + 'static>(
+    work: &UserWork,
+    f: impl FnOnce() -> Result<T, FsError> + Send + 'static,
+) -> Result<T, FsError> {
+    match work.run(f).await {
+        Ok(result) => result,
+        Err(error) => Err(cancelled(error.to_string())),
     }
 }
 
@@ -162,8 +182,8 @@ fn info_from(name: String, meta: &cap_std::fs::Metadata) -> EntryInfo {
 impl UserFs {
     /// Opens (creating if needed) `home` beneath `data_root`. `home` was validated as relative
     /// without `..`; cap-std still refuses any escape, e.g. a symlinked home.
-    pub async fn open(data_root: String, home: String) -> Result<UserFs, FsError> {
-        blocking(move || {
+    pub async fn open(data_root: String, home: String, work: UserWork) -> Result<UserFs, FsError> {
+        unbudgeted(move || {
             let home_path = VirtualPath::root()
                 .resolve(&home)
                 .map_err(|e| FsError::Denied(e.to_string()))?;
@@ -176,16 +196,22 @@ impl UserFs {
                 .map_err(|e| FsError::from_io(&home_path, e))?;
             Ok(UserFs {
                 home: share_home(dir).map_err(|e| FsError::from_io(&home_path, e))?,
+                work,
             })
         })
         .await
+    }
+
+    /// The user's file-work budget (shared by all the user's sessions).
+    pub fn work(&self) -> &UserWork {
+        &self.work
     }
 
     /// `stat` following symlinks (that stay inside).
     pub async fn metadata(&self, path: &VirtualPath) -> Result<EntryInfo, FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let meta = home
                 .metadata(path.relative())
                 .map_err(|e| FsError::from_io(&path, e))?;
@@ -209,7 +235,7 @@ impl UserFs {
     pub async fn list(&self, path: &VirtualPath) -> Result<Vec<EntryInfo>, FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let meta = home
                 .metadata(path.relative())
                 .map_err(|e| FsError::from_io(&path, e))?;
@@ -226,7 +252,7 @@ impl UserFs {
             for entry in dir.entries().map_err(|e| FsError::from_io(&path, e))? {
                 let entry = entry.map_err(|e| FsError::from_io(&path, e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TEMP_PREFIX) {
+                if is_reserved_name(&name) {
                     continue;
                 }
                 if let Ok(meta) = entry.metadata() {
@@ -253,7 +279,7 @@ impl UserFs {
     pub async fn remove_file(&self, path: &VirtualPath) -> Result<(), FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let meta = home
                 .symlink_metadata(path.relative())
                 .map_err(|e| FsError::from_io(&path, e))?;
@@ -272,7 +298,7 @@ impl UserFs {
         }
         let home = self.home.clone();
         let (from, to) = (from.clone(), to.clone());
-        blocking(move || {
+        budgeted(&self.work, move || {
             home.rename(from.relative(), &home, to.relative())
                 .map_err(|e| FsError::from_io(&to, e))
         })
@@ -286,14 +312,17 @@ impl UserFs {
     ) -> Result<(), FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || op(&home, path.relative()).map_err(|e| FsError::from_io(&path, e))).await
+        budgeted(&self.work, move || {
+            op(&home, path.relative()).map_err(|e| FsError::from_io(&path, e))
+        })
+        .await
     }
 
     /// SHA-256 of a file, read in large chunks on the blocking pool.
     pub async fn sha256(&self, path: &VirtualPath) -> Result<(String, u64), FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let file = open_regular_file(&home, &path)?;
             sha256_of_file(&file).map_err(|e| FsError::from_io(&path, e))
         })
@@ -309,7 +338,7 @@ impl UserFs {
     ) -> Result<(mpsc::Receiver<Result<Vec<u8>, FsError>>, u64), FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        let (file, size) = blocking({
+        let (file, size) = budgeted(&self.work, {
             let path = path.clone();
             move || {
                 let mut file = open_regular_file(&home, &path)?;
@@ -333,28 +362,44 @@ impl UserFs {
         })
         .await?;
         let (tx, rx) = mpsc::channel(4);
-        tokio::task::spawn_blocking(move || {
+        let work = self.work.clone();
+        // An async task that takes a file-work slot per chunk: a client that stops reading
+        // parks this task, never a blocking thread.
+        tokio::spawn(async move {
             let mut file = file;
             loop {
-                let mut buffer = vec![0u8; CHUNK_BYTES];
-                let mut filled = 0;
-                // Fill whole chunks so that the network side sees few, large writes.
-                while filled < CHUNK_BYTES {
-                    match file.read(&mut buffer[filled..]) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => {
-                            let _ = tx.blocking_send(Err(FsError::from_io(&path, e)));
-                            return;
+                let read = work
+                    .run(move || {
+                        let mut buffer = vec![0u8; CHUNK_BYTES];
+                        let mut filled = 0;
+                        // Fill whole chunks so that the network side sees few, large writes.
+                        while filled < CHUNK_BYTES {
+                            match file.read(&mut buffer[filled..]) {
+                                Ok(0) => break,
+                                Ok(n) => filled += n,
+                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                                Err(e) => return (file, Err(e)),
+                            }
                         }
+                        buffer.truncate(filled);
+                        (file, Ok(buffer))
+                    })
+                    .await;
+                let buffer = match read {
+                    Ok((returned, Ok(buffer))) => {
+                        file = returned;
+                        buffer
                     }
-                }
-                if filled == 0 {
-                    return;
-                }
-                buffer.truncate(filled);
-                if tx.blocking_send(Ok(buffer)).is_err() {
+                    Ok((_, Err(e))) => {
+                        let _ = tx.send(Err(FsError::from_io(&path, e))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(cancelled(e.to_string()))).await;
+                        return;
+                    }
+                };
+                if buffer.is_empty() || tx.send(Ok(buffer)).await.is_err() {
                     return;
                 }
             }
@@ -371,7 +416,7 @@ impl UserFs {
     ) -> Result<UploadSink, FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        let (file, temp_name, existed) = blocking({
+        let (file, temp_name, existed) = budgeted(&self.work, {
             let home = home.clone();
             let path = path.clone();
             move || open_upload_target(&home, &path, mode, atomic)
@@ -379,22 +424,45 @@ impl UserFs {
         .await?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
         let worker_path = path.clone();
-        let worker = tokio::task::spawn_blocking(move || -> Result<(String, u64), FsError> {
+        let work = self.work.clone();
+        // An async task that takes a file-work slot per batch of queued chunks: an upload that
+        // stalls parks this task, never a blocking thread.
+        let worker = tokio::spawn(async move {
             let path = worker_path;
-            let mut file = file;
-            let mut hasher = Sha256::new();
-            let mut written = 0u64;
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                file.write_all(&chunk)
-                    .map_err(|e| FsError::from_io(&path, e))?;
-                written += chunk.len() as u64;
+            let mut state = (file, Sha256::new(), 0u64);
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while let Ok(more) = rx.try_recv() {
+                    batch.push(more);
+                }
+                let (file, mut hasher, mut written) = state;
+                let path = path.clone();
+                let outcome = work
+                    .run(move || {
+                        let mut file = file;
+                        for chunk in &batch {
+                            hasher.update(chunk);
+                            if let Err(e) = file.write_all(chunk) {
+                                return Err(FsError::from_io(&path, e));
+                            }
+                            written += chunk.len() as u64;
+                        }
+                        Ok((file, hasher, written))
+                    })
+                    .await
+                    .map_err(|e| cancelled(e.to_string()))??;
+                state = outcome;
             }
-            file.sync_all().map_err(|e| FsError::from_io(&path, e))?;
+            let (file, hasher, written) = state;
+            let path = path.clone();
+            work.run(move || file.sync_all().map_err(|e| FsError::from_io(&path, e)))
+                .await
+                .map_err(|e| cancelled(e.to_string()))??;
             Ok((hex::encode(hasher.finalize()), written))
         });
         Ok(UploadSink {
             home,
+            work: self.work.clone(),
             target: path,
             temp_name,
             created: !existed,
@@ -490,6 +558,7 @@ fn open_upload_target(
 /// An upload in progress: chunks go to a write-behind worker that hashes and writes them.
 pub struct UploadSink {
     home: Arc<Dir>,
+    work: UserWork,
     target: VirtualPath,
     temp_name: Option<String>,
     created: bool,
@@ -523,7 +592,7 @@ impl UploadSink {
                 if let Some(temp) = self.temp_name.take() {
                     let home = self.home.clone();
                     let target = self.target.clone();
-                    let renamed = blocking(move || {
+                    let renamed = budgeted(&self.work, move || {
                         home.rename(&temp, &home, target.relative()).map_err(|e| {
                             let _ = home.remove_file(&temp);
                             FsError::from_io(&target, e)
@@ -561,7 +630,7 @@ impl UploadSink {
             None => None,
         };
         if let Some(name) = remove {
-            let _ = blocking(move || {
+            let _ = budgeted(&self.work, move || {
                 home.remove_file(&name).ok();
                 Ok(())
             })
@@ -621,6 +690,29 @@ pub struct OpenForWrite {
     pub atomic: bool,
 }
 
+/// An open directory being read in batches.
+pub struct DirCursor {
+    path: VirtualPath,
+    /// `None` once the end was reached (or a read failed).
+    entries: Option<cap_std::fs::ReadDir>,
+}
+
+/// Whether `name` is reserved for the server's own files (atomic-upload temporaries): hidden
+/// from listings and refused in every verb, so that no user can create, rename, delete or
+/// open one (a user with `rename` but not `delete` could otherwise hide a file as a temporary
+/// and have the next start delete it).
+pub fn is_reserved_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
+/// The first component of `path` with a reserved name, if any.
+pub fn reserved_component(path: &VirtualPath) -> Option<String> {
+    path.relative()
+        .split('/')
+        .find(|component| is_reserved_name(component))
+        .map(str::to_string)
+}
+
 /// A file opened for writing: the file, whether it existed, and the atomic temporary name.
 pub struct OpenedForWrite {
     pub file: std::fs::File,
@@ -633,7 +725,7 @@ impl UserFs {
     pub async fn stat(&self, path: &VirtualPath, follow: bool) -> Result<FileStat, FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let meta = if follow {
                 home.metadata(path.relative())
             } else {
@@ -645,37 +737,63 @@ impl UserFs {
         .await
     }
 
-    /// Directory entries with their attributes (not following symlinks), sorted, without
-    /// atomic-upload temporary files.
-    pub async fn read_dir(&self, path: &VirtualPath) -> Result<Vec<(String, FileStat)>, FsError> {
+    /// Opens a directory for reading in batches ([`UserFs::next_entries`]): an SFTP directory
+    /// handle holds this cursor, not the directory's entries, so 64 handles on a directory of a
+    /// million files cost 64 descriptors, not 64 copies of its listing.
+    pub async fn open_dir_cursor(&self, path: &VirtualPath) -> Result<DirCursor, FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let dir = home
                 .open_dir(path.relative())
                 .map_err(|e| FsError::from_io(&path, e))?;
-            let mut entries = Vec::new();
-            for entry in dir.entries().map_err(|e| FsError::from_io(&path, e))? {
+            let entries = dir.entries().map_err(|e| FsError::from_io(&path, e))?;
+            Ok(DirCursor {
+                path,
+                entries: Some(entries),
+            })
+        })
+        .await
+    }
+
+    /// Up to `count` further entries (with attributes, not following symlinks, without
+    /// atomic-upload temporary files); empty at the end of the directory.
+    pub async fn next_entries(
+        &self,
+        cursor: &mut DirCursor,
+        count: usize,
+    ) -> Result<Vec<(String, FileStat)>, FsError> {
+        let Some(mut entries) = cursor.entries.take() else {
+            return Ok(Vec::new());
+        };
+        let path = cursor.path.clone();
+        let (entries, batch) = budgeted(&self.work, move || {
+            let mut batch = Vec::new();
+            while batch.len() < count {
+                let Some(entry) = entries.next() else {
+                    return Ok((None, batch));
+                };
                 let entry = entry.map_err(|e| FsError::from_io(&path, e))?;
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with(TEMP_PREFIX) {
+                if is_reserved_name(&name) {
                     continue;
                 }
                 if let Ok(meta) = entry.metadata() {
-                    entries.push((name, stat_from(&meta)));
+                    batch.push((name, stat_from(&meta)));
                 }
             }
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Ok(entries)
+            Ok((Some(entries), batch))
         })
-        .await
+        .await?;
+        cursor.entries = entries;
+        Ok(batch)
     }
 
     /// Opens a regular file for reading (shared by the read-ahead worker).
     pub async fn open_read(&self, path: &VirtualPath) -> Result<std::fs::File, FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || open_regular_file(&home, &path)).await
+        budgeted(&self.work, move || open_regular_file(&home, &path)).await
     }
 
     /// Opens a file for an SFTP write handle.
@@ -689,7 +807,7 @@ impl UserFs {
         }
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let existed = match home.metadata(path.relative()) {
                 Ok(meta) if meta.is_dir() => return Err(FsError::IsADirectory(path.to_string())),
                 Ok(_) => true,
@@ -755,7 +873,7 @@ impl UserFs {
     pub async fn commit_temp(&self, temp: String, target: &VirtualPath) -> Result<(), FsError> {
         let home = self.home.clone();
         let target = target.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             home.rename(&temp, &home, target.relative()).map_err(|e| {
                 let _ = home.remove_file(&temp);
                 FsError::from_io(&target, e)
@@ -767,7 +885,7 @@ impl UserFs {
     /// Removes a temporary file (a broken atomic upload).
     pub async fn remove_temp(&self, temp: String) {
         let home = self.home.clone();
-        let _ = blocking(move || {
+        let _ = budgeted(&self.work, move || {
             home.remove_file(&temp).ok();
             Ok(())
         })
@@ -783,7 +901,7 @@ impl UserFs {
     ) -> Result<(), FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let meta = home
                 .metadata(path.relative())
                 .map_err(|e| FsError::from_io(&path, e))?;
@@ -805,7 +923,7 @@ impl UserFs {
     pub async fn set_len(&self, path: &VirtualPath, len: u64) -> Result<(), FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             let mut options = OpenOptions::new();
             options.write(true);
             let file = home
@@ -820,7 +938,7 @@ impl UserFs {
     pub async fn read_link(&self, path: &VirtualPath) -> Result<String, FsError> {
         let home = self.home.clone();
         let path = path.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             home.read_link_contents(path.relative())
                 .map(|target| target.to_string_lossy().into_owned())
                 .map_err(|e| FsError::from_io(&path, e))
@@ -831,7 +949,7 @@ impl UserFs {
     /// File system statistics of the volume holding the home directory.
     pub async fn statvfs(&self) -> Result<rustix::fs::StatVfs, FsError> {
         let home = self.home.clone();
-        blocking(move || {
+        budgeted(&self.work, move || {
             rustix::fs::fstatvfs(&*home).map_err(|e| {
                 FsError::from_io(
                     &VirtualPath::root(),
@@ -911,18 +1029,20 @@ mod tests {
         let root = std::env::temp_dir().join(format!("sluice-userfs-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&root).unwrap();
         let data_root = root.to_string_lossy().to_string();
-        let a = UserFs::open(data_root.clone(), "alice".into())
+        let a = UserFs::open(data_root.clone(), "alice".into(), UserWork::unshared(2))
             .await
             .unwrap();
-        let b = UserFs::open(data_root.clone(), "alice".into())
+        let b = UserFs::open(data_root.clone(), "alice".into(), UserWork::unshared(2))
             .await
             .unwrap();
-        let other = UserFs::open(data_root.clone(), "bob".into()).await.unwrap();
+        let other = UserFs::open(data_root.clone(), "bob".into(), UserWork::unshared(2))
+            .await
+            .unwrap();
         assert!(Arc::ptr_eq(&a.home, &b.home));
         assert!(!Arc::ptr_eq(&a.home, &other.home));
         // A home deleted and recreated while a session holds the old one is a new directory.
         std::fs::remove_dir(root.join("alice")).unwrap();
-        let c = UserFs::open(data_root.clone(), "alice".into())
+        let c = UserFs::open(data_root.clone(), "alice".into(), UserWork::unshared(2))
             .await
             .unwrap();
         assert!(!Arc::ptr_eq(&a.home, &c.home));

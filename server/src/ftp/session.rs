@@ -17,14 +17,14 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
+use super::ListenerKind;
 use super::command::{self, CommandLine};
 use super::control::{Control, ControlIo, Incoming};
 use super::data::{self, DataContext, DataError, DataStream, TransferError};
 use super::listing;
-use super::ListenerKind;
-use crate::context::Context;
 use crate::audit::SessionTag;
 use crate::client_cert::{self, PeerCertificate};
+use crate::context::Context;
 use crate::limits::{ConnectionGuard, UserGuard};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -788,7 +788,13 @@ impl Session {
             }
         };
         let data_root = self.snapshot.data_root.display().to_string();
-        let fs = match UserFs::open(data_root, user.home.clone()).await {
+        let fs = match UserFs::open(
+            data_root,
+            user.home.clone(),
+            self.context.user_work(&user.username),
+        )
+        .await
+        {
             Ok(fs) => fs,
             Err(error) => {
                 tracing::error!(user = %user.username, %error, "cannot open home directory");
@@ -818,7 +824,11 @@ impl Session {
 
     async fn login_failed(&mut self, reason: &str, reply: &str) -> Flow {
         self.failures += 1;
-        crate::admission::record_login_failure(&self.context, self.client_ip, self.tag.user.as_deref());
+        crate::admission::record_login_failure(
+            &self.context,
+            self.client_ip,
+            self.tag.user.as_deref(),
+        );
         Metrics::inc(&self.context.metrics.logins, &[("result", "failure")]);
         let mut fields = self.cert_fields();
         fields["result"] = "failure".into();
@@ -873,7 +883,19 @@ impl Session {
     /// Resolves a client path argument against the working directory.
     async fn path(&mut self, argument: &str) -> Option<VirtualPath> {
         match self.cwd.resolve(argument) {
-            Ok(path) => Some(path),
+            Ok(path) => {
+                if let Some(name) = crate::userfs::reserved_component(&path) {
+                    self.audit(
+                        "request_refused",
+                        json!({"reason": "reserved name", "path": path.to_string()}),
+                    );
+                    let text =
+                        format!("name {name:?} is reserved for the server's upload temporaries");
+                    self.reply(553, &text).await;
+                    return None;
+                }
+                Some(path)
+            }
             Err(error @ (PathError::Nul | PathError::TooLong | PathError::NameTooLong)) => {
                 let text = format!("invalid path: {error}");
                 self.reply(501, &text).await;

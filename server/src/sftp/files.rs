@@ -10,14 +10,15 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::filework::UserWork;
 use crate::userfs::{self, CHUNK_BYTES, FileStat};
 
 /// Chunks the read-ahead worker may hold ready (so at most ~1.25 MiB ahead per handle).
 const READ_AHEAD_CHUNKS: usize = 4;
-/// Queued writes per handle before the session waits for the disk (backpressure).
-const WRITE_QUEUE: usize = 64;
+/// Commands applied in one blocking call at most (a burst of pipelined WRITEs).
+const WRITE_BATCH: usize = 64;
 /// A READ this far beyond what was read ahead restarts the worker instead of skipping to it.
 const SKIP_LIMIT: u64 = 4 * CHUNK_BYTES as u64;
 
@@ -38,29 +39,44 @@ pub struct ReadAhead {
     chunks: VecDeque<(u64, Vec<u8>)>,
     /// Bytes sent to the client (for the audit event).
     pub bytes: u64,
+    work: UserWork,
 }
 
-fn spawn_reader(file: Arc<std::fs::File>, start: u64) -> mpsc::Receiver<Chunk> {
+fn spawn_reader(file: Arc<std::fs::File>, start: u64, work: UserWork) -> mpsc::Receiver<Chunk> {
     let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
-    tokio::task::spawn_blocking(move || {
+    // An async task taking one file-work slot per chunk: a client that stops reading parks
+    // this task on `send`, never a blocking thread (512 parked handles froze the server).
+    tokio::spawn(async move {
         let mut position = start;
         loop {
-            let mut buffer = vec![0u8; CHUNK_BYTES];
-            let mut filled = 0;
-            while filled < CHUNK_BYTES {
-                match file.read_at(&mut buffer[filled..], position + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
+            let file = file.clone();
+            let read = work
+                .run(move || {
+                    let mut buffer = vec![0u8; CHUNK_BYTES];
+                    let mut filled = 0;
+                    while filled < CHUNK_BYTES {
+                        match file.read_at(&mut buffer[filled..], position + filled as u64) {
+                            Ok(0) => break,
+                            Ok(n) => filled += n,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(e),
+                        }
                     }
+                    buffer.truncate(filled);
+                    Ok(buffer)
+                })
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(e.to_string())));
+            let buffer = match read {
+                Ok(buffer) => buffer,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
                 }
-            }
-            buffer.truncate(filled);
+            };
+            let filled = buffer.len();
             let last = filled < CHUNK_BYTES;
-            if tx.blocking_send(Ok((position, buffer))).is_err() || last {
+            if tx.send(Ok((position, buffer))).await.is_err() || last {
                 return;
             }
             position += filled as u64;
@@ -70,9 +86,10 @@ fn spawn_reader(file: Arc<std::fs::File>, start: u64) -> mpsc::Receiver<Chunk> {
 }
 
 impl ReadAhead {
-    pub fn new(file: std::fs::File) -> Self {
+    pub fn new(file: std::fs::File, work: UserWork) -> Self {
         ReadAhead {
             file: Arc::new(file),
+            work,
             rx: None,
             next: 0,
             finished: false,
@@ -87,7 +104,7 @@ impl ReadAhead {
 
     fn restart(&mut self, offset: u64) {
         self.chunks.clear();
-        self.rx = Some(spawn_reader(self.file.clone(), offset));
+        self.rx = Some(spawn_reader(self.file.clone(), offset, self.work.clone()));
         self.next = offset;
         self.finished = false;
     }
@@ -167,6 +184,8 @@ enum WriteCommand {
     Write {
         offset: u64,
         data: Vec<u8>,
+        /// This write's share of `budgets.maxPendingWriteBytes`, released once it is on disk.
+        _pending: OwnedSemaphorePermit,
     },
     Fsync(oneshot::Sender<io::Result<()>>),
     Stat(oneshot::Sender<io::Result<FileStat>>),
@@ -199,97 +218,171 @@ pub fn hash_at_close(size_at_open: u64, written: u64, size: u64) -> bool {
     size <= size_at_open.saturating_add(written)
 }
 
-/// An upload: writes go to a dedicated blocking worker.
+/// The state of an upload between batches: moved onto the blocking pool for each batch of
+/// commands and back, so no thread is held while the client is quiet.
+struct WriterState {
+    file: std::fs::File,
+    hasher: Sha256,
+    sequential: bool,
+    next: u64,
+    written: u64,
+    size_at_open: u64,
+    error: Option<io::Error>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl WriterState {
+    fn apply(&mut self, command: WriteCommand) {
+        let file = &self.file;
+        match command {
+            WriteCommand::Write { offset, data, .. } => {
+                if self.error.is_some() {
+                    return;
+                }
+                if let Err(e) = file.write_all_at(&data, offset) {
+                    if let Ok(mut slot) = self.failed.lock() {
+                        *slot = Some(e.to_string());
+                    }
+                    self.error = Some(e);
+                    return;
+                }
+                if self.sequential && offset == self.next {
+                    self.hasher.update(&data);
+                    self.next += data.len() as u64;
+                } else {
+                    self.sequential = false;
+                }
+                self.written += data.len() as u64;
+            }
+            WriteCommand::Fsync(reply) => {
+                let _ = reply.send(file.sync_all());
+            }
+            WriteCommand::Stat(reply) => {
+                let _ = reply.send(file.metadata().map(|m| userfs::stat_of_std(&m)));
+            }
+            WriteCommand::SetLen(len, reply) => {
+                self.sequential = false;
+                let _ = reply.send(file.set_len(len));
+            }
+            WriteCommand::SetTimes(atime, mtime, reply) => {
+                let _ = reply.send(userfs::set_file_times(file, atime, mtime));
+            }
+            WriteCommand::Read { offset, len, reply } => {
+                let mut buffer = vec![0u8; len];
+                let result = file.read_at(&mut buffer, offset).map(|n| {
+                    buffer.truncate(n);
+                    buffer
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn finish(mut self) -> WriteOutcome {
+        if self.error.is_none()
+            && let Err(e) = self.file.sync_all()
+        {
+            self.error = Some(e);
+        }
+        let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        let sha256 = if self.error.is_some() {
+            None
+        } else if self.sequential && self.next == size {
+            Some(hex::encode(self.hasher.finalize()))
+        } else if hash_at_close(self.size_at_open, self.written, size) {
+            userfs::sha256_of_file(&self.file)
+                .ok()
+                .map(|(hash, _)| hash)
+        } else {
+            None
+        };
+        WriteOutcome {
+            sha256,
+            written: self.written,
+            size,
+            error: self.error,
+        }
+    }
+}
+
+fn stopped(error: impl std::fmt::Display) -> WriteOutcome {
+    WriteOutcome {
+        sha256: None,
+        written: 0,
+        size: 0,
+        error: Some(io::Error::other(error.to_string())),
+    }
+}
+
+/// An upload: writes are applied in batches on the blocking pool under the user's file-work
+/// budget; data not yet on disk is bounded by `budgets.maxPendingWriteBytes` (a WRITE beyond
+/// it waits, which stops the session reading further requests: backpressure, not memory).
 pub struct WriteBehind {
-    tx: Option<mpsc::Sender<WriteCommand>>,
+    tx: Option<mpsc::UnboundedSender<WriteCommand>>,
     worker: tokio::task::JoinHandle<WriteOutcome>,
     /// First write error, shared so that later WRITE replies report it at once.
     failed: Arc<Mutex<Option<String>>>,
+    pending: Arc<Semaphore>,
+    pending_limit: u32,
     pub first_offset: Option<u64>,
 }
 
 impl WriteBehind {
-    pub fn new(file: std::fs::File) -> Self {
-        let (tx, mut rx) = mpsc::channel::<WriteCommand>(WRITE_QUEUE);
+    pub fn new(file: std::fs::File, work: UserWork, max_pending_bytes: u32) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<WriteCommand>();
         let failed = Arc::new(Mutex::new(None));
         let worker_failed = failed.clone();
-        let worker = tokio::task::spawn_blocking(move || {
-            let size_at_open = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let mut hasher = Sha256::new();
-            let mut sequential = true;
-            let mut next = 0u64;
-            let mut written = 0u64;
-            let mut error: Option<io::Error> = None;
-            while let Some(command) = rx.blocking_recv() {
-                match command {
-                    WriteCommand::Write { offset, data } => {
-                        if error.is_some() {
-                            continue;
-                        }
-                        if let Err(e) = file.write_all_at(&data, offset) {
-                            if let Ok(mut slot) = worker_failed.lock() {
-                                *slot = Some(e.to_string());
-                            }
-                            error = Some(e);
-                            continue;
-                        }
-                        if sequential && offset == next {
-                            hasher.update(&data);
-                            next += data.len() as u64;
-                        } else {
-                            sequential = false;
-                        }
-                        written += data.len() as u64;
+        let worker = tokio::spawn(async move {
+            let mut state = match work
+                .run(move || {
+                    let size_at_open = file.metadata().map(|m| m.len()).unwrap_or(0);
+                    WriterState {
+                        file,
+                        hasher: Sha256::new(),
+                        sequential: true,
+                        next: 0,
+                        written: 0,
+                        size_at_open,
+                        error: None,
+                        failed: worker_failed,
                     }
-                    WriteCommand::Fsync(reply) => {
-                        let _ = reply.send(file.sync_all());
-                    }
-                    WriteCommand::Stat(reply) => {
-                        let _ = reply.send(file.metadata().map(|m| userfs::stat_of_std(&m)));
-                    }
-                    WriteCommand::SetLen(len, reply) => {
-                        sequential = false;
-                        let _ = reply.send(file.set_len(len));
-                    }
-                    WriteCommand::SetTimes(atime, mtime, reply) => {
-                        let _ = reply.send(userfs::set_file_times(&file, atime, mtime));
-                    }
-                    WriteCommand::Read { offset, len, reply } => {
-                        let mut buffer = vec![0u8; len];
-                        let result = file.read_at(&mut buffer, offset).map(|n| {
-                            buffer.truncate(n);
-                            buffer
-                        });
-                        let _ = reply.send(result);
-                    }
-                }
-            }
-            if error.is_none()
-                && let Err(e) = file.sync_all()
+                })
+                .await
             {
-                error = Some(e);
-            }
-            let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-            let sha256 = if error.is_some() {
-                None
-            } else if sequential && next == size {
-                Some(hex::encode(hasher.finalize()))
-            } else if hash_at_close(size_at_open, written, size) {
-                userfs::sha256_of_file(&file).ok().map(|(hash, _)| hash)
-            } else {
-                None
+                Ok(state) => state,
+                Err(error) => return stopped(error),
             };
-            WriteOutcome {
-                sha256,
-                written,
-                size,
-                error,
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < WRITE_BATCH
+                    && let Ok(more) = rx.try_recv()
+                {
+                    batch.push(more);
+                }
+                state = match work
+                    .run(move || {
+                        for command in batch {
+                            state.apply(command);
+                        }
+                        state
+                    })
+                    .await
+                {
+                    Ok(state) => state,
+                    Err(error) => return stopped(error),
+                };
             }
+            work.run(move || state.finish())
+                .await
+                .unwrap_or_else(stopped)
         });
+        let pending_limit = max_pending_bytes.max(CHUNK_BYTES as u32);
         WriteBehind {
             tx: Some(tx),
             worker,
             failed,
+            pending: Arc::new(Semaphore::new(pending_limit as usize)),
+            pending_limit,
             first_offset: None,
         }
     }
@@ -299,13 +392,26 @@ impl WriteBehind {
         self.failed.lock().ok().and_then(|slot| slot.clone())
     }
 
-    /// Queues a write; false when the worker is gone.
+    /// Queues a write once its bytes fit in the pending-write budget; false when the worker
+    /// is gone.
     pub async fn write(&mut self, offset: u64, data: Vec<u8>) -> bool {
         if self.first_offset.is_none() {
             self.first_offset = Some(offset);
         }
+        let bytes = u32::try_from(data.len())
+            .unwrap_or(u32::MAX)
+            .min(self.pending_limit);
+        let Ok(pending) = self.pending.clone().acquire_many_owned(bytes).await else {
+            return false;
+        };
         match &self.tx {
-            Some(tx) => tx.send(WriteCommand::Write { offset, data }).await.is_ok(),
+            Some(tx) => tx
+                .send(WriteCommand::Write {
+                    offset,
+                    data,
+                    _pending: pending,
+                })
+                .is_ok(),
             None => false,
         }
     }
@@ -319,7 +425,7 @@ impl WriteBehind {
         let Some(tx) = &self.tx else {
             return Err(gone());
         };
-        tx.send(make(reply)).await.map_err(|_| gone())?;
+        tx.send(make(reply)).map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
     }
 
@@ -373,7 +479,7 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("up.bin"))
             .unwrap();
-        let mut worker = WriteBehind::new(file);
+        let mut worker = WriteBehind::new(file, UserWork::unshared(4), 2 << 20);
         for (offset, data) in writes {
             assert!(worker.write(*offset, data.to_vec()).await);
         }
@@ -409,7 +515,7 @@ mod tests {
             .set_len(0x7d_0000_0000)
             .unwrap();
         let file = std::fs::File::options().write(true).open(&path).unwrap();
-        let mut worker = WriteBehind::new(file);
+        let mut worker = WriteBehind::new(file, UserWork::unshared(4), 2 << 20);
         assert!(worker.write(3, b"new".to_vec()).await);
         let started = std::time::Instant::now();
         let outcome = worker.finish().await;
@@ -439,7 +545,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"hello").unwrap();
         let file = std::fs::File::open(dir.path().join("f")).unwrap();
-        let mut ahead = ReadAhead::new(file);
+        let mut ahead = ReadAhead::new(file, UserWork::unshared(4));
         for offset in [0xffff_ffff_ffff_ff03, u64::MAX, MAX_OFFSET + 1] {
             assert!(ahead.read(offset, 32768).await.unwrap().is_empty());
         }

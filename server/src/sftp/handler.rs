@@ -375,7 +375,13 @@ impl SshHandler {
             }
         };
         let data_root = self.snapshot.data_root.display().to_string();
-        let fs = match UserFs::open(data_root, user.home.clone()).await {
+        let fs = match UserFs::open(
+            data_root,
+            user.home.clone(),
+            self.context.user_work(&user.username),
+        )
+        .await
+        {
             Ok(fs) => fs,
             Err(error) => {
                 tracing::error!(user = %user.username, %error, "cannot open home directory");
@@ -755,6 +761,7 @@ impl russh::server::Handler for SshHandler {
             user: logged_in.user.clone(),
             fs: logged_in.fs.clone(),
             open_files: self.shared.open_files.clone(),
+            open_handles: self.shared.open_handles.clone(),
         };
         let guard = logged_in._guard.clone();
         let handle = session.handle();
@@ -773,7 +780,7 @@ impl russh::server::Handler for SshHandler {
                     tracing::debug!(%error, "sftp channel i/o ended");
                     let _ = handle.close(channel_id).await;
                 }
-                End::Ended(reason) => {
+                End::Ended(reason) | End::Budget(_, _, reason) => {
                     if let Ok(mut slot) = shared.end_reason.lock() {
                         *slot = Some(reason.clone());
                     }

@@ -66,6 +66,8 @@ pub struct Shared {
     pub logged_in: tokio::sync::Notify,
     /// Open file handles (see `session::SessionEnv::open_files`).
     pub open_files: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open handles of any kind (see `session::SessionEnv::open_handles`).
+    pub open_handles: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Shared {

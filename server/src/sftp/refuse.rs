@@ -21,7 +21,7 @@ const SSH_MSG_DISCONNECT: u8 = 1;
 pub fn refusal_bytes(server_id: &str, refused: LimitError) -> Vec<u8> {
     let code = match refused {
         LimitError::Banned => SSH_DISCONNECT_HOST_NOT_ALLOWED_TO_CONNECT,
-        LimitError::Total | LimitError::PerIp | LimitError::PerUser => {
+        LimitError::Total | LimitError::PerIp | LimitError::PerUser | LimitError::Rate => {
             SSH_DISCONNECT_TOO_MANY_CONNECTIONS
         }
     };

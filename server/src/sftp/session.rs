@@ -18,17 +18,16 @@ use tokio::sync::watch;
 use super::codec::{self, Packet, Reader};
 use super::files::{ReadAhead, WriteBehind};
 use crate::audit::{Audit, SessionTag};
+use crate::filework::HandleSlot;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::userfs::{self, EntryKind, FileStat, FsError, OpenForWrite, UserFs};
+use crate::userfs::{self, EntryKind, FsError, OpenForWrite, UserFs};
 use crate::vpath::VirtualPath;
 
 /// Largest request we read (a 255 KiB WRITE plus its header, as OpenSSH's limit).
 pub const MAX_PACKET: u32 = 256 * 1024;
 /// Largest READ/WRITE payload we advertise in `limits@openssh.com` (OpenSSH's value).
 pub const MAX_IO: u32 = MAX_PACKET - 1024;
-/// Open handles per SFTP session.
-pub const MAX_HANDLES: usize = 64;
 /// Names per READDIR reply.
 const NAMES_PER_READDIR: usize = 128;
 
@@ -45,6 +44,9 @@ pub struct SessionEnv {
     /// Open file handles of the connection (all its SFTP channels): a draining server waits
     /// while it is above zero.
     pub open_files: Arc<std::sync::atomic::AtomicUsize>,
+    /// Open handles of any kind on the connection (all its SFTP channels), counted against
+    /// `budgets.maxOpenHandlesPerConnection`.
+    pub open_handles: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 enum OpenHandle {
@@ -70,8 +72,11 @@ struct WriteHandle {
 
 struct DirHandle {
     path: VirtualPath,
-    entries: Vec<(String, FileStat)>,
+    cursor: userfs::DirCursor,
+    /// Entries sent so far.
     position: usize,
+    /// True once the directory's end was reached.
+    finished: bool,
     /// Bytes of `SSH_FXP_NAME` packets sent, for the `list` transfer event at close.
     bytes_sent: u64,
     started: Instant,
@@ -84,11 +89,16 @@ pub enum End {
     Ended(String),
     Fatal(String),
     Io(String),
+    /// A budget (`budgets.*`: name, limit, reason) ended the session; audited by `run`, then
+    /// reported as [`End::Ended`].
+    Budget(&'static str, u64, String),
 }
 
 struct Sftp {
     env: SessionEnv,
     handles: HashMap<String, OpenHandle>,
+    /// Each open handle's place in the handle budgets, freed with the handle.
+    slots: HashMap<String, HandleSlot>,
     next_handle: u64,
     /// This channel's share of `env.open_files`.
     open_files: usize,
@@ -106,9 +116,14 @@ fn io_failure(id: u32, error: &std::io::Error) -> Vec<u8> {
     codec::status(id, StatusCode::Failure, &error.to_string())
 }
 
-/// Replies queued for the writer task. Legitimate clients keep at most a few dozen requests
-/// outstanding (OpenSSH: 64), so this bounds a session that stops reading at ~64 MiB.
-const REPLY_QUEUE: usize = 256;
+/// Replies waiting for the writer task, bounded in bytes by `budgets.maxQueuedReplyBytes`
+/// (each reply holds its size in permits until it is written): a client that pipelines READs
+/// and never reads the answers holds at most that much memory, not 256 x 255 KiB.
+struct ReplyQueue {
+    tx: tokio::sync::mpsc::UnboundedSender<(Vec<u8>, tokio::sync::OwnedSemaphorePermit)>,
+    bytes: Arc<tokio::sync::Semaphore>,
+    limit: u32,
+}
 
 /// Runs the SFTP subsystem over `stream` until the client closes it or breaks the protocol.
 ///
@@ -123,11 +138,19 @@ where
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let mut reader = BufReader::with_capacity(64 * 1024, read_half);
-    let (out, mut replies) = tokio::sync::mpsc::channel::<Vec<u8>>(REPLY_QUEUE);
+    let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+    let limit = env.snapshot.borrow().config.budgets.max_queued_reply_bytes;
+    let out = ReplyQueue {
+        tx,
+        bytes: Arc::new(tokio::sync::Semaphore::new(limit as usize)),
+        limit,
+    };
     let writer_task = tokio::spawn(async move {
         let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
-        while let Some(reply) = replies.recv().await {
-            if writer.write_all(&reply).await.is_err() {
+        while let Some((reply, queued)) = replies.recv().await {
+            let written = writer.write_all(&reply).await;
+            drop(queued);
+            if written.is_err() {
                 return;
             }
             // Batch: flush when no further reply is queued.
@@ -142,10 +165,15 @@ where
     let mut sftp = Sftp {
         env,
         handles: HashMap::new(),
+        slots: HashMap::new(),
         next_handle: 1,
         open_files: 0,
     };
-    let end = sftp.serve(&mut reader, &out, idle).await;
+    let mut end = sftp.serve(&mut reader, &out, idle).await;
+    if let End::Budget(budget, limit, reason) = end {
+        sftp.budget_exceeded(budget, limit, "disconnected");
+        end = End::Ended(reason);
+    }
     sftp.close_all().await;
     sftp.count_open_files();
     drop(out);
@@ -153,17 +181,30 @@ where
     end
 }
 
-/// Queues a reply; a client that stops reading replies for the idle timeout is cut off.
-async fn send(
-    out: &tokio::sync::mpsc::Sender<Vec<u8>>,
-    reply: Vec<u8>,
-    idle: std::time::Duration,
-) -> Result<(), End> {
-    match tokio::time::timeout(idle, out.send(reply)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::Io("reply writer stopped".into())),
-        Err(_) => Err(End::Fatal("the client stopped reading replies".into())),
-    }
+/// Queues a reply once it fits in the reply budget; a client that leaves the budget full (does
+/// not read replies) for the idle timeout is cut off with a reason naming the budget.
+async fn send(out: &ReplyQueue, reply: Vec<u8>, idle: std::time::Duration) -> Result<(), End> {
+    let bytes = u32::try_from(reply.len())
+        .unwrap_or(u32::MAX)
+        .min(out.limit);
+    let queued = match tokio::time::timeout(idle, out.bytes.clone().acquire_many_owned(bytes)).await
+    {
+        Ok(Ok(queued)) => queued,
+        Ok(Err(_)) => return Err(End::Io("reply writer stopped".into())),
+        Err(_) => {
+            return Err(End::Budget(
+                "maxQueuedReplyBytes",
+                u64::from(out.limit),
+                format!(
+                    "the client stopped reading replies (budgets.maxQueuedReplyBytes {} bytes queued)",
+                    out.limit
+                ),
+            ));
+        }
+    };
+    out.tx
+        .send((reply, queued))
+        .map_err(|_| End::Io("reply writer stopped".into()))
 }
 
 impl Sftp {
@@ -174,7 +215,7 @@ impl Sftp {
     async fn serve<R>(
         &mut self,
         reader: &mut BufReader<R>,
-        out: &tokio::sync::mpsc::Sender<Vec<u8>>,
+        out: &ReplyQueue,
         idle: std::time::Duration,
     ) -> End
     where
@@ -280,9 +321,21 @@ impl Sftp {
     }
 
     fn path(&self, text: &str) -> Result<VirtualPath, Vec<u8>> {
-        VirtualPath::root()
+        let path = VirtualPath::root()
             .resolve(text)
-            .map_err(|e| codec::status(0, StatusCode::Failure, &format!("invalid path: {e}")))
+            .map_err(|e| codec::status(0, StatusCode::Failure, &format!("invalid path: {e}")))?;
+        if let Some(name) = userfs::reserved_component(&path) {
+            self.audit(
+                "request_refused",
+                json!({"reason": "reserved name", "path": path.to_string()}),
+            );
+            return Err(codec::status(
+                0,
+                StatusCode::PermissionDenied,
+                &format!("name {name:?} is reserved for the server's upload temporaries"),
+            ));
+        }
+        Ok(path)
     }
 
     fn allowed(&self, id: u32, permission: Permission, path: &VirtualPath) -> Result<(), Vec<u8>> {
@@ -320,14 +373,50 @@ impl Sftp {
         );
     }
 
-    fn new_handle(&mut self, handle: OpenHandle) -> Option<String> {
-        if self.handles.len() >= MAX_HANDLES {
-            return None;
-        }
+    /// A place for one more handle within `budgets.maxOpenHandlesPerConnection` and
+    /// `maxOpenHandlesPerUser`, taken before any file is opened; refused with a status naming
+    /// the budget (audited and counted).
+    fn reserve_handle(&self, id: u32) -> Result<HandleSlot, Vec<u8>> {
+        let budgets = self.env.snapshot.borrow().config.budgets.clone();
+        self.env
+            .fs
+            .work()
+            .open_handle(
+                &self.env.open_handles,
+                budgets.max_open_handles_per_connection,
+                budgets.max_open_handles_per_user,
+            )
+            .map_err(|budget| {
+                self.budget_exceeded(budget.name(), u64::from(budget.limit()), "refused");
+                codec::status(
+                    id,
+                    StatusCode::Failure,
+                    &format!(
+                        "too many open handles: budgets.{} is {}; close some first",
+                        budget.name(),
+                        budget.limit()
+                    ),
+                )
+            })
+    }
+
+    fn budget_exceeded(&self, budget: &'static str, limit: u64, action: &'static str) {
+        crate::admission::budget_exceeded(
+            &self.env.audit,
+            &self.env.metrics,
+            &self.env.tag,
+            budget,
+            limit,
+            action,
+        );
+    }
+
+    fn new_handle(&mut self, handle: OpenHandle, slot: HandleSlot) -> String {
         let name = format!("{:x}", self.next_handle);
         self.next_handle += 1;
         self.handles.insert(name.clone(), handle);
-        Some(name)
+        self.slots.insert(name.clone(), slot);
+        name
     }
 
     async fn dispatch(&mut self, id: u32, request: Request) -> Vec<u8> {
@@ -354,7 +443,7 @@ impl Sftp {
                     .await
             }
             Request::OpenDir(opendir) => self.opendir(id, &opendir.path).await,
-            Request::ReadDir(readdir) => self.readdir(id, &readdir.handle),
+            Request::ReadDir(readdir) => self.readdir(id, &readdir.handle).await,
             Request::Remove(remove) => self.remove(id, &remove.filename).await,
             Request::MkDir(mkdir) => self.mkdir(id, &mkdir.path).await,
             Request::RmDir(rmdir) => self.rmdir(id, &rmdir.path).await,
@@ -409,23 +498,17 @@ impl Sftp {
         let wants_read = flags.contains(OpenFlags::READ) || !wants_write;
         if !wants_write {
             self.allowed(id, Permission::Download, &path)?;
+            let slot = self.reserve_handle(id)?;
             let file = fs
                 .open_read(&path)
                 .await
                 .map_err(|e| self.fs_error(id, &e))?;
             let handle = OpenHandle::Read(ReadHandle {
                 path,
-                ahead: ReadAhead::new(file),
+                ahead: ReadAhead::new(file, fs.work().clone()),
                 started: Instant::now(),
             });
-            return match self.new_handle(handle) {
-                Some(name) => Ok(codec::handle(id, &name)),
-                None => Ok(codec::status(
-                    id,
-                    StatusCode::Failure,
-                    "too many open handles",
-                )),
-            };
+            return Ok(codec::handle(id, &self.new_handle(handle, slot)));
         }
         let exists = match fs.stat(&path, true).await {
             Ok(stat) if stat.kind == EntryKind::Dir => {
@@ -455,6 +538,7 @@ impl Sftp {
             append: flags.contains(OpenFlags::APPEND),
             atomic: self.env_atomic() && !wants_read,
         };
+        let slot = self.reserve_handle(id)?;
         let opened = fs
             .open_write(&path, how)
             .await
@@ -468,20 +552,22 @@ impl Sftp {
         };
         let handle = OpenHandle::Write(Box::new(WriteHandle {
             path,
-            worker: WriteBehind::new(opened.file),
+            worker: WriteBehind::new(
+                opened.file,
+                fs.work().clone(),
+                self.env
+                    .snapshot
+                    .borrow()
+                    .config
+                    .budgets
+                    .max_pending_write_bytes,
+            ),
             temp: opened.temp_name,
             mode,
             readable: wants_read,
             started: Instant::now(),
         }));
-        match self.new_handle(handle) {
-            Some(name) => Ok(codec::handle(id, &name)),
-            None => Ok(codec::status(
-                id,
-                StatusCode::Failure,
-                "too many open handles",
-            )),
-        }
+        Ok(codec::handle(id, &self.new_handle(handle, slot)))
     }
 
     fn env_atomic(&self) -> bool {
@@ -524,7 +610,7 @@ impl Sftp {
             dir.bytes_sent,
             dir.started,
             result,
-            json!({"entries": dir.position, "entries_total": dir.entries.len()}),
+            json!({"entries": dir.position, "entries_total": dir.position, "complete": dir.finished}),
         );
     }
 
@@ -532,6 +618,7 @@ impl Sftp {
         let Some(open) = self.handles.remove(handle) else {
             return Ok(codec::status(id, StatusCode::Failure, "no such handle"));
         };
+        let _slot = self.slots.remove(handle);
         match open {
             OpenHandle::Dir(dir) => {
                 self.list_audit(&dir, "ok");
@@ -621,6 +708,7 @@ impl Sftp {
     /// a non-atomic partial file stays, for resuming), downloads are logged.
     async fn close_all(&mut self) {
         let handles: Vec<OpenHandle> = self.handles.drain().map(|(_, h)| h).collect();
+        self.slots.clear();
         for handle in handles {
             match handle {
                 OpenHandle::Write(write) => {
@@ -815,30 +903,36 @@ impl Sftp {
     async fn opendir(&mut self, id: u32, text: &str) -> Result<Vec<u8>, Vec<u8>> {
         let path = self.path(text)?;
         self.allowed(id, Permission::List, &path)?;
-        let entries = self
+        let slot = self.reserve_handle(id)?;
+        let cursor = self
             .env
             .fs
-            .read_dir(&path)
+            .open_dir_cursor(&path)
             .await
             .map_err(|e| self.fs_error(id, &e))?;
-        match self.new_handle(OpenHandle::Dir(DirHandle {
+        let handle = OpenHandle::Dir(DirHandle {
             path,
-            entries,
+            cursor,
             position: 0,
+            finished: false,
             bytes_sent: 0,
             started: Instant::now(),
-        })) {
-            Some(name) => Ok(codec::handle(id, &name)),
-            None => Ok(codec::status(
-                id,
-                StatusCode::Failure,
-                "too many open handles",
-            )),
-        }
+        });
+        Ok(codec::handle(id, &self.new_handle(handle, slot)))
     }
 
-    fn readdir(&mut self, id: u32, handle: &str) -> Result<Vec<u8>, Vec<u8>> {
+    /// The next batch of a directory, read from disk now (never held whole in memory); past
+    /// `budgets.maxListingEntries` the listing ends with a failure naming the budget.
+    async fn readdir(&mut self, id: u32, handle: &str) -> Result<Vec<u8>, Vec<u8>> {
         let owner = self.env.user.username.clone();
+        let max_entries = self
+            .env
+            .snapshot
+            .borrow()
+            .config
+            .budgets
+            .max_listing_entries as usize;
+        let fs = self.env.fs.clone();
         let Some(OpenHandle::Dir(dir)) = self.handles.get_mut(handle) else {
             return Ok(codec::status(
                 id,
@@ -846,14 +940,39 @@ impl Sftp {
                 "no such directory handle",
             ));
         };
-        let batch = &dir.entries[dir.position..];
-        if batch.is_empty() {
+        if dir.finished {
             return Ok(codec::status(id, StatusCode::Eof, "end of directory"));
         }
-        let batch = &batch[..batch.len().min(NAMES_PER_READDIR)];
+        if dir.position >= max_entries {
+            dir.finished = true;
+            self.budget_exceeded("maxListingEntries", max_entries as u64, "refused");
+            return Ok(codec::status(
+                id,
+                StatusCode::Failure,
+                &format!(
+                    "directory listing stopped after budgets.maxListingEntries ({max_entries}) entries"
+                ),
+            ));
+        }
+        let want = NAMES_PER_READDIR.min(max_entries - dir.position);
+        let batch = fs
+            .next_entries(&mut dir.cursor, want)
+            .await
+            .map_err(|e| self.fs_error(id, &e))?;
+        let Some(OpenHandle::Dir(dir)) = self.handles.get_mut(handle) else {
+            return Ok(codec::status(
+                id,
+                StatusCode::Failure,
+                "no such directory handle",
+            ));
+        };
+        if batch.is_empty() {
+            dir.finished = true;
+            return Ok(codec::status(id, StatusCode::Eof, "end of directory"));
+        }
         let mut packet = Packet::new(codec::FXP_NAME, Some(id), batch.len() * 96);
         packet.u32(batch.len() as u32);
-        for (name, stat) in batch {
+        for (name, stat) in &batch {
             packet
                 .bytes(name.as_bytes())
                 .bytes(codec::long_name(name, stat, &owner).as_bytes())
@@ -1012,7 +1131,14 @@ impl Sftp {
                     .u64(u64::from(MAX_PACKET))
                     .u64(u64::from(MAX_IO))
                     .u64(u64::from(MAX_IO))
-                    .u64(MAX_HANDLES as u64);
+                    .u64(u64::from(
+                        self.env
+                            .snapshot
+                            .borrow()
+                            .config
+                            .budgets
+                            .max_open_handles_per_connection,
+                    ));
                 Ok(packet.finish())
             }
             "expand-path@openssh.com" => {
