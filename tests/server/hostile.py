@@ -1031,3 +1031,142 @@ def _read_ssh_banner(sock: socket.socket | None) -> str:
     if data:
         return f"other: {data[:40]!r}"
     return "closed without banner" if closed else "no banner yet"
+
+
+# --------------------------------------------------------------------------------------------
+# Attacks that run as loops (used by the bench; the tests drive the same helpers once)
+# --------------------------------------------------------------------------------------------
+
+
+def sftp_with_keys(srv, user: str, keys: list[Path], source: str, batch: str, cwd: Path,
+                   timeout: float = 60):
+    """OpenSSH sftp offering `keys` in order (IdentitiesOnly), from `source`."""
+    import subprocess
+
+    ident: list[str] = []
+    for k in keys:
+        ident += ["-i", str(k)]
+    cmd = ["sftp", "-o", f"UserKnownHostsFile={srv.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+           "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ConnectTimeout=10",
+           "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
+           "-o", f"BindAddress={source}", *ident, "-b", "-", "-P", str(srv.sftp_port), f"{user}@127.0.0.1"]
+    return subprocess.run(cmd, input=batch, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+class KeyOffers(Attack):
+    """Finding 8 (bench form): mallory logs in over and over with OpenSSH sftp offering five
+    keys, the right one last. `keys` are made by the caller (conftest.keygen); the last one
+    must be in mallory's sshAuthorizedKeys."""
+
+    name = "5 key offers per login"
+
+    def __init__(self, srv, keys: list[Path], workdir: Path, source: str = "127.0.0.4", **kw):
+        super().__init__(srv, source=source, **kw)
+        self.keys, self.workdir = keys, workdir
+        self.notes.update(ok=0, failed=0, last_error="")
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    proc = sftp_with_keys(self.srv, self.user, self.keys, self.source, "pwd\n", self.workdir, 20)
+                    if proc.returncode == 0:
+                        self.notes["ok"] += 1
+                    else:
+                        self.notes["failed"] += 1
+                        self.notes["last_error"] = proc.stderr.strip()[-120:]
+                except Exception as exc:  # noqa: BLE001
+                    self.notes["failed"] += 1
+                    self.notes["last_error"] = str(exc)
+                self._stop.wait(0.2)
+
+        self._spawn(loop)
+
+
+class HomeFlip(Attack):
+    """Finding 9 (bench form): mallory holds an SFTP and an FTPS session and keeps writing
+    while users.yaml moves its home between h1 and h2 every second."""
+
+    name = "home moved by reloads"
+
+    def __init__(self, srv, users: list[dict], **kw):
+        super().__init__(srv, **kw)
+        self.users = users
+
+    def _users(self, home: str) -> list[dict]:
+        return [dict(u, home=home) if u["username"] == self.user else dict(u) for u in self.users]
+
+    def start(self) -> None:
+        for h in ("h1", "h2"):
+            (self.srv.data_root / h).mkdir(parents=True, exist_ok=True)
+        self.srv.write_users(self._users("h1"))
+        time.sleep(1)
+        self.notes.update(reloads=0, writes=0, refused=0)
+
+        def writer():
+            t = ftp = None
+            while not self._stop.is_set():
+                try:
+                    if t is None or not t.is_active():
+                        t, sftp = sftp_login(self.srv, self.user, self.source, timeout=10)
+                        self._held.append(t)
+                    if ftp is None:
+                        ftp = ftps(self.srv, self.user, source=self.source, timeout=10)
+                        self._held.append(ftp)
+                    with sftp.open("w.bin", "wb") as f:
+                        f.write(b"x" * 4096)
+                    ftp.storbinary("STOR w2.bin", io.BytesIO(b"y" * 4096))
+                    self.notes["writes"] += 2
+                except Exception:  # noqa: BLE001 - ended by the reload: reconnect
+                    self.notes["refused"] += 1
+                    close_quietly(ftp, t)
+                    t = ftp = None
+                self._stop.wait(0.2)
+
+        def flipper():
+            home = "h1"
+            while not self._stop.wait(1):
+                home = "h2" if home == "h1" else "h1"
+                self.srv.write_users(self._users(home))
+                self.notes["reloads"] += 1
+
+        self._spawn(writer)
+        self._spawn(flipper)
+
+
+class RaceLoop(NoOverwriteRace):
+    """Finding 7 (bench form): no-overwrite races, one round after another."""
+
+    name = "no-overwrite races"
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    self.outcomes.append(self.race(f"race-{uuid.uuid4().hex[:8]}.bin"))
+                except Exception as exc:  # noqa: BLE001
+                    self.notes["error"] = str(exc)
+                    self._stop.wait(0.5)
+            self.notes["rounds"] = len(self.outcomes)
+            self.notes["multi_winner_rounds"] = sum(1 for o in self.outcomes if o["succeeded"] > 1)
+
+        self._spawn(loop)
+
+
+class ReservedNamesLoop(ReservedNames):
+    """Finding 6 (bench form): the reserved-name probes, repeated."""
+
+    def start(self) -> None:
+        def loop():
+            while not self._stop.is_set():
+                try:
+                    ReservedNames.start(self)
+                except Exception as exc:  # noqa: BLE001
+                    self.notes["error"] = str(exc)
+                self.notes["allowed"] = sum(1 for _, refused, _ in self.results if not refused)
+                for thing in self._held:
+                    close_quietly(thing)
+                self._held.clear()
+                self._stop.wait(0.5)
+
+        self._spawn(loop)

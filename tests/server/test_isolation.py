@@ -379,17 +379,10 @@ def test_unsigned_key_offers_do_not_count_as_failed_logins(tenants, tmp_path):
     right = Path(str(keys[-1]) + ".pub").read_text().strip()
     srv = tenants(config=BANS, victim={"sshAuthorizedKeys": [right]})
     (tmp_path / "up.bin").write_bytes(os.urandom(MIB))
-    ident = []
-    for k in keys:
-        ident += ["-i", str(k)]
-    cmd = ["sftp", "-o", f"UserKnownHostsFile={srv.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-           "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "ConnectTimeout=10",
-           "-o", "PasswordAuthentication=no", "-o", "KbdInteractiveAuthentication=no",
-           "-o", "BindAddress=127.0.0.4", *ident, "-b", "-", "-P", str(srv.sftp_port), "victim@127.0.0.1"]
     results = []
     for i in range(5):
-        proc = subprocess.run(cmd, input=f"put up.bin up{i}.bin\nget up{i}.bin down{i}.bin\n",
-                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        proc = hostile.sftp_with_keys(srv, "victim", keys, "127.0.0.4",
+                                      f"put up.bin up{i}.bin\nget up{i}.bin down{i}.bin\n", tmp_path)
         results.append((proc.returncode, proc.stderr.strip()[-200:]))
     bans = srv.events("ban", key="127.0.0.4")
     # Password failures still count (3 wrong passwords from 127.0.0.5 over FTPS).
