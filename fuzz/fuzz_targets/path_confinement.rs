@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sluice_server::userfs::{OpenForWrite, UserFs};
+use sluice_server::userfs::{OpenForWrite, Replace, UserFs};
 use sluice_server::vpath::VirtualPath;
 
 /// Pieces of a generated path: structure the fuzzer would rarely find byte by byte.
@@ -209,7 +209,7 @@ async fn run(fixture: &Fixture, fs: &UserFs, ops: &[Op]) {
                         drop(opened.file);
                         match opened.temp_name {
                             Some(temp) => {
-                                if fs.commit_temp(temp, &path).await.is_ok() {
+                                if fs.commit_temp(temp, &path, Replace::Never).await.is_ok() {
                                     check_reached(fixture, &path);
                                 }
                             }
@@ -234,7 +234,7 @@ async fn run(fixture: &Fixture, fs: &UserFs, ops: &[Op]) {
                 // always be looked up again: `inner` renamed to `inner/x` moved the symlink
                 // its own target path went through; the checks after the run still cover it.)
                 if let (Some(from), Some(to)) = (resolve(from), resolve(to))
-                    && fs.rename(&from, &to).await.is_ok()
+                    && fs.rename(&from, &to, Replace::Never).await.is_ok()
                 {
                     check_reached(fixture, &to.parent());
                 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 
 use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
+use sluice_config::Argon2Params;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -49,6 +50,62 @@ fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password("sluice-dummy-password").unwrap_or_default())
 }
 
+/// The argon2 parameters most of `hashes` use (ties: the costlier), or those we issue when
+/// there are none. Unknown users are verified with these, so that they cost what a real user
+/// costs: with the library's defaults, a user whose hash has other parameters was told apart
+/// from an unknown name by timing.
+pub fn typical_params<'a>(hashes: impl Iterator<Item = &'a str>) -> Argon2Params {
+    let mut counts: std::collections::HashMap<Argon2Params, usize> =
+        std::collections::HashMap::new();
+    for hash in hashes {
+        if let Some(Ok(params)) = sluice_config::argon2_params_of(hash) {
+            *counts.entry(params).or_default() += 1;
+        }
+    }
+    counts
+        .into_iter()
+        .max_by_key(|(params, count)| {
+            (
+                *count,
+                u64::from(params.memory_kib) * u64::from(params.iterations),
+                *params,
+            )
+        })
+        .map(|(params, _)| params)
+        .unwrap_or(Argon2Params::ISSUED)
+}
+
+/// A dummy hash with `params`, made once per parameter set.
+pub fn dummy_hash_for(params: Argon2Params) -> Arc<str> {
+    static DUMMIES: OnceLock<Mutex<std::collections::HashMap<Argon2Params, Arc<str>>>> =
+        OnceLock::new();
+    let mut dummies = DUMMIES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    dummies
+        .entry(params)
+        .or_insert_with(|| {
+            let salt = SaltString::generate(&mut rand::rngs::OsRng);
+            Params::new(
+                params.memory_kib,
+                params.iterations,
+                params.parallelism,
+                None,
+            )
+            .ok()
+            .and_then(|argon| {
+                Argon2::new(Algorithm::Argon2id, Version::V0x13, argon)
+                    .hash_password(b"sluice-dummy-password", &salt)
+                    .ok()
+            })
+            .map(|hash| hash.to_string())
+            .unwrap_or_else(|| dummy_hash().to_string())
+            .into()
+        })
+        .clone()
+}
+
 /// Verifies `password` against `hash`; with no hash (unknown user, or no password set) a dummy
 /// hash is verified instead and the result is always false. Blocking (~tens of ms): call it
 /// from the blocking pool.
@@ -62,9 +119,19 @@ pub fn verify(password: &str, hash: Option<&str>) -> bool {
 /// Same semantics as argon2's `PasswordVerifier` (algorithm, version and parameters from the
 /// PHC string, constant-time comparison of the output).
 pub fn verify_with_memory(password: &str, hash: Option<&str>, memory: &mut Vec<Block>) -> bool {
+    verify_or_dummy(password, hash, dummy_hash(), memory)
+}
+
+/// [`verify_with_memory`] with the dummy hash to use when `hash` is `None`.
+pub fn verify_or_dummy(
+    password: &str,
+    hash: Option<&str>,
+    dummy: &str,
+    memory: &mut Vec<Block>,
+) -> bool {
     let (hash, real) = match hash {
         Some(hash) => (hash, true),
-        None => (dummy_hash(), false),
+        None => (dummy, false),
     };
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
@@ -86,6 +153,21 @@ fn matches_phc(password: &[u8], parsed: &PasswordHash<'_>, memory: &mut Vec<Bloc
     let Ok(params) = Params::try_from(parsed) else {
         return false;
     };
+    // users.yaml loading refuses hashes over the caps; checked again here because argon2
+    // sizes its memory from the hash (m=4294967295 maps 4 TiB).
+    let capped = sluice_config::Argon2Params {
+        memory_kib: params.m_cost(),
+        iterations: params.t_cost(),
+        parallelism: params.p_cost(),
+    };
+    if sluice_config::Argon2Params::parse_capped(&format!(
+        "m={},t={},p={}",
+        capped.memory_kib, capped.iterations, capped.parallelism
+    ))
+    .is_err()
+    {
+        return false;
+    }
     let mut salt_bytes = [0u8; 64];
     let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
         return false;
@@ -111,6 +193,8 @@ fn matches_phc(password: &[u8], parsed: &PasswordHash<'_>, memory: &mut Vec<Bloc
 struct Job {
     password: String,
     hash: Option<String>,
+    /// Verified instead of `hash` when there is none (the result is then always false).
+    dummy: Arc<str>,
     reply: tokio::sync::oneshot::Sender<bool>,
 }
 
@@ -142,8 +226,12 @@ impl Verifier {
                                 Err(_) => return,
                             }
                         };
-                        let ok =
-                            verify_with_memory(&job.password, job.hash.as_deref(), &mut memory);
+                        let ok = verify_or_dummy(
+                            &job.password,
+                            job.hash.as_deref(),
+                            &job.dummy,
+                            &mut memory,
+                        );
                         let _ = job.reply.send(ok);
                     }
                 });
@@ -151,14 +239,16 @@ impl Verifier {
         Verifier { jobs }
     }
 
-    /// Verifies on the pool; false on any failure.
-    pub async fn verify(&self, password: String, hash: Option<String>) -> bool {
+    /// Verifies on the pool against `hash`, or against `dummy` (always false) when there is
+    /// none; false on any failure.
+    pub async fn verify(&self, password: String, hash: Option<String>, dummy: Arc<str>) -> bool {
         let (reply, answer) = tokio::sync::oneshot::channel();
         if self
             .jobs
             .send(Job {
                 password,
                 hash,
+                dummy,
                 reply,
             })
             .is_err()
@@ -233,11 +323,54 @@ mod tests {
     async fn pool_verifies() {
         let hash = hash_password("correct horse battery").unwrap();
         let pool = Verifier::start(2);
+        let dummy = dummy_hash_for(Argon2Params::ISSUED);
         assert!(
-            pool.verify("correct horse battery".into(), Some(hash.clone()))
+            pool.verify(
+                "correct horse battery".into(),
+                Some(hash.clone()),
+                dummy.clone()
+            )
+            .await
+        );
+        assert!(!pool.verify("nope".into(), Some(hash), dummy.clone()).await);
+        assert!(!pool.verify("x".into(), None, dummy.clone()).await);
+        assert!(
+            !pool
+                .verify("sluice-dummy-password".into(), None, dummy)
                 .await
         );
-        assert!(!pool.verify("nope".into(), Some(hash)).await);
-        assert!(!pool.verify("x".into(), None).await);
+    }
+
+    /// Found in review: a stored hash sizes argon2's memory; m=4294967295 mapped 4 TiB on the
+    /// first failed login. Refused at verification too (loading refuses it first).
+    #[test]
+    fn hashes_over_the_caps_are_never_computed() {
+        let hostile =
+            "$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        let mut memory = Vec::new();
+        assert!(!verify_with_memory("x", Some(hostile), &mut memory));
+        assert!(memory.len() <= 65_536, "allocated {} blocks", memory.len());
+        let slow =
+            "$argon2id$v=19$m=19456,t=4294967295,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g";
+        let started = std::time::Instant::now();
+        assert!(!verify_with_memory("x", Some(slow), &mut memory));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    /// Unknown users are verified with the parameters real users have, so they cost the same.
+    #[test]
+    fn the_dummy_hash_follows_the_users_parameters() {
+        let hashes = [
+            "$argon2id$v=19$m=47104,t=1,p=1$c2FsdA$aGFzaA",
+            "$argon2id$v=19$m=47104,t=1,p=1$c2FsdA$aGFzaA",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
+        ];
+        let typical = typical_params(hashes.into_iter());
+        assert_eq!(typical.memory_kib, 47104);
+        assert_eq!(typical.iterations, 1);
+        assert_eq!(typical_params(std::iter::empty()), Argon2Params::ISSUED);
+        let dummy = dummy_hash_for(typical);
+        assert!(dummy.contains("m=47104,t=1,p=1"), "{dummy}");
+        assert!(Arc::ptr_eq(&dummy, &dummy_hash_for(typical)));
     }
 }

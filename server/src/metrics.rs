@@ -134,6 +134,17 @@ fn respond(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     response
 }
 
+/// Connections the operations endpoint serves at once, in total and from one address. Every
+/// pod in the cluster can reach this port (probes, Prometheus, the operator's ban sync), so a
+/// pod that opens thousands of slow connections must neither exhaust the process's descriptors
+/// nor crowd out the kubelet's probes (which come from the node's own address).
+const HEALTH_MAX_CONNECTIONS: usize = 256;
+const HEALTH_MAX_CONNECTIONS_PER_ADDRESS: u32 = 16;
+/// A request's header must arrive within this (hyper has no header timeout without a timer).
+const HEALTH_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// No connection lives longer than this, keep-alive or not.
+const HEALTH_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Serves the operations endpoint until the process ends.
 pub async fn serve(
     listener: TcpListener,
@@ -141,9 +152,23 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     bans: Arc<crate::ban_sync::Endpoint>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(HEALTH_MAX_CONNECTIONS));
+    let per_address = crate::limits::SessionLimits::default();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let address = sluice_config::canonical_ip(peer.ip());
+        let (Ok(slot), Ok(address_slot)) = (
+            slots.clone().try_acquire_owned(),
+            per_address.connect(address, u32::MAX, HEALTH_MAX_CONNECTIONS_PER_ADDRESS),
+        ) else {
+            Metrics::inc(
+                &metrics.sessions_refused,
+                &[("reason", "health_connections")],
+            );
+            drop(stream);
             continue;
         };
         let metrics = metrics.clone();
@@ -176,9 +201,12 @@ pub async fn serve(
             }
         });
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEALTH_HEADER_TIMEOUT)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(HEALTH_CONNECTION_LIFETIME, connection).await;
+            drop((slot, address_slot));
         });
     }
 }

@@ -40,6 +40,9 @@ pub struct Snapshot {
     pub ssh_keys: HashMap<String, Arc<Vec<PublicKey>>>,
     /// SHA-256 over every input file, to notice changes cheaply.
     pub digest: [u8; 32],
+    /// What unknown users (and users without a password) are verified against: a hash with the
+    /// argon2 parameters most users have, so that no timing tells them apart.
+    pub dummy_hash: Arc<str>,
 }
 
 impl Snapshot {
@@ -210,12 +213,16 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
     };
 
     let data_root = resolve_relative(config_path, &config.data_root);
-    let users = users
+    let users: HashMap<String, Arc<User>> = users
         .users
         .into_iter()
         .map(|u| (u.username.clone(), Arc::new(u)))
         .collect();
+    let dummy_hash = crate::auth::dummy_hash_for(crate::auth::typical_params(
+        users.values().filter_map(|u| u.password_hash.as_deref()),
+    ));
     Ok(Snapshot {
+        dummy_hash,
         config,
         data_root,
         users,

@@ -292,14 +292,19 @@ impl UserFs {
         .await
     }
 
-    pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath) -> Result<(), FsError> {
+    pub async fn rename(
+        &self,
+        from: &VirtualPath,
+        to: &VirtualPath,
+        replace: Replace,
+    ) -> Result<(), FsError> {
         if from.is_root() || to.is_root() {
             return Err(FsError::Denied(from.to_string()));
         }
         let home = self.home.clone();
         let (from, to) = (from.clone(), to.clone());
         budgeted(&self.work, move || {
-            home.rename(from.relative(), &home, to.relative())
+            rename_within(&home, &from.relative(), &to.relative(), replace)
                 .map_err(|e| FsError::from_io(&to, e))
         })
         .await
@@ -413,13 +418,14 @@ impl UserFs {
         path: &VirtualPath,
         mode: WriteMode,
         atomic: bool,
+        replace: Replace,
     ) -> Result<UploadSink, FsError> {
         let home = self.home.clone();
         let path = path.clone();
         let (file, temp_name, existed) = budgeted(&self.work, {
             let home = home.clone();
             let path = path.clone();
-            move || open_upload_target(&home, &path, mode, atomic)
+            move || open_upload_target(&home, &path, mode, atomic, replace)
         })
         .await?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
@@ -463,6 +469,7 @@ impl UserFs {
         Ok(UploadSink {
             home,
             work: self.work.clone(),
+            replace,
             target: path,
             temp_name,
             created: !existed,
@@ -471,6 +478,45 @@ impl UserFs {
             worker,
         })
     }
+}
+
+/// Whether a rename or publish may replace an existing file. `Never` is one atomic
+/// `renameat2(RENAME_NOREPLACE)`: a "does it exist" check followed by a rename let two sessions
+/// without the `overwrite` permission race and replace each other's file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Replace {
+    #[default]
+    Allowed,
+    Never,
+}
+
+/// Renames `from` to `to` (both relative to `home`); with [`Replace::Never`] fails with
+/// `AlreadyExists` instead of replacing. The no-replace rename works on the two parent
+/// directories opened through cap-std (so confined like every other call) and single names.
+fn rename_within(home: &Dir, from: &str, to: &str, replace: Replace) -> io::Result<()> {
+    if replace == Replace::Allowed {
+        return home.rename(from, home, to);
+    }
+    let split = |path: &str| -> io::Result<(Dir, String)> {
+        let (parent, name) = match path.rsplit_once('/') {
+            Some((parent, name)) => (parent.to_string(), name.to_string()),
+            None => (".".to_string(), path.to_string()),
+        };
+        if name.is_empty() || name == "." || name == ".." {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        Ok((home.open_dir(parent)?, name))
+    };
+    let (from_dir, from_name) = split(from)?;
+    let (to_dir, to_name) = split(to)?;
+    rustix::fs::renameat_with(
+        &from_dir,
+        from_name.as_str(),
+        &to_dir,
+        to_name.as_str(),
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(io::Error::from)
 }
 
 fn open_regular_file(home: &Dir, path: &VirtualPath) -> Result<std::fs::File, FsError> {
@@ -499,6 +545,7 @@ fn open_upload_target(
     path: &VirtualPath,
     mode: WriteMode,
     atomic: bool,
+    replace: Replace,
 ) -> Result<(std::fs::File, Option<String>, bool), FsError> {
     if path.is_root() {
         return Err(FsError::IsADirectory(path.to_string()));
@@ -519,8 +566,14 @@ fn open_upload_target(
                 .map_err(|e| FsError::from_io(path, e))?;
             return Ok((file.into_std(), Some(temp), existed));
         }
+        WriteMode::Replace if replace == Replace::Never => {
+            options.write(true).create_new(true);
+        }
         WriteMode::Replace => {
             options.write(true).create(true).truncate(true);
+        }
+        WriteMode::Append if replace == Replace::Never => {
+            options.append(true).create_new(true);
         }
         WriteMode::Append => {
             options.append(true).create(true);
@@ -559,6 +612,7 @@ fn open_upload_target(
 pub struct UploadSink {
     home: Arc<Dir>,
     work: UserWork,
+    replace: Replace,
     target: VirtualPath,
     temp_name: Option<String>,
     created: bool,
@@ -592,8 +646,9 @@ impl UploadSink {
                 if let Some(temp) = self.temp_name.take() {
                     let home = self.home.clone();
                     let target = self.target.clone();
+                    let replace = self.replace;
                     let renamed = budgeted(&self.work, move || {
-                        home.rename(&temp, &home, target.relative()).map_err(|e| {
+                        rename_within(&home, &temp, &target.relative(), replace).map_err(|e| {
                             let _ = home.remove_file(&temp);
                             FsError::from_io(&target, e)
                         })
@@ -688,6 +743,9 @@ pub struct OpenForWrite {
     pub append: bool,
     /// Write to a temporary name and rename on close (only with create + truncate).
     pub atomic: bool,
+    /// `Never` when the user may not overwrite: the file is created exclusively, or the
+    /// atomic temporary is published without replacing.
+    pub replace: Replace,
 }
 
 /// An open directory being read in batches.
@@ -814,7 +872,7 @@ impl UserFs {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => false,
                 Err(e) => return Err(FsError::from_io(&path, e)),
             };
-            if existed && how.exclusive {
+            if existed && (how.exclusive || how.replace == Replace::Never) {
                 return Err(FsError::Exists(path.to_string()));
             }
             if !existed && !how.create {
@@ -841,7 +899,7 @@ impl UserFs {
             } else {
                 options.write(true);
             }
-            if how.exclusive {
+            if how.exclusive || how.replace == Replace::Never {
                 options.create_new(true);
             } else if how.create {
                 options.create(true);
@@ -870,11 +928,16 @@ impl UserFs {
     }
 
     /// Renames an atomic upload's temporary file over its target.
-    pub async fn commit_temp(&self, temp: String, target: &VirtualPath) -> Result<(), FsError> {
+    pub async fn commit_temp(
+        &self,
+        temp: String,
+        target: &VirtualPath,
+        replace: Replace,
+    ) -> Result<(), FsError> {
         let home = self.home.clone();
         let target = target.clone();
         budgeted(&self.work, move || {
-            home.rename(&temp, &home, target.relative()).map_err(|e| {
+            rename_within(&home, &temp, &target.relative(), replace).map_err(|e| {
                 let _ = home.remove_file(&temp);
                 FsError::from_io(&target, e)
             })
@@ -1006,6 +1069,58 @@ pub fn sha256_of_file(file: &std::fs::File) -> io::Result<(String, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found in review: "no overwrite" was a check followed by a rename, so two sessions
+    /// racing to publish one name replaced each other's file. The no-replace rename refuses.
+    #[test]
+    fn a_no_replace_rename_never_replaces_even_in_subdirectories() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Dir::open_ambient_dir(dir.path(), ambient_authority()).unwrap();
+        home.create_dir("sub").unwrap();
+        home.write("sub/a", b"first").unwrap();
+        home.write("sub/b", b"second").unwrap();
+        let error = rename_within(&home, "sub/a", "sub/b", Replace::Never).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(home.read("sub/b").unwrap(), b"second");
+        rename_within(&home, "sub/a", "c", Replace::Never).unwrap();
+        assert_eq!(home.read("c").unwrap(), b"first");
+        rename_within(&home, "sub/b", "c", Replace::Allowed).unwrap();
+        assert_eq!(home.read("c").unwrap(), b"second");
+        // Still confined: a parent outside the home is refused by cap-std.
+        assert!(rename_within(&home, "c", "../escaped", Replace::Never).is_err());
+        assert!(!dir.path().parent().unwrap().join("escaped").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_uploads_without_overwrite_publish_exactly_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_string_lossy().into_owned();
+        let fs = UserFs::open(root, "h".into(), UserWork::unshared(8))
+            .await
+            .unwrap();
+        let target = VirtualPath::root().resolve("/race.bin").unwrap();
+        let mut sinks = Vec::new();
+        for index in 0..8u8 {
+            let mut sink = fs
+                .write_stream(&target, WriteMode::Replace, true, Replace::Never)
+                .await
+                .unwrap();
+            assert!(sink.write(vec![index; 1000]).await);
+            sinks.push((index, sink));
+        }
+        let mut published = Vec::new();
+        for (index, sink) in sinks {
+            if sink.commit().await.is_ok() {
+                published.push(index);
+            }
+        }
+        assert_eq!(published.len(), 1, "{published:?}");
+        let content = std::fs::read(dir.path().join("h/race.bin")).unwrap();
+        assert_eq!(content, vec![published[0]; 1000]);
+        // No temporaries are left behind by the refused ones.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("h")).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
 
     #[test]
     fn files_with_holes_are_not_hashed_and_dense_ones_are() {

@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::tls;
 use crate::totp::{self, TotpOutcome};
-use crate::userfs::{EntryKind, FsError, UserFs, WriteMode};
+use crate::userfs::{EntryKind, FsError, Replace, UserFs, WriteMode};
 use crate::vpath::{PathError, VirtualPath};
 
 /// Verbs counted by name in metrics; anything else is counted as `other`.
@@ -360,6 +360,12 @@ impl Session {
         if crate::windows::outside_window(&user, crate::windows::now()) {
             self.audit("session_ended", json!({"reason": "login window closed"}));
             return Err(crate::windows::WINDOW_CLOSED);
+        }
+        if user.home != logged_in.user.home {
+            // The session's confined view was opened on the old home; it must not keep
+            // writing there (e.g. a home moved away from a directory now given to another).
+            self.audit("session_ended", json!({"reason": "home directory changed"}));
+            return Err("home directory changed; closing control connection, log in again");
         }
         if let Some(logged_in) = &mut self.logged_in {
             logged_in.user = user;
@@ -749,7 +755,7 @@ impl Session {
         let verified = self
             .context
             .verifier
-            .verify(password.to_string(), hash)
+            .verify(password.to_string(), hash, self.snapshot.dummy_hash.clone())
             .await
             || !mode.needs_password();
         let Some(user) = user.filter(|_| verified) else {
@@ -1110,6 +1116,26 @@ impl Session {
                         if is_abort {
                             return None;
                         }
+                        let limit = self.config().budgets.max_queued_control_lines;
+                        if self.queued.len() >= limit as usize {
+                            // Held lines are bounded by the budget, not by how far the client
+                            // fills the socket: one more ends the session.
+                            crate::admission::budget_exceeded(
+                                &self.context.audit,
+                                &self.context.metrics,
+                                &self.tag,
+                                "maxQueuedControlLines",
+                                u64::from(limit),
+                                "disconnected",
+                            );
+                            let text = format!(
+                                "too many commands sent during a transfer (budgets.maxQueuedControlLines is {limit}); closing"
+                            );
+                            self.reply(421, &text).await;
+                            self.queued.clear();
+                            self.queued.push_back(Incoming::Eof);
+                            return None;
+                        }
                         self.queued.push_back(Incoming::Line(line));
                     }
                     Ok(Incoming::TooLong) => self.queued.push_back(Incoming::TooLong),
@@ -1402,7 +1428,14 @@ impl Session {
             (false, offset) => WriteMode::At(offset),
         };
         let atomic = self.config().uploads.atomic;
-        let mut sink = match fs.write_stream(&path, mode, atomic).await {
+        // Without `overwrite`, the file is created exclusively (or its temporary published
+        // without replacing): the existence check above alone lets two sessions race.
+        let replace = if self.user().is_some_and(|u| u.has(Permission::Overwrite)) {
+            Replace::Allowed
+        } else {
+            Replace::Never
+        };
+        let mut sink = match fs.write_stream(&path, mode, atomic, replace).await {
             Ok(sink) => sink,
             Err(error) => {
                 self.drop_data();
@@ -1597,11 +1630,16 @@ impl Session {
         {
             return Flow::Continue;
         }
+        let replace = if self.user().is_some_and(|u| u.has(Permission::Overwrite)) {
+            Replace::Allowed
+        } else {
+            Replace::Never
+        };
         self.audit(
             "file_operation",
             json!({"operation": "rename", "path": from.to_string(), "to": to.to_string()}),
         );
-        match fs.rename(&from, &to).await {
+        match fs.rename(&from, &to, replace).await {
             Ok(()) => {
                 let text = format!("renamed {from} to {to}");
                 self.done(250, &text).await

@@ -412,6 +412,9 @@ impl SshHandler {
                 "key_sha256": if self.passed.contains(&SshAuthMethod::Publickey) { self.key_fingerprint.clone() } else { None },
             }),
         );
+        if let Ok(mut slot) = self.shared.home.lock() {
+            *slot = Some(user.home.clone());
+        }
         if let Ok(mut slot) = self.shared.user.lock() {
             *slot = Some(user.username.clone());
         }
@@ -529,7 +532,7 @@ impl russh::server::Handler for SshHandler {
         let verified = self
             .context
             .verifier
-            .verify(password.to_string(), hash)
+            .verify(password.to_string(), hash, self.snapshot.dummy_hash.clone())
             .await;
         if !verified {
             return Ok(self.failed(user, "password", "invalid credentials").await);

@@ -60,6 +60,8 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
 pub struct Shared {
     /// Set once the user is fully authenticated.
     pub user: Mutex<Option<String>>,
+    /// The home the session's confined view was opened on (set at login).
+    pub home: Mutex<Option<String>>,
     /// Why the handler asked to end the connection.
     pub end_reason: Mutex<Option<String>>,
     /// Notified at login, so that the driver starts watching the user's login window.
@@ -257,6 +259,7 @@ async fn drive(
                         || !user.allows_ip(ip)
                         || !user.allows_protocol(Protocol::Sftp) => Some("user disabled, expired or restricted"),
                     Some(user) if crate::windows::outside_window(user, crate::windows::now()) => Some("login window closed"),
+                    Some(user) if shared.home.lock().ok().and_then(|h| h.clone()).is_some_and(|home| home != user.home) => Some("home directory changed"),
                     Some(_) => None,
                 };
                 if let Some(reason) = reason {
@@ -265,6 +268,7 @@ async fn drive(
                     let text = match reason {
                         "user removed" => "account removed; closing the connection",
                         "login window closed" => crate::windows::WINDOW_CLOSED,
+                        "home directory changed" => "home directory changed; closing the connection, log in again",
                         _ => "account disabled, expired or restricted; closing the connection",
                     };
                     let _ = handle

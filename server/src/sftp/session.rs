@@ -21,7 +21,7 @@ use crate::audit::{Audit, SessionTag};
 use crate::filework::HandleSlot;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::userfs::{self, EntryKind, FsError, OpenForWrite, UserFs};
+use crate::userfs::{self, EntryKind, FsError, OpenForWrite, Replace, UserFs};
 use crate::vpath::VirtualPath;
 
 /// Largest request we read (a 255 KiB WRITE plus its header, as OpenSSH's limit).
@@ -65,6 +65,8 @@ struct WriteHandle {
     path: VirtualPath,
     worker: WriteBehind,
     temp: Option<String>,
+    /// Whether publishing the atomic temporary may replace a file created meanwhile.
+    replace: Replace,
     mode: &'static str,
     readable: bool,
     started: Instant,
@@ -316,6 +318,10 @@ impl Sftp {
         {
             return Some("account disabled, expired or restricted; closing the connection".into());
         }
+        if user.home != self.env.user.home {
+            // The confined view was opened on the old home; never keep serving it.
+            return Some("home directory changed; closing the connection, log in again".into());
+        }
         self.env.user = user;
         None
     }
@@ -537,6 +543,11 @@ impl Sftp {
             exclusive: flags.contains(OpenFlags::EXCLUDE),
             append: flags.contains(OpenFlags::APPEND),
             atomic: self.env_atomic() && !wants_read,
+            replace: if self.env.user.has(Permission::Overwrite) {
+                Replace::Allowed
+            } else {
+                Replace::Never
+            },
         };
         let slot = self.reserve_handle(id)?;
         let opened = fs
@@ -563,6 +574,7 @@ impl Sftp {
                     .max_pending_write_bytes,
             ),
             temp: opened.temp_name,
+            replace: how.replace,
             mode,
             readable: wants_read,
             started: Instant::now(),
@@ -679,7 +691,11 @@ impl Sftp {
             return Vec::new();
         }
         if let Some(temp) = write.temp.clone()
-            && let Err(error) = self.env.fs.commit_temp(temp, &write.path).await
+            && let Err(error) = self
+                .env
+                .fs
+                .commit_temp(temp, &write.path, write.replace)
+                .await
         {
             let mut fields = extra(None);
             fields["error"] = error.to_string().into();
@@ -1042,7 +1058,14 @@ impl Sftp {
             self.allowed(id, Permission::Overwrite, &to)?;
         }
         self.file_operation("rename", &from, json!({"to": to.to_string()}));
-        match self.env.fs.rename(&from, &to).await {
+        // Without `overwrite` (or for a plain SFTP rename, which must not replace), the rename
+        // itself refuses an existing target: the check above alone is racy.
+        let replace = if posix && self.env.user.has(Permission::Overwrite) {
+            Replace::Allowed
+        } else {
+            Replace::Never
+        };
+        match self.env.fs.rename(&from, &to, replace).await {
             Ok(()) => Ok(codec::ok(id)),
             Err(error) => Ok(self.fs_error(id, &error)),
         }
