@@ -27,6 +27,7 @@ import uuid
 from pathlib import Path
 
 import paramiko
+import paramiko.sftp
 
 MIB = 1 << 20
 SFTP_MAX_IO = 256 * 1024 - 1024  # the server's largest READ (255 KiB)
@@ -608,6 +609,10 @@ class SftpReadFlood(Attack):
     def start(self) -> None:
         self.notes["requests"] = 0
         self.notes["errors"] = []
+        self.notes["stalled_connections"] = 0
+        # Phase 1: every connection, channel and handle first (a connection whose requests the
+        # server stops reading may not answer a channel open afterwards).
+        connections: list[list[tuple[RawSftp, bytes]]] = []
         for _ in range(self.connections):
             try:
                 t = ssh_login(self.srv, self.user, self.source, timeout=15)
@@ -615,6 +620,7 @@ class SftpReadFlood(Attack):
                 self.notes["errors"].append(f"login: {exc}")
                 continue
             self._held.append(t)
+            channels = []
             for _ in range(self.channels):
                 try:
                     raw = RawSftp(t, timeout=15)
@@ -624,12 +630,21 @@ class SftpReadFlood(Attack):
                     if handle is None:
                         self.notes["errors"].append(f"open: {err}")
                         continue
-                    raw.chan.settimeout(5)
+                    channels.append((raw, handle))
+                except Exception as exc:  # noqa: BLE001
+                    self.notes["errors"].append(f"{type(exc).__name__}: {exc}")
+            connections.append(channels)
+        # Phase 2: pipelined READs, replies never read. When the server stops taking requests
+        # (back-pressure), move on to the next connection.
+        for channels in connections:
+            try:
+                for raw, handle in channels:
+                    raw.chan.settimeout(2)
                     for i in range(self.reads):
                         raw.read(handle, (i * SFTP_MAX_IO) % (1000 * MIB), SFTP_MAX_IO)
                         self.notes["requests"] += 1
-                except Exception as exc:  # noqa: BLE001 - the server may stop reading: fine
-                    self.notes["errors"].append(f"{type(exc).__name__}: {exc}")
+            except Exception:  # noqa: BLE001 - send blocked: the server stopped reading. Fine.
+                self.notes["stalled_connections"] += 1
 
 
 def make_many_files(directory: Path, count: int, name_len: int = 120) -> Path:
@@ -894,13 +909,14 @@ class NoOverwriteRace(Attack):
 
     def race(self, name: str) -> dict:
         payloads = [os.urandom(self.size) for _ in range(self.sessions)]
-        clients = []
-        for i in range(self.sessions):
+        def connect(i):
             src = self.sources[i % len(self.sources)]
             if i % 2 == 0:
-                clients.append(("ftps", ftps(self.srv, self.user, source=src)))
-            else:
-                clients.append(("sftp", sftp_login(self.srv, self.user, src)))
+                return "ftps", ftps(self.srv, self.user, source=src)
+            return "sftp", sftp_login(self.srv, self.user, src)
+
+        with cf.ThreadPoolExecutor(self.sessions) as pool:
+            clients = list(pool.map(connect, range(self.sessions)))
         barrier = threading.Barrier(self.sessions)
 
         def upload(i):
@@ -910,10 +926,15 @@ class NoOverwriteRace(Attack):
                 if kind == "ftps":
                     client.storbinary(f"STOR {name}", io.BytesIO(payloads[i]), blocksize=64 * 1024)
                 else:
-                    with client[1].open(name, "wb") as f:
-                        f.set_pipelined(True)
-                        for off in range(0, self.size, 32768):
-                            f.write(payloads[i][off:off + 32768])
+                    sftp = client[1]
+                    f = sftp.open(name, "wb")
+                    f.set_pipelined(True)
+                    for off in range(0, self.size, 32768):
+                        f.write(payloads[i][off:off + 32768])
+                    f.flush()
+                    # paramiko's close() swallows a failed CLOSE; send it ourselves.
+                    f._closed = True
+                    sftp._request(paramiko.sftp.CMD_CLOSE, f.handle)
                 return True, ""
             except Exception as exc:  # noqa: BLE001 - the refusal
                 return False, f"{kind}: {exc}"

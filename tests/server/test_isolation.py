@@ -215,7 +215,8 @@ def test_sftp_pipelined_reads_never_read_keep_memory_bounded(tenants):
         time.sleep(3)  # let the server fill whatever it queues
         victim_is_served(srv)
         time.sleep(1)
-    print("attack:", attack.notes["requests"], "requests;", attack.notes["errors"][:3],
+    print("attack:", attack.notes["requests"], "requests;", attack.notes["stalled_connections"],
+          "connections stalled;", attack.notes["errors"][:3],
           f"peak RSS {sampler.peak_rss:.0f} MiB")
     assert not sampler.killed, f"server RSS passed the 3 GiB guard (killed by the test)"
     assert_alive_and_bounded(srv, sampler)
@@ -238,10 +239,11 @@ def test_sftp_opendir_of_a_large_directory_in_many_handles_keeps_memory_bounded(
 
 @pytest.mark.timeout(150)
 def test_ftps_list_of_a_huge_directory_never_read_keeps_memory_bounded(tenants):
-    """Finding 4 (FTPS LIST built in memory): 36 sessions LIST a directory of 60,000 long names
-    and never read the data connection. RSS stays bounded; the victim is served."""
-    srv = tenants(config={"limits": {"maxSessionsPerUser": 40, "maxSessions": 200}})
-    with Sampler(srv.proc.pid) as sampler, hostile.FtpsListFlood(srv, entries=60_000, sessions=36) as attack:
+    """Finding 4 (FTPS LIST built in memory): 20 sessions (the default maxSessionsPerUser) LIST
+    a directory of 50,000 long names (within maxListingEntries) and never read the data
+    connection. RSS stays bounded; the victim is served."""
+    srv = tenants(config={"limits": {"maxSessionsPerUser": 20}})
+    with Sampler(srv.proc.pid) as sampler, hostile.FtpsListFlood(srv, entries=50_000, sessions=20) as attack:
         time.sleep(3)
         victim_is_served(srv)
     print("attack:", attack.notes["listing"], "listings held;", attack.notes["errors"][:3],
