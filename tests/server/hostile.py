@@ -1017,7 +1017,10 @@ def _drain(sock: socket.socket | None) -> tuple[bytes, bool | None]:
     connection could not even be made."""
     if sock is None:
         return b"", None
-    sock.setblocking(False)
+    try:
+        sock.setblocking(False)
+    except OSError:  # closed under us (the attack is stopping)
+        return b"", True
     data = b""
     while True:
         try:
