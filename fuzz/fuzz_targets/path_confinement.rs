@@ -185,7 +185,7 @@ async fn run(fixture: &Fixture, fs: &UserFs, ops: &[Op]) {
             }
             Op::List(p) => {
                 if let Some(path) = resolve(p)
-                    && fs.list(&path).await.is_ok()
+                    && fs.list(&path, 100_000).await.is_ok()
                 {
                     check_reached(fixture, &path);
                 }

@@ -39,6 +39,10 @@ pub enum FsError {
     NoSpace(String),
     #[error("i/o error on {path}: {source}")]
     Io { path: String, source: io::Error },
+    #[error(
+        "listing of {path} has more than budgets.maxListingEntries ({limit}) entries; list a subdirectory"
+    )]
+    ListingTooLarge { path: String, limit: u32 },
 }
 
 impl FsError {
@@ -232,7 +236,12 @@ impl UserFs {
     }
 
     /// Entries of a directory (sorted by name), or the single entry when `path` is a file.
-    pub async fn list(&self, path: &VirtualPath) -> Result<Vec<EntryInfo>, FsError> {
+    /// A directory with more than `max_entries` entries is refused rather than held in memory.
+    pub async fn list(
+        &self,
+        path: &VirtualPath,
+        max_entries: u32,
+    ) -> Result<Vec<EntryInfo>, FsError> {
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {
@@ -254,6 +263,12 @@ impl UserFs {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if is_reserved_name(&name) {
                     continue;
+                }
+                if entries.len() >= max_entries as usize {
+                    return Err(FsError::ListingTooLarge {
+                        path: path.to_string(),
+                        limit: max_entries,
+                    });
                 }
                 if let Ok(meta) = entry.metadata() {
                     entries.push(info_from(name, &meta));

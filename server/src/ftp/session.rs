@@ -166,6 +166,7 @@ pub async fn run(
 fn fs_reply(error: &FsError) -> (u16, String) {
     match error {
         FsError::NoSpace(_) => (452, error.to_string()),
+        FsError::ListingTooLarge { .. } => (451, error.to_string()),
         FsError::Io { .. } => (451, error.to_string()),
         _ => (550, error.to_string()),
     }
@@ -925,6 +926,16 @@ impl Session {
     }
 
     async fn fs_error(&mut self, error: FsError) -> Flow {
+        if let FsError::ListingTooLarge { limit, .. } = &error {
+            crate::admission::budget_exceeded(
+                &self.context.audit,
+                &self.context.metrics,
+                &self.tag,
+                "maxListingEntries",
+                u64::from(*limit),
+                "refused",
+            );
+        }
         let (code, text) = fs_reply(&error);
         self.done(code, &text).await
     }
@@ -1237,7 +1248,8 @@ impl Session {
         let Some(fs) = self.fs() else {
             return Flow::Continue;
         };
-        let entries = match fs.list(&path).await {
+        let max_entries = self.config().budgets.max_listing_entries;
+        let entries = match fs.list(&path, max_entries).await {
             Ok(entries) => entries,
             Err(error) => {
                 self.drop_data();
@@ -1328,7 +1340,8 @@ impl Session {
         let Some((path, fs)) = self.checked(target, Permission::List).await else {
             return Flow::Continue;
         };
-        match fs.list(&path).await {
+        let max_entries = self.config().budgets.max_listing_entries;
+        match fs.list(&path, max_entries).await {
             Ok(entries) => {
                 let now = SystemTime::now();
                 let lines: Vec<String> = entries

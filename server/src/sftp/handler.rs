@@ -44,6 +44,8 @@ pub struct SshHandler {
     kill: Arc<KillSwitch>,
     handshake_logged: bool,
     failures: u32,
+    /// Public keys offered without a signature and refused (not failed logins).
+    key_offers: u32,
     /// Methods that succeeded so far, and for which user (a different name starts over).
     passed: HashSet<SshAuthMethod>,
     passed_user: Option<String>,
@@ -77,6 +79,7 @@ impl SshHandler {
             kill,
             handshake_logged: false,
             failures: 0,
+            key_offers: 0,
             passed: HashSet::new(),
             passed_user: None,
             totp_passed: false,
@@ -241,12 +244,13 @@ impl SshHandler {
         {
             *slot = Some("too many failed logins".into());
         }
+        self.failure_delay().await;
         self.rejection()
     }
 
     /// A login refused outside the user's login windows: audited, but not counted towards
     /// bans (the credentials were right; it is not a guessing attempt).
-    fn refused_outside_window(
+    async fn refused_outside_window(
         &mut self,
         user: &str,
         method: &str,
@@ -278,7 +282,16 @@ impl SshHandler {
         {
             *slot = Some("too many failed logins".into());
         }
+        self.failure_delay().await;
+        self.failure_delay().await;
         self.rejection()
+    }
+
+    /// Every counted failure takes `limits.authFailureDelayMs` (slows guessing; the same for
+    /// every reason, so timing tells nothing).
+    async fn failure_delay(&self) {
+        let delay = self.snapshot.config.limits.auth_failure_delay_ms;
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
     }
 
     /// Ends the connection once `limits.maxAuthAttempts` attempts have failed.
@@ -361,7 +374,7 @@ impl SshHandler {
             if refusal.counts_for_bans() {
                 return self.failed(name, method, refusal.audit_reason()).await;
             }
-            return self.refused_outside_window(name, method, refusal);
+            return self.refused_outside_window(name, method, refusal).await;
         }
         let guard = match self.context.limits.login(
             &user.username,
@@ -471,13 +484,27 @@ impl russh::server::Handler for SshHandler {
             return Ok(self.rejection());
         }
         if self.key_allowed(user, offer.public_key) {
-            Ok(Auth::Accept)
-        } else {
-            self.key_fingerprint = Some(keys::fingerprint(offer.public_key));
-            let result = self.failed(user, "publickey", "key not accepted").await;
-            self.key_fingerprint = None;
-            Ok(result)
+            return Ok(Auth::Accept);
         }
+        // An offer without a signature is not a login attempt: it proves nothing, costs the
+        // server nothing, and clients with several keys (an agent, several -i) offer them in
+        // turn. Not a failed login, not counted towards bans; bounded by its own limit.
+        self.key_offers += 1;
+        let mut tag = self.tag.clone();
+        tag.user = Some(user.chars().take(128).collect());
+        self.context.audit.event(
+            &tag,
+            "publickey_offer",
+            json!({"result": "refused", "key_sha256": keys::fingerprint(offer.public_key),
+                   "offer": self.key_offers, "max_offers": keys::MAX_KEY_OFFERS}),
+        );
+        if self.key_offers > keys::MAX_KEY_OFFERS {
+            if let Ok(mut slot) = self.shared.end_reason.lock() {
+                *slot = Some("too many public keys offered".into());
+            }
+            return Err(russh::Error::Disconnect);
+        }
+        Ok(self.rejection())
     }
 
     async fn auth_publickey(
@@ -489,15 +516,9 @@ impl russh::server::Handler for SshHandler {
         self.refresh_snapshot();
         self.over_limit()?;
         self.key_fingerprint = Some(key.public_key.fingerprint(HashAlg::Sha256).to_string());
-        if crate::admission::user_banned(&self.context, user, self.client_ip) {
-            return Ok(self
-                .failed(
-                    user,
-                    "publickey",
-                    "user banned after repeated failed logins",
-                )
-                .await);
-        }
+        // A username ban (failed passwords from many addresses) is not checked here: a valid
+        // signature is no guess, and checking it let anyone lock a partner's key logins out
+        // with a few wrong passwords from ten addresses.
         if *key.algorithm == (Algorithm::Rsa { hash: None })
             || !self.key_allowed(user, key.public_key)
         {

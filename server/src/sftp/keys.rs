@@ -16,6 +16,10 @@ pub const WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// Largest SSH channel packet we accept from clients.
 pub const MAX_CHANNEL_PACKET: u32 = 32 * 1024;
 /// What we send as our software version.
+/// Public keys a client may offer (without a signature) on one connection before it is cut
+/// off. Above OpenSSH's default `MaxAuthTries` (6), so an agent with several keys gets through.
+pub const MAX_KEY_OFFERS: u32 = 10;
+
 pub const SERVER_ID: &str = "SSH-2.0-Sluice";
 
 #[derive(Debug, thiserror::Error)]
@@ -160,15 +164,17 @@ pub fn build(
     let russh_config = russh::server::Config {
         server_id: SshId::Standard(Cow::Borrowed(SERVER_ID)),
         methods: MethodSet::from(methods.as_slice()),
-        // Every rejection takes at least this long, whatever the reason (unknown user, wrong
-        // key or password, refused account), so timing does not reveal which names exist.
-        auth_rejection_time: Duration::from_millis(limits.auth_failure_delay_ms),
-        // OpenSSH probes with "none" first; answering that at once reveals nothing.
+        // The handler delays every counted failure itself (`limits.authFailureDelayMs`, the
+        // same for unknown users, wrong keys and passwords, refused accounts), so russh's own
+        // delay is off: it also delayed each refused public-key offer, which costs the server
+        // nothing and which clients with several keys send in a row.
+        auth_rejection_time: Duration::ZERO,
         auth_rejection_time_initial: Some(Duration::ZERO),
         keys,
-        // russh also counts the "none" probe OpenSSH sends first; the handler enforces the
-        // exact limit itself.
-        max_auth_attempts: limits.max_auth_attempts as usize + 1,
+        // russh counts every refused request, key offers included; the handler enforces the
+        // real limits itself (failed logins: `limits.maxAuthAttempts`; key offers:
+        // `MAX_KEY_OFFERS`), so russh's cap sits above both.
+        max_auth_attempts: limits.max_auth_attempts as usize + MAX_KEY_OFFERS as usize + 2,
         inactivity_timeout: Some(Duration::from_secs(config.timeouts.idle_seconds)),
         window_size: WINDOW_BYTES,
         maximum_packet_size: MAX_CHANNEL_PACKET,
