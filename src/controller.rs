@@ -269,7 +269,9 @@ fn user_error_policy(
 /// safely either (an object stored before the rules, a CRD installed without them): reported
 /// like an object the types reject.
 fn past_admission_check(server: &FileTransferServer) -> Option<Invalid> {
-    let error = render::passive_ports(&server.spec.passive).err()?;
+    let error = render::passive_ports(&server.spec.passive)
+        .err()
+        .or_else(|| render::security_settings(server).err())?;
     Some(Invalid {
         message: error.to_string(),
         conditions: server
@@ -1235,11 +1237,21 @@ fn generate_host_key() -> Result<String, ControllerError> {
         })
 }
 
+/// An argon2id PHC string of `password` with the parameters the server expects of the hashes
+/// we issue ([`config::Argon2Params::ISSUED`], within the caps every server enforces).
 fn sluice_hash(password: &str) -> Option<String> {
     use argon2::PasswordHasher;
     use argon2::password_hash::SaltString;
+    let issued = config::Argon2Params::ISSUED;
+    let params = argon2::Params::new(
+        issued.memory_kib,
+        issued.iterations,
+        issued.parallelism,
+        None,
+    )
+    .ok()?;
     let salt = SaltString::generate(&mut rand::rngs::OsRng);
-    argon2::Argon2::default()
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
         .hash_password(password.as_bytes(), &salt)
         .ok()
         .map(|h| h.to_string())
@@ -1413,6 +1425,52 @@ mod tests {
         let mut fine = server.clone();
         fine.spec.passive.port_end = 1123;
         assert!(past_admission_check(&fine).is_none());
+    }
+
+    #[test]
+    fn a_server_with_budgets_past_admission_is_invalid_spec_naming_the_field() {
+        let server: FileTransferServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FileTransferServer",
+            "metadata": {"name": "partners", "namespace": "transfer"},
+            "spec": {"protocols": ["sftp"], "security": {"budgets": {"maxFileWorkPerUser": 100}}},
+        }))
+        .unwrap();
+        let invalid = past_admission_check(&server).expect("refused");
+        assert!(
+            invalid.message.starts_with(
+                "spec.security.budgets.maxFileWorkPerUser: must not exceed maxFileWork (64)"
+            ),
+            "{}",
+            invalid.message
+        );
+        let mut fine = server.clone();
+        fine.spec.security.budgets = Some(crate::crd::BudgetsSpec {
+            max_file_work_per_user: Some(8),
+            ..Default::default()
+        });
+        assert!(past_admission_check(&fine).is_none());
+    }
+
+    #[test]
+    fn the_operator_issues_hashes_within_the_argon2_caps() {
+        let hash = sluice_hash("Orbit-Kettle-2026").expect("hashes");
+        assert_eq!(
+            config::argon2_params_of(&hash),
+            Some(Ok(config::Argon2Params::ISSUED))
+        );
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert_eq!(config::validate_password_hash(&hash), Ok(()));
+        // And it verifies like any argon2id hash.
+        use argon2::PasswordVerifier;
+        let parsed = argon2::PasswordHash::new(&hash).unwrap();
+        assert!(
+            argon2::Argon2::default()
+                .verify_password(b"Orbit-Kettle-2026", &parsed)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -322,6 +322,11 @@ pub struct SecuritySpec {
     /// Brute-force bans (defaults as in server.yaml `bans`); shared by every replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bans: Option<BansSpec>,
+    /// What one connection or one user may take from a server process (open handles, file
+    /// work, queued memory, listing size), so that no tenant degrades the others. Unset fields
+    /// keep the server's defaults (server.yaml `budgets`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budgets: Option<BudgetsSpec>,
 }
 
 /// Failed logins per source address (and per username) within a sliding window lead to a ban
@@ -402,8 +407,9 @@ impl Default for PasswordPolicy {
 }
 
 /// Session limits (defaults as in server.yaml).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = rules::connection_burst())]
 pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -417,6 +423,183 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 20))]
     pub max_auth_attempts: Option<i32>,
+    /// New connections one source may open per second, sustained, checked before any TLS or
+    /// SSH handshake; over it a connection is refused at once (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub new_connections_per_second: Option<i32>,
+    /// New connections one source may open in a burst before the rate applies (default 30);
+    /// at least `newConnectionsPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub new_connection_burst: Option<i32>,
+    /// IPv6 clients count as one source per prefix of this length for per-address limits,
+    /// the connection rate and bans (default 64: one host usually holds a whole /64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 32, max = 128))]
+    pub ipv6_prefix_length: Option<i32>,
+}
+
+/// Per-connection and per-user resource budgets (defaults as in server.yaml `budgets`).
+/// Exceeding one refuses or ends that session's request, never anything of another user.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = rules::file_work_per_user(),
+    validation = rules::handles_per_connection()
+)]
+pub struct BudgetsSpec {
+    /// SFTP handles open at once on one SSH connection, over all its channels (default 64);
+    /// at most `maxOpenHandlesPerUser`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_open_handles_per_connection: Option<i32>,
+    /// SFTP handles open at once by all sessions of one user (default 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_open_handles_per_user: Option<i32>,
+    /// Blocking file operations one user may have running at once (default 4); at most
+    /// `maxFileWork`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_file_work_per_user: Option<i32>,
+    /// Blocking file operations running at once in one server process (default 64, at most
+    /// 256: reloads, logins and health need threads whatever users do).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = sluice_config::MAX_FILE_WORK_CAP))]
+    pub max_file_work: Option<i32>,
+    /// Bytes of SFTP replies queued for one channel that the client has not read yet
+    /// (default 4194304; at least 262144, one 255 KiB READ reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = sluice_config::MIN_QUEUED_REPLY_BYTES, max = u32::MAX))]
+    pub max_queued_reply_bytes: Option<i64>,
+    /// Bytes of SFTP WRITE data accepted for one handle but not yet on disk (default 2097152;
+    /// at least 262144).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = sluice_config::MIN_QUEUED_REPLY_BYTES, max = u32::MAX))]
+    pub max_pending_write_bytes: Option<i64>,
+    /// Entries one directory listing may return; a larger directory is refused with a message
+    /// naming this budget (default 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_listing_entries: Option<i32>,
+    /// FTPS control lines held while a transfer runs; one more ends the session (default 16).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_queued_control_lines: Option<i32>,
+}
+
+/// CEL rules whose numbers come from `sluice-config` (the defaults and the argon2 caps), so
+/// the CRD cannot drift from what the server accepts.
+mod rules {
+    use kube::core::{Message, Rule};
+    use sluice_config::{
+        ARGON2_MAX_ITERATIONS, ARGON2_MAX_MEMORY_ITERATIONS, ARGON2_MAX_MEMORY_KIB,
+        ARGON2_MAX_PARALLELISM, Budgets, Limits,
+    };
+
+    /// `self.<field>` when set, else the server's default.
+    fn or_default(field: &str, default: u32) -> String {
+        format!("(has(self.{field}) ? self.{field} : {default})")
+    }
+
+    pub fn connection_burst() -> Rule {
+        let limits = Limits::default();
+        Rule::new(format!(
+            "{} >= {}",
+            or_default("newConnectionBurst", limits.new_connection_burst),
+            or_default("newConnectionsPerSecond", limits.new_connections_per_second),
+        ))
+        .message(Message::Message(format!(
+            "spec.security.limits.newConnectionBurst must be >= newConnectionsPerSecond \
+             (defaults {} and {})",
+            limits.new_connection_burst, limits.new_connections_per_second
+        )))
+    }
+
+    pub fn file_work_per_user() -> Rule {
+        let budgets = Budgets::default();
+        Rule::new(format!(
+            "{} <= {}",
+            or_default("maxFileWorkPerUser", budgets.max_file_work_per_user),
+            or_default("maxFileWork", budgets.max_file_work),
+        ))
+        .message(Message::Message(format!(
+            "spec.security.budgets.maxFileWorkPerUser must not exceed maxFileWork \
+             (defaults {} and {}): one user could take all file work",
+            budgets.max_file_work_per_user, budgets.max_file_work
+        )))
+    }
+
+    pub fn handles_per_connection() -> Rule {
+        let budgets = Budgets::default();
+        Rule::new(format!(
+            "{} <= {}",
+            or_default(
+                "maxOpenHandlesPerConnection",
+                budgets.max_open_handles_per_connection
+            ),
+            or_default("maxOpenHandlesPerUser", budgets.max_open_handles_per_user),
+        ))
+        .message(Message::Message(format!(
+            "spec.security.budgets.maxOpenHandlesPerConnection must not exceed \
+             maxOpenHandlesPerUser (defaults {} and {})",
+            budgets.max_open_handles_per_connection, budgets.max_open_handles_per_user
+        )))
+    }
+
+    /// The decimal value of the argon2 parameter `key` of a PHC string (`$argon2id$v=19$m=..,
+    /// t=..,p=..$salt$hash`: only the parameter segment holds `<letter>=` after `$` or `,`),
+    /// with at most nine digits so that `int()` cannot overflow; a longer value fails the
+    /// guard and so the rule.
+    fn parameter_within(key: &str, cap: u64) -> String {
+        format!(
+            "!self.matches('[$,]{key}=[0-9]') || \
+             (self.matches('[$,]{key}=[0-9]{{1,9}}([,$]|$)') && \
+              int(self.find('[$,]{key}=[0-9]+').substring(3)) <= {cap})"
+        )
+    }
+
+    pub fn argon2_memory() -> Rule {
+        Rule::new(parameter_within("m", ARGON2_MAX_MEMORY_KIB.into())).message(Message::Message(format!(
+            "spec.auth.passwordHash: argon2 memory m must be at most {ARGON2_MAX_MEMORY_KIB} KiB \
+             (the server's cap; a larger m lets one login exhaust the server's memory)"
+        )))
+    }
+
+    pub fn argon2_iterations() -> Rule {
+        Rule::new(parameter_within("t", ARGON2_MAX_ITERATIONS.into())).message(Message::Message(format!(
+            "spec.auth.passwordHash: argon2 iterations t must be at most {ARGON2_MAX_ITERATIONS} \
+             (the server's cap)"
+        )))
+    }
+
+    pub fn argon2_parallelism() -> Rule {
+        Rule::new(parameter_within("p", ARGON2_MAX_PARALLELISM.into())).message(Message::Message(
+            format!(
+                "spec.auth.passwordHash: argon2 parallelism p must be at most \
+             {ARGON2_MAX_PARALLELISM} (the server's cap)"
+            ),
+        ))
+    }
+
+    /// m x t within the cap, checked only when both are small enough for `int()`; the rules
+    /// above refuse them otherwise.
+    pub fn argon2_cost() -> Rule {
+        let digits = |key: &str| format!("self.matches('[$,]{key}=[0-9]{{1,9}}([,$]|$)')");
+        let value = |key: &str| format!("int(self.find('[$,]{key}=[0-9]+').substring(3))");
+        Rule::new(format!(
+            "!({} && {}) || {} * {} <= {ARGON2_MAX_MEMORY_ITERATIONS}",
+            digits("m"),
+            digits("t"),
+            value("m"),
+            value("t"),
+        ))
+        .message(Message::Message(format!(
+            "spec.auth.passwordHash: argon2 cost m*t must be at most \
+             {ARGON2_MAX_MEMORY_ITERATIONS} (the server's cap, e.g. m=65536,t=2 or m=19456,t=6)"
+        )))
+    }
 }
 
 /// Timeouts in seconds (defaults as in server.yaml).
@@ -586,15 +769,24 @@ pub struct SecretKeyRef {
 }
 
 /// How a user authenticates.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserAuth {
     /// Secret holding the plain password; the operator hashes it with argon2id and checks it
     /// against the server's password policy. The password never leaves the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
-    /// An argon2id PHC hash, for those who hash offline.
+    /// An argon2id PHC hash, for those who hash offline (`sluice-server hash-password`). Its
+    /// cost parameters are capped as the server caps them: m <= 65536 KiB, t <= 10, p <= 4 and
+    /// m*t <= 131072 (a larger m would let one failed login exhaust the server's memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    #[x_kube(
+        validation = rules::argon2_memory(),
+        validation = rules::argon2_iterations(),
+        validation = rules::argon2_parallelism(),
+        validation = rules::argon2_cost()
+    )]
     pub password_hash: Option<String>,
     /// OpenSSH authorized_keys lines (SFTP).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

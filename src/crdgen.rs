@@ -164,6 +164,126 @@ mod tests {
     }
 
     #[test]
+    fn cel_caps_the_argon2_parameters_of_a_password_hash_naming_the_cap() {
+        let with_hash = |hash: &str| {
+            user_error(&format!(
+                "  serverRef: {{name: s}}\n  username: alice\n  auth:\n    passwordHash: '{hash}'\n  permissions: [list]\n"
+            ))
+        };
+        let salt_and_hash = "c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
+        for accepted in [
+            "m=19456,t=2,p=1",
+            "m=65536,t=2,p=4",
+            "m=47104,t=1,p=1",
+            "m=7168,t=5,p=1",
+            "m=13107,t=10,p=1",
+        ] {
+            let hash = format!("$argon2id$v=19${accepted}${salt_and_hash}");
+            assert_eq!(with_hash(&hash), None, "{accepted}");
+            // The same parameters pass the server's own check: CEL is no stricter than it.
+            assert!(
+                sluice_config::validate_password_hash(&hash).is_ok(),
+                "{accepted}"
+            );
+        }
+        for (refused, needle) in [
+            ("m=4294967295,t=1,p=1", "memory m must be at most 65536 KiB"),
+            (
+                "m=99999999999999999999,t=1,p=1",
+                "memory m must be at most 65536 KiB",
+            ),
+            ("m=65537,t=1,p=1", "memory m must be at most 65536 KiB"),
+            ("m=19456,t=11,p=1", "iterations t must be at most 10"),
+            (
+                "m=19456,t=4294967295,p=1",
+                "iterations t must be at most 10",
+            ),
+            ("m=19456,t=2,p=5", "parallelism p must be at most 4"),
+            ("m=65536,t=3,p=1", "cost m*t must be at most 131072"),
+            ("t=1,p=1,m=4294967295", "memory m must be at most 65536 KiB"),
+        ] {
+            let hash = format!("$argon2id$v=19${refused}${salt_and_hash}");
+            let error = with_hash(&hash).unwrap_or_else(|| panic!("{refused} was admitted"));
+            assert!(
+                error.contains("spec.auth.passwordHash"),
+                "{refused}: {error}"
+            );
+            assert!(error.contains(needle), "{refused}: {error}");
+            // The server refuses what CEL refuses.
+            assert!(
+                sluice_config::validate_password_hash(&hash).is_err(),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn cel_bounds_budgets_and_connection_limits_with_the_servers_defaults() {
+        let fine = "  protocols: [sftp]\n  security:\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 32\n      maxFileWorkPerUser: 2\n      maxFileWork: 256\n      maxQueuedReplyBytes: 262144\n    limits:\n      newConnectionsPerSecond: 5\n      newConnectionBurst: 5\n      ipv6PrefixLength: 56\n";
+        assert_eq!(server_error(fine), None);
+        for (spec, needle) in [
+            // Against another field's default: per user 16 < the default 64 per connection.
+            (
+                "    budgets:\n      maxOpenHandlesPerUser: 16\n",
+                "maxOpenHandlesPerConnection must not exceed maxOpenHandlesPerUser (defaults 64 and 256)",
+            ),
+            (
+                "    budgets:\n      maxFileWorkPerUser: 65\n",
+                "maxFileWorkPerUser must not exceed maxFileWork (defaults 4 and 64)",
+            ),
+            (
+                "    budgets:\n      maxFileWork: 2\n      maxFileWorkPerUser: 3\n",
+                "maxFileWorkPerUser must not exceed maxFileWork",
+            ),
+            (
+                "    limits:\n      newConnectionsPerSecond: 31\n",
+                "newConnectionBurst must be >= newConnectionsPerSecond (defaults 30 and 10)",
+            ),
+        ] {
+            let error = server_error(&format!("  protocols: [sftp]\n  security:\n{spec}"))
+                .unwrap_or_else(|| panic!("admitted: {spec}"));
+            assert!(error.contains(needle), "{spec}: {error}");
+        }
+    }
+
+    #[test]
+    fn schema_bounds_match_the_servers_validation() {
+        let crd = serde_json::to_value(FileTransferServer::crd()).unwrap();
+        let security = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["security"]["properties"];
+        let bounds = |path: &[&str]| {
+            let mut node = security;
+            for key in path {
+                node = &node[*key];
+            }
+            (node["minimum"].as_f64(), node["maximum"].as_f64())
+        };
+        let budget = |field| bounds(&["budgets", "properties", field]);
+        let limit = |field| bounds(&["limits", "properties", field]);
+        assert_eq!(budget("maxFileWork"), (Some(1.0), Some(256.0)));
+        assert_eq!(
+            budget("maxQueuedReplyBytes"),
+            (Some(262144.0), Some(f64::from(u32::MAX)))
+        );
+        assert_eq!(
+            budget("maxPendingWriteBytes"),
+            (Some(262144.0), Some(f64::from(u32::MAX)))
+        );
+        for field in [
+            "maxOpenHandlesPerConnection",
+            "maxOpenHandlesPerUser",
+            "maxFileWorkPerUser",
+            "maxListingEntries",
+            "maxQueuedControlLines",
+        ] {
+            assert_eq!(budget(field).0, Some(1.0), "{field}");
+        }
+        assert_eq!(limit("newConnectionsPerSecond").0, Some(1.0));
+        assert_eq!(limit("newConnectionBurst").0, Some(1.0));
+        assert_eq!(limit("ipv6PrefixLength"), (Some(32.0), Some(128.0)));
+    }
+
+    #[test]
     fn every_example_parses_and_passes_the_cel_rules() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
         let mut checked = 0;

@@ -60,6 +60,9 @@ pub enum RenderError {
         field: &'static str,
         message: String,
     },
+    /// Budgets or limits the server would refuse, each `spec.security.<field>: <why>`.
+    #[error("{}", fields.join("; "))]
+    InvalidSecurity { fields: Vec<String> },
 }
 
 /// Most passive ports one server may pin (the CRD's CEL rule says the same).
@@ -174,6 +177,33 @@ fn serves_ftps(fts: &FileTransferServer) -> bool {
     serves(fts, ServedProtocol::FtpsExplicit) || serves(fts, ServedProtocol::FtpsImplicit)
 }
 
+/// Overrides `target` with a CRD value that fits its type; one that does not (a negative
+/// number, only possible past admission: the schema's minimums refuse it) keeps the default.
+fn set<T: TryFrom<V>, V: Copy>(target: &mut T, value: Option<V>) {
+    if let Some(v) = value.and_then(|v| T::try_from(v).ok()) {
+        *target = v;
+    }
+}
+
+/// The budgets and connection limits of `spec.security`, checked with the server's own rules:
+/// the CRD's schema and CEL rules refuse bad values, but an object stored before them (or a
+/// CRD installed without them) must not give the pods a server.yaml they refuse at start.
+/// Every error names its field under `spec.security`.
+pub fn security_settings(fts: &FileTransferServer) -> Result<(), RenderError> {
+    let rendered = server_config(fts, None, &BTreeMap::new());
+    let fields: Vec<String> = rendered
+        .validate("server.yaml")
+        .into_iter()
+        .filter(|e| e.field.starts_with("budgets.") || e.field.starts_with("limits."))
+        .map(|e| format!("spec.security.{}: {}", e.field, e.message))
+        .collect();
+    if fields.is_empty() {
+        Ok(())
+    } else {
+        Err(RenderError::InvalidSecurity { fields })
+    }
+}
+
 /// The server.yaml the pods run with.
 pub fn server_config(
     fts: &FileTransferServer,
@@ -183,23 +213,48 @@ pub fn server_config(
     let spec = &fts.spec;
     let mut limits = config::Limits::default();
     if let Some(l) = &spec.security.limits {
-        let set = |target: &mut u32, value: Option<i32>| {
-            if let Some(v) = value.and_then(|v| u32::try_from(v).ok()) {
-                *target = v;
-            }
-        };
         set(&mut limits.max_sessions, l.max_sessions);
         set(&mut limits.max_sessions_per_ip, l.max_sessions_per_ip);
         set(&mut limits.max_sessions_per_user, l.max_sessions_per_user);
         set(&mut limits.max_auth_attempts, l.max_auth_attempts);
+        set(
+            &mut limits.new_connections_per_second,
+            l.new_connections_per_second,
+        );
+        set(&mut limits.new_connection_burst, l.new_connection_burst);
+        set(&mut limits.ipv6_prefix_length, l.ipv6_prefix_length);
+    }
+    let mut budgets = config::Budgets::default();
+    if let Some(b) = &spec.security.budgets {
+        set(
+            &mut budgets.max_open_handles_per_connection,
+            b.max_open_handles_per_connection,
+        );
+        set(
+            &mut budgets.max_open_handles_per_user,
+            b.max_open_handles_per_user,
+        );
+        set(
+            &mut budgets.max_file_work_per_user,
+            b.max_file_work_per_user,
+        );
+        set(&mut budgets.max_file_work, b.max_file_work);
+        set(
+            &mut budgets.max_queued_reply_bytes,
+            b.max_queued_reply_bytes,
+        );
+        set(
+            &mut budgets.max_pending_write_bytes,
+            b.max_pending_write_bytes,
+        );
+        set(&mut budgets.max_listing_entries, b.max_listing_entries);
+        set(
+            &mut budgets.max_queued_control_lines,
+            b.max_queued_control_lines,
+        );
     }
     let mut timeouts = config::Timeouts::default();
     if let Some(t) = &spec.security.timeouts {
-        let set = |target: &mut u64, value: Option<i32>| {
-            if let Some(v) = value.and_then(|v| u64::try_from(v).ok()) {
-                *target = v;
-            }
-        };
         set(&mut timeouts.login_seconds, t.login_seconds);
         set(&mut timeouts.idle_seconds, t.idle_seconds);
         set(&mut timeouts.data_connect_seconds, t.data_connect_seconds);
@@ -270,6 +325,7 @@ pub fn server_config(
                 .max_age_days
                 .and_then(|days| u32::try_from(days).ok()),
         },
+        budgets,
         ssh: config::SshConfig {
             host_key_files: if serves(fts, ServedProtocol::Sftp) {
                 vec![format!("{SSH_DIR}/{SSH_HOST_KEY}")]
@@ -1013,6 +1069,76 @@ spec:
         )
         .unwrap();
         assert!(parsed.listeners.sftp.is_none());
+    }
+
+    #[test]
+    fn budgets_and_connection_limits_are_rendered_into_server_yaml() {
+        let fts = fixture(&format!(
+            "{BASIC}  security:\n    limits:\n      maxSessions: 500\n      newConnectionsPerSecond: 4\n      newConnectionBurst: 12\n      ipv6PrefixLength: 56\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 48\n      maxFileWorkPerUser: 2\n      maxFileWork: 32\n      maxQueuedReplyBytes: 1048576\n      maxPendingWriteBytes: 524288\n      maxListingEntries: 5000\n      maxQueuedControlLines: 8\n"
+        ));
+        let rendered =
+            to_yaml("server.yaml", &server_config(&fts, None, &BTreeMap::new())).unwrap();
+        assert!(
+            rendered.contains("maxOpenHandlesPerConnection: 16"),
+            "{rendered}"
+        );
+        let parsed = config::ServerConfig::parse("server.yaml", &rendered).unwrap();
+        assert_eq!(
+            parsed.budgets,
+            config::Budgets {
+                max_open_handles_per_connection: 16,
+                max_open_handles_per_user: 48,
+                max_file_work_per_user: 2,
+                max_file_work: 32,
+                max_queued_reply_bytes: 1_048_576,
+                max_pending_write_bytes: 524_288,
+                max_listing_entries: 5000,
+                max_queued_control_lines: 8,
+            }
+        );
+        assert_eq!(parsed.limits.max_sessions, 500);
+        assert_eq!(
+            (
+                parsed.limits.new_connections_per_second,
+                parsed.limits.new_connection_burst,
+                parsed.limits.ipv6_prefix_length
+            ),
+            (4, 12, 56)
+        );
+        assert!(security_settings(&fts).is_ok());
+
+        // Unset: the server's defaults, and a partial override keeps the others.
+        let plain = server_config(&fixture(BASIC), None, &BTreeMap::new());
+        assert_eq!(plain.budgets, config::Budgets::default());
+        assert_eq!(plain.limits, config::Limits::default());
+        let partial = fixture(&format!(
+            "{BASIC}  security:\n    budgets:\n      maxListingEntries: 10\n"
+        ));
+        let partial = server_config(&partial, None, &BTreeMap::new()).budgets;
+        assert_eq!(
+            partial,
+            config::Budgets {
+                max_listing_entries: 10,
+                ..config::Budgets::default()
+            }
+        );
+    }
+
+    #[test]
+    fn budgets_past_admission_are_refused_naming_the_crd_field() {
+        let fts = fixture(&format!(
+            "{BASIC}  security:\n    limits:\n      newConnectionsPerSecond: 50\n      ipv6PrefixLength: 8\n    budgets:\n      maxFileWork: 1000\n      maxQueuedControlLines: 0\n"
+        ));
+        let message = security_settings(&fts).unwrap_err().to_string();
+        for field in [
+            "spec.security.budgets.maxFileWork: must be 1-256",
+            "spec.security.budgets.maxQueuedControlLines: must be at least 1",
+            "spec.security.limits.newConnectionBurst: must be at least",
+            "spec.security.limits.ipv6PrefixLength: must be between 32 and 128",
+        ] {
+            assert!(message.contains(field), "{field}: {message}");
+        }
+        assert!(security_settings(&fixture(BASIC)).is_ok());
     }
 
     #[test]

@@ -234,7 +234,9 @@ fn resolve_one(
                 .previous
                 .and_then(|p| p.find(&spec.username))
                 .and_then(|u| u.password_hash.clone())
-                .filter(|_| reusable);
+                // A hash the server would refuse now (a users.yaml written before the argon2
+                // caps) is issued again rather than carried over.
+                .filter(|h| reusable && config::validate_password_hash(h).is_ok());
             digest = Some(version);
             match previous {
                 Some(hash) => Some(hash),
@@ -247,7 +249,7 @@ fn resolve_one(
             if let Err(message) = config::validate_password_hash(phc) {
                 return Err(Verdict::refused(
                     "InvalidSpec",
-                    format!("spec.auth.passwordHash {message}"),
+                    format!("spec.auth.passwordHash: {message}"),
                 ));
             }
             digest = Some(aging::hash_digest(phc));
@@ -685,6 +687,67 @@ mod tests {
         assert_eq!(resolved.verdicts["bob"].reason, "Provisioned");
         assert_eq!(resolved.list.users[0].password_changed_at, None);
         assert_eq!(resolved.list.users[0].login_windows.len(), 1);
+    }
+
+    #[test]
+    fn a_password_hash_over_the_argon2_caps_is_left_out_naming_the_field_and_the_cap() {
+        let salt_and_hash = "c2FsdHNhbHQ$YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXo";
+        let with_hash = |name: &str, created: i64, params: &str| {
+            let mut user = user(name, name, created, "");
+            user.spec.auth = crate::crd::UserAuth {
+                password_hash: Some(format!("$argon2id$v=19${params}${salt_and_hash}")),
+                ..Default::default()
+            };
+            user
+        };
+        let users = [
+            with_hash("hostile", 1, "m=4294967295,t=1,p=1"),
+            with_hash("slow", 2, "m=19456,t=4294967295,p=1"),
+            with_hash("wide", 3, "m=19456,t=2,p=255"),
+            with_hash("costly", 4, "m=65536,t=3,p=1"),
+            with_hash("fine", 5, "m=19456,t=2,p=1"),
+        ];
+        let resolved = run(&users, &BTreeMap::new(), None);
+        for (name, cap) in [
+            ("hostile", "65536 KiB"),
+            ("slow", "1-10"),
+            ("wide", "1-4"),
+            ("costly", "131072"),
+        ] {
+            let verdict = &resolved.verdicts[name];
+            assert!(!verdict.ready, "{name}: {verdict:?}");
+            assert_eq!(verdict.reason, "InvalidSpec", "{name}");
+            assert!(
+                verdict.message.starts_with("spec.auth.passwordHash: "),
+                "{name}: {verdict:?}"
+            );
+            assert!(verdict.message.contains(cap), "{name}: {verdict:?}");
+            assert!(resolved.list.find(name).is_none(), "{name} was rendered");
+        }
+        // The others are still written.
+        assert!(resolved.verdicts["fine"].ready);
+        assert_eq!(resolved.list.users.len(), 1);
+        assert!(resolved.list.find("fine").is_some());
+        assert!(resolved.list.validate("users.yaml").is_empty());
+    }
+
+    #[test]
+    fn a_previous_hash_over_the_caps_is_issued_again_not_carried_over() {
+        let mut alice = user("alice", "alice", 1, "");
+        let secrets = BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2026", "7")]);
+        let first = run(std::slice::from_ref(&alice), &secrets, None);
+        let mut previous = first.list.clone();
+        previous.users[0].password_hash =
+            Some("$argon2id$v=19$m=4294967295,t=1,p=1$c2FsdHNhbHQ$previous".into());
+        alice.status = Some(crate::crd::TransferUserStatus {
+            password_source_digest: first.verdicts["alice"].password_source_digest.clone(),
+            ..Default::default()
+        });
+        let second = run(std::slice::from_ref(&alice), &secrets, Some(&previous));
+        assert!(second.verdicts["alice"].ready, "{:?}", second.verdicts);
+        let hash = second.list.users[0].password_hash.as_deref().unwrap();
+        assert!(!hash.ends_with("$previous"), "{hash}");
+        assert_eq!(config::validate_password_hash(hash), Ok(()));
     }
 
     #[test]

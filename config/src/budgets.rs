@@ -92,7 +92,7 @@ impl Budgets {
     /// Every out-of-range budget, each naming its field under `budgets.`.
     pub fn validate(&self, file: &str, errors: &mut Vec<FieldError>) {
         let mut err = |field: &str, message: String| {
-            errors.push(FieldError::new(file, &format!("budgets.{field}"), message));
+            errors.push(FieldError::new(file, format!("budgets.{field}"), message));
         };
         let at_least_one = [
             (
