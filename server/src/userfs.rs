@@ -173,6 +173,16 @@ fn kind_of(meta: &cap_std::fs::Metadata) -> EntryKind {
     }
 }
 
+/// What a listing shows of an entry read through a [`DirCursor`].
+pub fn entry_info(name: String, stat: &FileStat) -> EntryInfo {
+    EntryInfo {
+        name,
+        kind: stat.kind,
+        size: stat.size,
+        modified: Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(stat.mtime)),
+    }
+}
+
 fn info_from(name: String, meta: &cap_std::fs::Metadata) -> EntryInfo {
     let kind = kind_of(meta);
     EntryInfo {

@@ -183,6 +183,24 @@ pub async fn send_bytes(
     Ok(())
 }
 
+/// Sends one part of a longer answer (a streamed listing); [`finish_send`] ends it.
+pub async fn send_part(
+    stream: &mut DataStream,
+    bytes: &[u8],
+    progress: &AtomicU64,
+    idle: Duration,
+) -> Result<(), TransferError> {
+    with_idle(idle, stream.write_all(bytes)).await?;
+    progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Ends a data connection after [`send_part`]s (TLS close_notify, then FIN).
+pub async fn finish_send(stream: &mut DataStream, idle: Duration) -> Result<(), TransferError> {
+    with_idle(idle, stream.shutdown()).await?;
+    Ok(())
+}
+
 /// Receives an upload into `sink` in large chunks. Returns whether the client ended the TLS
 /// stream cleanly (close_notify) rather than just closing TCP.
 pub async fn pump_upload(
