@@ -170,19 +170,6 @@ pub async fn pump_download(
     Ok(())
 }
 
-/// Sends an in-memory payload (listings); ends with a TLS close_notify.
-pub async fn send_bytes(
-    stream: &mut DataStream,
-    bytes: &[u8],
-    progress: &AtomicU64,
-    idle: Duration,
-) -> Result<(), TransferError> {
-    with_idle(idle, stream.write_all(bytes)).await?;
-    progress.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-    with_idle(idle, stream.shutdown()).await?;
-    Ok(())
-}
-
 /// Sends one part of a longer answer (a streamed listing); [`finish_send`] ends it.
 pub async fn send_part(
     stream: &mut DataStream,

@@ -928,16 +928,21 @@ impl Session {
         false
     }
 
+    /// A budget (`budgets.*`) refused a request or ended the session: audited and counted.
+    fn budget_exceeded(&self, budget: &'static str, limit: u64, action: &'static str) {
+        crate::admission::budget_exceeded(
+            &self.context.audit,
+            &self.context.metrics,
+            &self.tag,
+            budget,
+            limit,
+            action,
+        );
+    }
+
     async fn fs_error(&mut self, error: FsError) -> Flow {
         if let FsError::ListingTooLarge { limit, .. } = &error {
-            crate::admission::budget_exceeded(
-                &self.context.audit,
-                &self.context.metrics,
-                &self.tag,
-                "maxListingEntries",
-                u64::from(*limit),
-                "refused",
-            );
+            self.budget_exceeded("maxListingEntries", u64::from(*limit), "refused");
         }
         let (code, text) = fs_reply(&error);
         self.done(code, &text).await
@@ -1134,10 +1139,7 @@ impl Session {
                         if self.queued.len() >= limit as usize {
                             // Held lines are bounded by the budget, not by how far the client
                             // fills the socket: one more ends the session.
-                            crate::admission::budget_exceeded(
-                                &self.context.audit,
-                                &self.context.metrics,
-                                &self.tag,
+                            self.budget_exceeded(
                                 "maxQueuedControlLines",
                                 u64::from(limit),
                                 "disconnected",
@@ -1340,14 +1342,7 @@ impl Session {
         let outcome = self.supervise(send).await;
         if let Some(Err(TransferError::Storage(FsError::ListingTooLarge { limit, .. }))) = &outcome
         {
-            crate::admission::budget_exceeded(
-                &self.context.audit,
-                &self.context.metrics,
-                &self.tag,
-                "maxListingEntries",
-                u64::from(*limit),
-                "refused",
-            );
+            self.budget_exceeded("maxListingEntries", u64::from(*limit), "refused");
         }
         self.finish_transfer(outcome, "list", &path, &progress, started)
             .await
