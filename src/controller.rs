@@ -1324,6 +1324,7 @@ async fn update_user_status(
             .clone()
             .or(previous.password_changed_at.clone()),
         password_expires_at: verdict.password_expires_at.clone(),
+        ftps_data_binding: verdict.ftps_data_binding,
     };
     if user.status.as_ref() == Some(&status) {
         return Ok(());
@@ -1384,6 +1385,7 @@ async fn reconcile_user(
         password_source_digest: None,
         password_changed_at: None,
         password_expires_at: None,
+        ftps_data_binding: None,
     };
     let api: Api<TransferUser> = Api::namespaced(context.client.clone(), &namespace);
     update_user_status(&api, user, &verdict, (context.now)(), &context).await?;

@@ -1,6 +1,12 @@
 //! Data connections: the passive accept task (only the control connection's address, and a TLS
 //! handshake that must resume the control connection's session), active connects, and the
 //! pumps that move bytes between the network and the disk workers.
+//!
+//! A user with `ftpsDataBinding: addressAndLease` (clients that cannot resume TLS sessions,
+//! `sluice_config::FtpsDataBinding`) may skip resumption on passive connections only: the
+//! address check and the port leased to this session alone stay, the window shrinks to
+//! `UNRESUMED_DATA_WINDOW_SECONDS`, and the client certificate must be the control
+//! connection's. Every data handshake's audit event names the binding that admitted it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +26,7 @@ use tokio_rustls::server::TlsStream;
 use crate::audit::{Audit, SessionTag};
 use crate::metrics::Metrics;
 use crate::userfs::{CHUNK_BYTES, FsError, UploadSink};
-use sluice_config::canonical_ip;
+use sluice_config::{FtpsDataBinding, UNRESUMED_DATA_WINDOW_SECONDS, canonical_ip};
 
 use super::passive::PassiveLease;
 
@@ -32,6 +38,8 @@ pub enum DataError {
     Timeout(u64),
     #[error("TLS session of the data connection did not resume the control connection's session")]
     NotResumed,
+    #[error("client certificate of the data connection is not the control connection's")]
+    CertificateMismatch,
     #[error("TLS handshake on the data connection failed: {0}")]
     Handshake(String),
     #[error("cannot connect to {0}: {1}")]
@@ -46,6 +54,10 @@ pub struct DataContext {
     pub tls: Arc<rustls::ServerConfig>,
     pub client_ip: IpAddr,
     pub require_resumption: bool,
+    /// The logged-in user's `ftpsDataBinding` (the default before login).
+    pub binding: FtpsDataBinding,
+    /// SHA-256 of the control connection's client certificate, when it presented one.
+    pub control_cert_sha256: Option<String>,
     pub connect_timeout: Duration,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
@@ -53,7 +65,21 @@ pub struct DataContext {
 }
 
 impl DataContext {
-    async fn handshake(&self, socket: TcpStream) -> Result<DataStream, DataError> {
+    /// What admitted a data handshake: `resumed` from rustls, `passive` whether it came to a
+    /// leased passive port. `None`: refused.
+    fn binding_for(&self, resumed: bool, passive: bool) -> Option<&'static str> {
+        if resumed {
+            Some(FtpsDataBinding::TlsResumption.name())
+        } else if passive && self.binding.allows_unresumed() {
+            Some(FtpsDataBinding::AddressAndLease.name())
+        } else if !self.require_resumption {
+            Some("none")
+        } else {
+            None
+        }
+    }
+
+    async fn handshake(&self, socket: TcpStream, passive: bool) -> Result<DataStream, DataError> {
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let stream = match timeout(self.connect_timeout, acceptor.accept(socket)).await {
             Ok(Ok(stream)) => stream,
@@ -65,6 +91,11 @@ impl DataContext {
         };
         let connection = stream.get_ref().1;
         let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
+        let binding = self.binding_for(resumed, passive);
+        let client_cert_sha256 = connection
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| crate::client_cert::PeerCertificate::from_der(cert).sha256);
         self.audit.event(
             &self.tag,
             "tls",
@@ -73,9 +104,25 @@ impl DataContext {
                 "version": connection.protocol_version().map(|v| format!("{v:?}")),
                 "cipher": connection.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())),
                 "resumed": resumed,
+                "binding": binding,
+                "client_cert_sha256": client_cert_sha256,
             }),
         );
-        if self.require_resumption && !resumed {
+        if binding == Some(FtpsDataBinding::AddressAndLease.name())
+            && client_cert_sha256 != self.control_cert_sha256
+        {
+            Metrics::inc(
+                &self.metrics.data_rejected,
+                &[("reason", "certificate_mismatch")],
+            );
+            self.audit.event(
+                &self.tag,
+                "data_rejected",
+                json!({"reason": "client certificate differs from the control connection's"}),
+            );
+            return Err(DataError::CertificateMismatch);
+        }
+        if binding.is_none() {
             Metrics::inc(&self.metrics.data_rejected, &[("reason", "not_resumed")]);
             self.audit.event(
                 &self.tag,
@@ -90,12 +137,18 @@ impl DataContext {
     /// Waits on a passive port for the client's connection. Connections from any other address
     /// are closed, logged and ignored (the legitimate client may still come).
     pub async fn accept_passive(self, lease: PassiveLease) -> Result<DataStream, DataError> {
-        let deadline = Instant::now() + self.connect_timeout;
+        let window = if self.binding.allows_unresumed() {
+            self.connect_timeout
+                .min(Duration::from_secs(UNRESUMED_DATA_WINDOW_SECONDS))
+        } else {
+            self.connect_timeout
+        };
+        let deadline = Instant::now() + window;
         let socket = loop {
             let (socket, peer) = match timeout_at(deadline, lease.listener.accept()).await {
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(e)) => return Err(DataError::Io(e)),
-                Err(_) => return Err(DataError::Timeout(self.connect_timeout.as_secs())),
+                Err(_) => return Err(DataError::Timeout(window.as_secs())),
             };
             if canonical_ip(peer.ip()) == self.client_ip {
                 break socket;
@@ -117,7 +170,7 @@ impl DataContext {
         };
         drop(lease);
         let _ = socket.set_nodelay(true);
-        self.handshake(socket).await
+        self.handshake(socket, true).await
     }
 
     /// Active mode: connect to the client (already checked to be the client's own address).
@@ -127,7 +180,7 @@ impl DataContext {
             Ok(Err(e)) => return Err(DataError::Connect(target, e.to_string())),
             Err(_) => return Err(DataError::Timeout(self.connect_timeout.as_secs())),
         };
-        self.handshake(socket).await
+        self.handshake(socket, false).await
     }
 }
 
