@@ -48,6 +48,46 @@ pub enum DataError {
     Io(#[from] io::Error),
 }
 
+/// What admitted a data connection's TLS handshake: the `binding` field of its audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// It resumed the control connection's session.
+    Resumption,
+    /// The user's `ftpsDataBinding: addressAndLease`, on a leased passive port.
+    AddressAndLease,
+    /// Neither, with the server-wide `tls.requireSessionResumption: false`.
+    Unbound,
+}
+
+impl Admission {
+    /// `resumed` from rustls; `passive` whether the connection came to a leased passive port.
+    /// `None`: refused (`425`).
+    fn of(
+        resumed: bool,
+        passive: bool,
+        binding: FtpsDataBinding,
+        require_resumption: bool,
+    ) -> Option<Admission> {
+        if resumed {
+            Some(Admission::Resumption)
+        } else if passive && binding.allows_unresumed() {
+            Some(Admission::AddressAndLease)
+        } else if !require_resumption {
+            Some(Admission::Unbound)
+        } else {
+            None
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Admission::Resumption => FtpsDataBinding::TlsResumption.name(),
+            Admission::AddressAndLease => FtpsDataBinding::AddressAndLease.name(),
+            Admission::Unbound => "none",
+        }
+    }
+}
+
 /// Everything the data side needs from its session, cloned so tasks can own it.
 #[derive(Clone)]
 pub struct DataContext {
@@ -65,20 +105,6 @@ pub struct DataContext {
 }
 
 impl DataContext {
-    /// What admitted a data handshake: `resumed` from rustls, `passive` whether it came to a
-    /// leased passive port. `None`: refused.
-    fn binding_for(&self, resumed: bool, passive: bool) -> Option<&'static str> {
-        if resumed {
-            Some(FtpsDataBinding::TlsResumption.name())
-        } else if passive && self.binding.allows_unresumed() {
-            Some(FtpsDataBinding::AddressAndLease.name())
-        } else if !self.require_resumption {
-            Some("none")
-        } else {
-            None
-        }
-    }
-
     async fn handshake(&self, socket: TcpStream, passive: bool) -> Result<DataStream, DataError> {
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let stream = match timeout(self.connect_timeout, acceptor.accept(socket)).await {
@@ -91,7 +117,7 @@ impl DataContext {
         };
         let connection = stream.get_ref().1;
         let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
-        let binding = self.binding_for(resumed, passive);
+        let admission = Admission::of(resumed, passive, self.binding, self.require_resumption);
         let client_cert_sha256 = connection
             .peer_certificates()
             .and_then(|certs| certs.first())
@@ -104,11 +130,11 @@ impl DataContext {
                 "version": connection.protocol_version().map(|v| format!("{v:?}")),
                 "cipher": connection.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())),
                 "resumed": resumed,
-                "binding": binding,
+                "binding": admission.map(Admission::name),
                 "client_cert_sha256": client_cert_sha256,
             }),
         );
-        if binding == Some(FtpsDataBinding::AddressAndLease.name())
+        if admission == Some(Admission::AddressAndLease)
             && client_cert_sha256 != self.control_cert_sha256
         {
             Metrics::inc(
@@ -122,7 +148,7 @@ impl DataContext {
             );
             return Err(DataError::CertificateMismatch);
         }
-        if binding.is_none() {
+        if admission.is_none() {
             Metrics::inc(&self.metrics.data_rejected, &[("reason", "not_resumed")]);
             self.audit.event(
                 &self.tag,
@@ -273,5 +299,38 @@ pub async fn pump_upload(
         if let Some(clean) = end {
             return Ok(clean);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_passive_connection_of_an_opted_in_user_skips_resumption() {
+        use FtpsDataBinding::{AddressAndLease, TlsResumption};
+        let of = Admission::of;
+        // Resumed: always admitted by resumption.
+        assert_eq!(
+            of(true, true, TlsResumption, true),
+            Some(Admission::Resumption)
+        );
+        assert_eq!(
+            of(true, false, AddressAndLease, true),
+            Some(Admission::Resumption)
+        );
+        // Not resumed: the default refuses, the opt-in admits passive connections only.
+        assert_eq!(of(false, true, TlsResumption, true), None);
+        assert_eq!(
+            of(false, true, AddressAndLease, true),
+            Some(Admission::AddressAndLease)
+        );
+        assert_eq!(of(false, false, AddressAndLease, true), None);
+        // The server-wide opt-out admits anything, and says so.
+        assert_eq!(
+            of(false, false, TlsResumption, false),
+            Some(Admission::Unbound)
+        );
+        assert_eq!(Admission::Unbound.name(), "none");
     }
 }
