@@ -1336,6 +1336,7 @@ async fn update_user_status(
             .clone()
             .or(previous.password_changed_at.clone()),
         password_expires_at: verdict.password_expires_at.clone(),
+        ftps_data_binding: verdict.ftps_data_binding,
     };
     if user.status.as_ref() == Some(&status) {
         return Ok(());
@@ -1396,6 +1397,7 @@ async fn reconcile_user(
         password_source_digest: None,
         password_changed_at: None,
         password_expires_at: None,
+        ftps_data_binding: None,
     };
     let api: Api<TransferUser> = Api::namespaced(context.client.clone(), &namespace);
     update_user_status(&api, user, &verdict, (context.now)(), &context).await?;

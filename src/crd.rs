@@ -731,6 +731,14 @@ pub struct TransferUserSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub login_windows: Vec<sluice_config::LoginWindow>,
+    /// What ties FTPS data connections to the control session: `tlsResumption` (default: the
+    /// data connection resumes the control connection's TLS session) or `addressAndLease`, an
+    /// audited opt-in for clients that cannot resume sessions (Apache Commons Net FTPSClient,
+    /// Java TLS 1.3): same source address, the passive port leased to this session alone, the
+    /// first connection within 5 seconds, the control connection's client certificate. Shown
+    /// in `status.ftpsDataBinding` and logged as a warning by the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftps_data_binding: Option<sluice_config::FtpsDataBinding>,
 }
 
 /// A user's TOTP setting; the shared secret stays in a Secret.
@@ -818,4 +826,8 @@ pub struct TransferUserStatus {
     /// When the password expires under the server's `passwordPolicy.maxAgeDays` (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_expires_at: Option<String>,
+    /// Set when users.yaml carries a binding weaker than the default for this user
+    /// (`addressAndLease`: FTPS data connections without TLS session resumption).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ftps_data_binding: Option<sluice_config::FtpsDataBinding>,
 }

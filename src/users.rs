@@ -29,6 +29,8 @@ pub struct Verdict {
     pub password_changed_at: Option<String>,
     /// When the password expires under the server's `maxAgeDays` (RFC 3339).
     pub password_expires_at: Option<String>,
+    /// The user's binding in users.yaml when it is weaker than the default (an audited opt-in).
+    pub ftps_data_binding: Option<config::FtpsDataBinding>,
 }
 
 impl Verdict {
@@ -40,6 +42,7 @@ impl Verdict {
             password_source_digest: None,
             password_changed_at: None,
             password_expires_at: None,
+            ftps_data_binding: None,
         }
     }
 }
@@ -143,6 +146,7 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
                     ),
                 };
                 let changed_at = entry.password_changed_at.clone();
+                let binding = Some(entry.ftps_data_binding).filter(|b| b.allows_unresumed());
                 list.push(entry);
                 verdicts.insert(
                     object,
@@ -153,6 +157,7 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
                         password_source_digest: digest,
                         password_changed_at: changed_at,
                         password_expires_at: expires_at,
+                        ftps_data_binding: binding,
                     },
                 );
             }
@@ -283,6 +288,7 @@ fn resolve_one(
         ftps_auth: spec.ftps_auth.unwrap_or_default(),
         login_windows: spec.login_windows.clone(),
         password_changed_at,
+        ftps_data_binding: spec.ftps_data_binding.unwrap_or_default(),
     };
     // Field-level validation with the server's own rules, so the server never rejects a file
     // the operator wrote.
@@ -446,6 +452,39 @@ mod tests {
         let yaml = serde_saphyr::to_string(&resolved.list).unwrap();
         assert!(!yaml.contains("Orbit-Kettle-2026"));
         assert!(config::UserList::parse("users.yaml", &yaml).is_ok());
+    }
+
+    #[test]
+    fn ftps_data_binding_is_rendered_and_reported_only_when_weaker() {
+        let legacy = user(
+            "legacy",
+            "legacy",
+            1,
+            "  ftpsDataBinding: addressAndLease\n",
+        );
+        let modern = user("modern", "modern", 2, "");
+        let secrets = BTreeMap::from([
+            secret("legacy-pw", "Orbit-Kettle-2026", "1"),
+            secret("modern-pw", "Orbit-Kettle-2026", "1"),
+        ]);
+        let resolved = run(&[legacy, modern], &secrets, None);
+        assert_eq!(
+            resolved.list.find("legacy").unwrap().ftps_data_binding,
+            config::FtpsDataBinding::AddressAndLease
+        );
+        assert_eq!(
+            resolved.verdicts["legacy"].ftps_data_binding,
+            Some(config::FtpsDataBinding::AddressAndLease)
+        );
+        assert_eq!(resolved.verdicts["modern"].ftps_data_binding, None);
+        let yaml = serde_saphyr::to_string(&resolved.list).unwrap();
+        assert_eq!(
+            yaml.matches("ftpsDataBinding: addressAndLease").count(),
+            1,
+            "{yaml}"
+        );
+        let parsed = config::UserList::parse("users.yaml", &yaml).unwrap();
+        assert_eq!(parsed.insecure_opt_ins().len(), 1);
     }
 
     #[test]

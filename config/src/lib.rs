@@ -7,6 +7,7 @@
 mod ban_wire;
 mod bans;
 mod budgets;
+mod data_binding;
 mod error;
 mod second_factor;
 mod server;
@@ -17,6 +18,7 @@ mod windows;
 pub use ban_wire::{MAX_SYNC_ENTRIES, WireBan, WireTotpStep};
 pub use bans::{BanConfig, BanSyncConfig};
 pub use budgets::*;
+pub use data_binding::{FtpsDataBinding, UNRESUMED_DATA_WINDOW_SECONDS};
 pub use error::{ConfigError, FieldError};
 pub use second_factor::*;
 pub use server::*;

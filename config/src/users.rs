@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::FtpsDataBinding;
 use crate::second_factor::{self, ClientCertificate, FtpsAuth, TotpConfig};
 use crate::{
     ConfigError, FieldError, LoginWindow, SshAuthMethod, check_header, parse_yaml, validate_window,
@@ -133,6 +134,10 @@ pub struct User {
     /// password logins are refused once it is older than that. Absent: the password never ages.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_changed_at: Option<String>,
+    /// What ties FTPS data connections to the control session: `tlsResumption` (default) or
+    /// `addressAndLease` for clients that cannot resume TLS sessions; see [`FtpsDataBinding`].
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ftps_data_binding: FtpsDataBinding,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {

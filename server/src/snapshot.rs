@@ -136,6 +136,10 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
 
     let users_name = name_of(&users_path);
     let users = UserList::parse(&users_name, &String::from_utf8_lossy(&users_bytes))?;
+    // Logged on every load (start, check-config, each reload), so an opt-in is never silent.
+    for warning in users.insecure_opt_ins() {
+        tracing::warn!(setting = %warning, "insecure opt-in enabled");
+    }
     if config.tls.client_certificates == sluice_config::ClientCertificateMode::None {
         for user in users
             .users

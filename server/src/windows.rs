@@ -146,6 +146,7 @@ mod tests {
             totp: None,
             client_certificates: vec![],
             ftps_auth: Default::default(),
+            ftps_data_binding: Default::default(),
         }
     }
 

@@ -143,19 +143,9 @@ def test_sftp_publickey_then_code_with_openssh(srv, key):
     srv.wait_event("login", protocol="sftp", result="failure", user="alice", reason="totp replayed")
 
 
-class _SkipRepeatedServiceRequest(paramiko.auth_handler.AuthHandler):
-    """paramiko sends an `ssh-userauth` service request before every authentication attempt and
-    russh answers only the first (docs/sftp.md, known limitations): for the second factor this
-    handler sends the keyboard-interactive request directly, as OpenSSH does."""
-
-    def _request_auth(self):
-        message = paramiko.Message()
-        message.add_string("ssh-userauth")
-        message.rewind()
-        self._parse_service_accept(message)
-
-
-def paramiko_two_factor(srv, key: Path, code: str, monkeypatch) -> paramiko.Transport:
+def paramiko_two_factor(srv, key: Path, code: str) -> paramiko.Transport:
+    """Plain paramiko: publickey, then keyboard-interactive on the same connection (paramiko
+    sends a second `ssh-userauth` service request before it; patches/README.md)."""
     t = paramiko.Transport(("127.0.0.1", srv.sftp_port))
     t.start_client(timeout=10)
     remaining = t.auth_publickey("alice", paramiko.Ed25519Key(filename=str(key)))
@@ -166,18 +156,16 @@ def paramiko_two_factor(srv, key: Path, code: str, monkeypatch) -> paramiko.Tran
         prompts_seen.extend(p for p, _ in prompts)
         return [code] * len(prompts)
 
-    with monkeypatch.context() as patch:
-        patch.setattr(paramiko.transport, "AuthHandler", _SkipRepeatedServiceRequest)
-        try:
-            t.auth_interactive("alice", answer)
-        finally:
-            assert prompts_seen == ["Verification code: "]
+    try:
+        t.auth_interactive("alice", answer)
+    finally:
+        assert prompts_seen == ["Verification code: "]
     return t
 
 
-def test_sftp_code_with_paramiko_and_replay_across_protocols(srv, key, monkeypatch):
+def test_sftp_code_with_paramiko_and_replay_across_protocols(srv, key):
     code = totp(SECRET)
-    t = paramiko_two_factor(srv, key, code, monkeypatch)
+    t = paramiko_two_factor(srv, key, code)
     try:
         assert t.is_authenticated()
         sftp = paramiko.SFTPClient.from_transport(t)
@@ -189,7 +177,7 @@ def test_sftp_code_with_paramiko_and_replay_across_protocols(srv, key, monkeypat
     srv.wait_event("login", protocol="ftps", result="failure", reason="totp replayed")
     # A wrong code over SFTP: refused and audited.
     with pytest.raises(paramiko.AuthenticationException):
-        paramiko_two_factor(srv, key, "123", monkeypatch).close()
+        paramiko_two_factor(srv, key, "123").close()
     srv.wait_event("login", protocol="sftp", result="failure", reason="totp invalid")
 
 

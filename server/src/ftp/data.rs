@@ -1,6 +1,12 @@
 //! Data connections: the passive accept task (only the control connection's address, and a TLS
 //! handshake that must resume the control connection's session), active connects, and the
 //! pumps that move bytes between the network and the disk workers.
+//!
+//! A user with `ftpsDataBinding: addressAndLease` (clients that cannot resume TLS sessions,
+//! `sluice_config::FtpsDataBinding`) may skip resumption on passive connections only: the
+//! address check and the port leased to this session alone stay, the window shrinks to
+//! `UNRESUMED_DATA_WINDOW_SECONDS`, and the client certificate must be the control
+//! connection's. Every data handshake's audit event names the binding that admitted it.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +26,7 @@ use tokio_rustls::server::TlsStream;
 use crate::audit::{Audit, SessionTag};
 use crate::metrics::Metrics;
 use crate::userfs::{CHUNK_BYTES, FsError, UploadSink};
-use sluice_config::canonical_ip;
+use sluice_config::{FtpsDataBinding, UNRESUMED_DATA_WINDOW_SECONDS, canonical_ip};
 
 use super::passive::PassiveLease;
 
@@ -32,6 +38,8 @@ pub enum DataError {
     Timeout(u64),
     #[error("TLS session of the data connection did not resume the control connection's session")]
     NotResumed,
+    #[error("client certificate of the data connection is not the control connection's")]
+    CertificateMismatch,
     #[error("TLS handshake on the data connection failed: {0}")]
     Handshake(String),
     #[error("cannot connect to {0}: {1}")]
@@ -40,12 +48,56 @@ pub enum DataError {
     Io(#[from] io::Error),
 }
 
+/// What admitted a data connection's TLS handshake: the `binding` field of its audit event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// It resumed the control connection's session.
+    Resumption,
+    /// The user's `ftpsDataBinding: addressAndLease`, on a leased passive port.
+    AddressAndLease,
+    /// Neither, with the server-wide `tls.requireSessionResumption: false`.
+    Unbound,
+}
+
+impl Admission {
+    /// `resumed` from rustls; `passive` whether the connection came to a leased passive port.
+    /// `None`: refused (`425`).
+    fn of(
+        resumed: bool,
+        passive: bool,
+        binding: FtpsDataBinding,
+        require_resumption: bool,
+    ) -> Option<Admission> {
+        if resumed {
+            Some(Admission::Resumption)
+        } else if passive && binding.allows_unresumed() {
+            Some(Admission::AddressAndLease)
+        } else if !require_resumption {
+            Some(Admission::Unbound)
+        } else {
+            None
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Admission::Resumption => FtpsDataBinding::TlsResumption.name(),
+            Admission::AddressAndLease => FtpsDataBinding::AddressAndLease.name(),
+            Admission::Unbound => "none",
+        }
+    }
+}
+
 /// Everything the data side needs from its session, cloned so tasks can own it.
 #[derive(Clone)]
 pub struct DataContext {
     pub tls: Arc<rustls::ServerConfig>,
     pub client_ip: IpAddr,
     pub require_resumption: bool,
+    /// The logged-in user's `ftpsDataBinding` (the default before login).
+    pub binding: FtpsDataBinding,
+    /// SHA-256 of the control connection's client certificate, when it presented one.
+    pub control_cert_sha256: Option<String>,
     pub connect_timeout: Duration,
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
@@ -53,7 +105,7 @@ pub struct DataContext {
 }
 
 impl DataContext {
-    async fn handshake(&self, socket: TcpStream) -> Result<DataStream, DataError> {
+    async fn handshake(&self, socket: TcpStream, passive: bool) -> Result<DataStream, DataError> {
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let stream = match timeout(self.connect_timeout, acceptor.accept(socket)).await {
             Ok(Ok(stream)) => stream,
@@ -65,6 +117,11 @@ impl DataContext {
         };
         let connection = stream.get_ref().1;
         let resumed = connection.handshake_kind() == Some(HandshakeKind::Resumed);
+        let admission = Admission::of(resumed, passive, self.binding, self.require_resumption);
+        let client_cert_sha256 = connection
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .map(|cert| crate::client_cert::PeerCertificate::from_der(cert).sha256);
         self.audit.event(
             &self.tag,
             "tls",
@@ -73,9 +130,25 @@ impl DataContext {
                 "version": connection.protocol_version().map(|v| format!("{v:?}")),
                 "cipher": connection.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())),
                 "resumed": resumed,
+                "binding": admission.map(Admission::name),
+                "client_cert_sha256": client_cert_sha256,
             }),
         );
-        if self.require_resumption && !resumed {
+        if admission == Some(Admission::AddressAndLease)
+            && client_cert_sha256 != self.control_cert_sha256
+        {
+            Metrics::inc(
+                &self.metrics.data_rejected,
+                &[("reason", "certificate_mismatch")],
+            );
+            self.audit.event(
+                &self.tag,
+                "data_rejected",
+                json!({"reason": "client certificate differs from the control connection's"}),
+            );
+            return Err(DataError::CertificateMismatch);
+        }
+        if admission.is_none() {
             Metrics::inc(&self.metrics.data_rejected, &[("reason", "not_resumed")]);
             self.audit.event(
                 &self.tag,
@@ -90,12 +163,18 @@ impl DataContext {
     /// Waits on a passive port for the client's connection. Connections from any other address
     /// are closed, logged and ignored (the legitimate client may still come).
     pub async fn accept_passive(self, lease: PassiveLease) -> Result<DataStream, DataError> {
-        let deadline = Instant::now() + self.connect_timeout;
+        let window = if self.binding.allows_unresumed() {
+            self.connect_timeout
+                .min(Duration::from_secs(UNRESUMED_DATA_WINDOW_SECONDS))
+        } else {
+            self.connect_timeout
+        };
+        let deadline = Instant::now() + window;
         let socket = loop {
             let (socket, peer) = match timeout_at(deadline, lease.listener.accept()).await {
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(e)) => return Err(DataError::Io(e)),
-                Err(_) => return Err(DataError::Timeout(self.connect_timeout.as_secs())),
+                Err(_) => return Err(DataError::Timeout(window.as_secs())),
             };
             if canonical_ip(peer.ip()) == self.client_ip {
                 break socket;
@@ -117,7 +196,7 @@ impl DataContext {
         };
         drop(lease);
         let _ = socket.set_nodelay(true);
-        self.handshake(socket).await
+        self.handshake(socket, true).await
     }
 
     /// Active mode: connect to the client (already checked to be the client's own address).
@@ -127,7 +206,7 @@ impl DataContext {
             Ok(Err(e)) => return Err(DataError::Connect(target, e.to_string())),
             Err(_) => return Err(DataError::Timeout(self.connect_timeout.as_secs())),
         };
-        self.handshake(socket).await
+        self.handshake(socket, false).await
     }
 }
 
@@ -225,5 +304,38 @@ pub async fn pump_upload(
         if let Some(clean) = end {
             return Ok(clean);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_passive_connection_of_an_opted_in_user_skips_resumption() {
+        use FtpsDataBinding::{AddressAndLease, TlsResumption};
+        let of = Admission::of;
+        // Resumed: always admitted by resumption.
+        assert_eq!(
+            of(true, true, TlsResumption, true),
+            Some(Admission::Resumption)
+        );
+        assert_eq!(
+            of(true, false, AddressAndLease, true),
+            Some(Admission::Resumption)
+        );
+        // Not resumed: the default refuses, the opt-in admits passive connections only.
+        assert_eq!(of(false, true, TlsResumption, true), None);
+        assert_eq!(
+            of(false, true, AddressAndLease, true),
+            Some(Admission::AddressAndLease)
+        );
+        assert_eq!(of(false, false, AddressAndLease, true), None);
+        // The server-wide opt-out admits anything, and says so.
+        assert_eq!(
+            of(false, false, TlsResumption, false),
+            Some(Admission::Unbound)
+        );
+        assert_eq!(Admission::Unbound.name(), "none");
     }
 }

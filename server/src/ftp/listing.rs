@@ -106,6 +106,7 @@ mod tests {
             ftps_auth: Default::default(),
             login_windows: vec![],
             password_changed_at: None,
+            ftps_data_binding: Default::default(),
         }
     }
 

@@ -1081,6 +1081,11 @@ impl Session {
             tls: self.tls.data.clone(),
             client_ip: self.client_ip,
             require_resumption: self.config().tls.require_session_resumption,
+            binding: self
+                .user()
+                .map(|user| user.ftps_data_binding)
+                .unwrap_or_default(),
+            control_cert_sha256: self.peer_cert.as_ref().map(|cert| cert.sha256.clone()),
             connect_timeout: Duration::from_secs(self.config().timeouts.data_connect_seconds),
             audit: self.context.audit.clone(),
             metrics: self.context.metrics.clone(),
