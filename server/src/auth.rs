@@ -10,7 +10,9 @@
 //! counted against idle sessions. With the memory owned by the thread, the pool costs
 //! exactly `workers x m_cost` KiB, allocated once at start.
 
-use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use argon2::password_hash::{Output, PasswordHash, PasswordHasher, SaltString};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
@@ -198,18 +200,57 @@ struct Job {
     reply: tokio::sync::oneshot::Sender<bool>,
 }
 
+/// Jobs waiting for a verification thread, one queue per source: threads take the sources in
+/// turn, so a client that floods logins (from one address or /64) waits behind its own
+/// verifications while a login from anyone else is next in line.
+#[derive(Default)]
+struct FairQueue {
+    waiting: HashMap<IpAddr, VecDeque<Job>>,
+    /// Sources with waiting jobs, in the order they are served.
+    turns: VecDeque<IpAddr>,
+}
+
+impl FairQueue {
+    fn push(&mut self, source: IpAddr, job: Job) {
+        let queue = self.waiting.entry(source).or_default();
+        if queue.is_empty() {
+            self.turns.push_back(source);
+        }
+        queue.push_back(job);
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        let source = self.turns.pop_front()?;
+        let queue = self.waiting.get_mut(&source)?;
+        let job = queue.pop_front();
+        if queue.is_empty() {
+            self.waiting.remove(&source);
+        } else {
+            self.turns.push_back(source);
+        }
+        job
+    }
+}
+
+struct Shared {
+    queue: Mutex<FairQueue>,
+    ready: Condvar,
+}
+
 /// A fixed pool of verification threads.
 #[derive(Clone)]
 pub struct Verifier {
-    jobs: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl Verifier {
     pub fn start(workers: usize) -> Verifier {
-        let (jobs, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(FairQueue::default()),
+            ready: Condvar::new(),
+        });
         for index in 0..workers.max(1) {
-            let receiver = receiver.clone();
+            let shared = shared.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
                 .spawn(move || {
@@ -220,10 +261,17 @@ impl Verifier {
                     let _ = verify_with_memory("warm-up", None, &mut memory);
                     loop {
                         let job = {
-                            let Ok(guard) = receiver.lock() else { return };
-                            match guard.recv() {
-                                Ok(job) => job,
-                                Err(_) => return,
+                            let Ok(mut queue) = shared.queue.lock() else {
+                                return;
+                            };
+                            loop {
+                                if let Some(job) = queue.pop() {
+                                    break job;
+                                }
+                                queue = match shared.ready.wait(queue) {
+                                    Ok(queue) => queue,
+                                    Err(_) => return,
+                                };
                             }
                         };
                         let ok = verify_or_dummy(
@@ -236,25 +284,35 @@ impl Verifier {
                     }
                 });
         }
-        Verifier { jobs }
+        Verifier { shared }
     }
 
     /// Verifies on the pool against `hash`, or against `dummy` (always false) when there is
-    /// none; false on any failure.
-    pub async fn verify(&self, password: String, hash: Option<String>, dummy: Arc<str>) -> bool {
+    /// none; false on any failure. `source` is the client's address (or IPv6 prefix) that the
+    /// pool's turns are shared by.
+    pub async fn verify(
+        &self,
+        source: IpAddr,
+        password: String,
+        hash: Option<String>,
+        dummy: Arc<str>,
+    ) -> bool {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        if self
-            .jobs
-            .send(Job {
-                password,
-                hash,
-                dummy,
-                reply,
-            })
-            .is_err()
         {
-            return false;
+            let Ok(mut queue) = self.shared.queue.lock() else {
+                return false;
+            };
+            queue.push(
+                source,
+                Job {
+                    password,
+                    hash,
+                    dummy,
+                    reply,
+                },
+            );
         }
+        self.shared.ready.notify_one();
         answer.await.unwrap_or(false)
     }
 }
@@ -324,21 +382,48 @@ mod tests {
         let hash = hash_password("correct horse battery").unwrap();
         let pool = Verifier::start(2);
         let dummy = dummy_hash_for(Argon2Params::ISSUED);
-        assert!(
-            pool.verify(
-                "correct horse battery".into(),
-                Some(hash.clone()),
-                dummy.clone()
-            )
-            .await
-        );
-        assert!(!pool.verify("nope".into(), Some(hash), dummy.clone()).await);
-        assert!(!pool.verify("x".into(), None, dummy.clone()).await);
-        assert!(
-            !pool
-                .verify("sluice-dummy-password".into(), None, dummy)
-                .await
-        );
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let check = |password: &str, hash: Option<String>| {
+            pool.verify(ip, password.into(), hash, dummy.clone())
+        };
+        assert!(check("correct horse battery", Some(hash.clone())).await);
+        assert!(!check("nope", Some(hash)).await);
+        assert!(!check("x", None).await);
+        assert!(!check("sluice-dummy-password", None).await);
+    }
+
+    /// A flood of logins from one source does not delay another source's login behind it:
+    /// the sources take turns.
+    #[test]
+    fn sources_take_turns_in_the_queue() {
+        let job = || {
+            let (reply, _answer) = tokio::sync::oneshot::channel();
+            Job {
+                password: String::new(),
+                hash: None,
+                dummy: Arc::from(""),
+                reply,
+            }
+        };
+        let (mallory, victim): (IpAddr, IpAddr) =
+            ("127.0.0.2".parse().unwrap(), "127.0.0.3".parse().unwrap());
+        let mut queue = FairQueue::default();
+        for _ in 0..100 {
+            queue.push(mallory, job());
+        }
+        queue.push(victim, job());
+        let mut served = Vec::new();
+        for _ in 0..3 {
+            served.push(queue.turns.front().copied());
+            queue.pop().unwrap();
+        }
+        assert_eq!(served, vec![Some(mallory), Some(victim), Some(mallory)]);
+        let mut left = 0;
+        while queue.pop().is_some() {
+            left += 1;
+        }
+        assert_eq!(left, 98);
+        assert!(queue.waiting.is_empty() && queue.turns.is_empty());
     }
 
     /// Found in review: a stored hash sizes argon2's memory; m=4294967295 mapped 4 TiB on the

@@ -759,7 +759,15 @@ impl Session {
         let verified = self
             .context
             .verifier
-            .verify(password.to_string(), hash, self.snapshot.dummy_hash.clone())
+            .verify(
+                crate::admission::source_key(
+                    self.client_ip,
+                    self.snapshot.config.limits.ipv6_prefix_length,
+                ),
+                password.to_string(),
+                hash,
+                self.snapshot.dummy_hash.clone(),
+            )
             .await
             || !mode.needs_password();
         let Some(user) = user.filter(|_| verified) else {

@@ -553,7 +553,15 @@ impl russh::server::Handler for SshHandler {
         let verified = self
             .context
             .verifier
-            .verify(password.to_string(), hash, self.snapshot.dummy_hash.clone())
+            .verify(
+                crate::admission::source_key(
+                    self.client_ip,
+                    self.snapshot.config.limits.ipv6_prefix_length,
+                ),
+                password.to_string(),
+                hash,
+                self.snapshot.dummy_hash.clone(),
+            )
             .await;
         if !verified {
             return Ok(self.failed(user, "password", "invalid credentials").await);
