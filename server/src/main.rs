@@ -214,6 +214,9 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let audit = audit::Audit::start(snapshot.config.audit.stdout, audit_file);
     let metrics = metrics::Metrics::new();
+    metrics
+        .sessions_max
+        .set(i64::from(snapshot.config.limits.max_sessions));
     let ready = Arc::new(AtomicBool::new(false));
     let listeners = snapshot.config.listeners.clone();
     let host_keys = snapshot

@@ -21,6 +21,10 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Default)]
 pub struct Metrics {
     pub sessions_active: Gauge,
+    /// `limits.maxSessions` of the configuration in force (set at start and on every reload).
+    pub sessions_max: Gauge,
+    /// 1 while `/readyz` answers 200, 0 while starting or draining.
+    pub ready: Gauge,
     pub sessions_total: Family<Labels, Counter>,
     pub sessions_refused: Family<Labels, Counter>,
     pub logins: Family<Labels, Counter>,
@@ -47,6 +51,16 @@ impl Metrics {
             metrics.sessions_active.clone(),
         );
         registry.register(
+            "sessions_max",
+            "limits.maxSessions of the configuration in force",
+            metrics.sessions_max.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while /readyz answers 200 (configuration loaded, listeners bound, not draining), else 0",
+            metrics.ready.clone(),
+        );
+        registry.register(
             "sessions",
             "Accepted control connections by listener",
             metrics.sessions_total.clone(),
@@ -61,7 +75,11 @@ impl Metrics {
             "Requests refused or sessions ended by a tenant budget (budgets.*), by budget",
             metrics.budget_exceeded.clone(),
         );
-        registry.register("logins", "Login attempts by result", metrics.logins.clone());
+        registry.register(
+            "logins",
+            "Login attempts by protocol (ftps, sftp) and result",
+            metrics.logins.clone(),
+        );
         registry.register("commands", "Commands by verb", metrics.commands.clone());
         registry.register(
             "transfer_bytes",
@@ -187,6 +205,7 @@ pub async fn serve(
                     }
                     "/readyz" => respond(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into()),
                     "/metrics" => {
+                        metrics.ready.set(i64::from(ready.load(Ordering::Relaxed)));
                         let mut response = respond(StatusCode::OK, metrics.render());
                         if let Ok(value) =
                             "application/openmetrics-text; version=1.0.0; charset=utf-8".parse()

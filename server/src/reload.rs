@@ -43,6 +43,9 @@ pub async fn watch_files(
                     tracing::warn!("listener addresses changed; they take effect after a restart");
                 }
                 let users = new.users.len();
+                metrics
+                    .sessions_max
+                    .set(i64::from(new.config.limits.max_sessions));
                 sender.send_replace(Arc::new(new));
                 Metrics::inc(&metrics.reloads, &[("result", "applied")]);
                 tracing::info!(users, "configuration reloaded");
