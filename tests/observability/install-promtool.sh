@@ -11,6 +11,7 @@ if [ ! -x "$BIN_DIR/promtool" ]; then
     GOFLAGS=-mod=mod GOBIN="$BIN_DIR" \
         GOMODCACHE="${SLUICE_GOMODCACHE:-$HOME/.cache/sluice/go/mod}" \
         GOCACHE="${SLUICE_GOCACHE:-$HOME/.cache/sluice/go/build}" \
-        go install "github.com/prometheus/prometheus/cmd/promtool@$VERSION" >&2
+        go install -ldflags "-X github.com/prometheus/common/version.Version=$VERSION" \
+        "github.com/prometheus/prometheus/cmd/promtool@$VERSION" >&2
 fi
 echo "$BIN_DIR/promtool"

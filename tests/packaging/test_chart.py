@@ -40,8 +40,13 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [d for d in docs if d["kind"] == kind]
 
 
-def test_lint(helm):
-    result = subprocess.run([helm, "lint", "--strict", "--kube-version", K8S_VERSION, str(CHART)], capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("values", [[], ["serviceMonitor.enabled=true", "serverPodMonitor.enabled=true",
+                                         "prometheusRule.enabled=true", "grafanaDashboard.enabled=true"]],
+                         ids=["defaults", "monitoring"])
+def test_lint(helm, values):
+    args = [arg for value in values for arg in ("--set", value)]
+    result = subprocess.run([helm, "lint", "--strict", "--kube-version", K8S_VERSION, str(CHART), *args],
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -55,7 +60,9 @@ def test_schema_rejects_bad_values(helm):
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize("values", [[], ["rbacScope=namespace", "serviceMonitor.enabled=true"]],
+@pytest.mark.parametrize("values", [[], ["rbacScope=namespace", "serviceMonitor.enabled=true",
+                                         "serverPodMonitor.enabled=true", "prometheusRule.enabled=true",
+                                         "grafanaDashboard.enabled=true"]],
                          ids=["defaults", "namespaced"])
 def test_rendered_manifests_are_valid_kubernetes(helm, values):
     import kubernetes_validate
@@ -63,8 +70,8 @@ def test_rendered_manifests_are_valid_kubernetes(helm, values):
     docs = render(helm, *values)
     assert {"Deployment", "ServiceAccount", "Service"} <= {d["kind"] for d in docs}
     for doc in docs:
-        if doc["kind"] == "ServiceMonitor":
-            continue  # a CRD of the Prometheus Operator: no built-in schema
+        if doc["apiVersion"] == "monitoring.coreos.com/v1":
+            continue  # ServiceMonitor, PodMonitor, PrometheusRule: CRDs of the Prometheus Operator
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
 
