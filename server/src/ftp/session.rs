@@ -821,8 +821,10 @@ impl Session {
                 return Flow::Close("home directory unavailable");
             }
         };
-        Metrics::inc(&self.context.metrics.logins,
-            &[("protocol", "ftps"), ("result", "success")]);
+        Metrics::inc(
+            &self.context.metrics.logins,
+            &[("protocol", "ftps"), ("result", "success")],
+        );
         let mut fields = self.cert_fields();
         fields["result"] = "success".into();
         fields["method"] = self.login_method.clone().into();
@@ -848,8 +850,10 @@ impl Session {
             self.client_ip,
             self.tag.user.as_deref(),
         );
-        Metrics::inc(&self.context.metrics.logins,
-            &[("protocol", "ftps"), ("result", "failure")]);
+        Metrics::inc(
+            &self.context.metrics.logins,
+            &[("protocol", "ftps"), ("result", "failure")],
+        );
         let mut fields = self.cert_fields();
         fields["result"] = "failure".into();
         let method = std::mem::take(&mut self.login_method);
@@ -881,8 +885,10 @@ impl Session {
                 .await;
         }
         self.failures += 1;
-        Metrics::inc(&self.context.metrics.logins,
-            &[("protocol", "ftps"), ("result", "failure")]);
+        Metrics::inc(
+            &self.context.metrics.logins,
+            &[("protocol", "ftps"), ("result", "failure")],
+        );
         let mut fields = json!({"result": "failure", "method": "password",
             "reason": refusal.audit_reason(), "attempt": self.failures});
         if let crate::windows::Refusal::OutsideWindow {

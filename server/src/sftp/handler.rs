@@ -225,8 +225,10 @@ impl SshHandler {
     async fn failed(&mut self, user: &str, method: &str, reason: &str) -> Auth {
         self.failures += 1;
         crate::admission::record_login_failure(&self.context, self.client_ip, Some(user));
-        Metrics::inc(&self.context.metrics.logins,
-            &[("protocol", "sftp"), ("result", "failure")]);
+        Metrics::inc(
+            &self.context.metrics.logins,
+            &[("protocol", "sftp"), ("result", "failure")],
+        );
         let mut tag = self.tag.clone();
         tag.user = Some(user.chars().take(128).collect());
         self.context.audit.event(
@@ -258,8 +260,10 @@ impl SshHandler {
         refusal: crate::windows::Refusal,
     ) -> Auth {
         self.failures += 1;
-        Metrics::inc(&self.context.metrics.logins,
-            &[("protocol", "sftp"), ("result", "failure")]);
+        Metrics::inc(
+            &self.context.metrics.logins,
+            &[("protocol", "sftp"), ("result", "failure")],
+        );
         let mut tag = self.tag.clone();
         tag.user = Some(user.chars().take(128).collect());
         let next_open = match refusal {
@@ -418,8 +422,10 @@ impl SshHandler {
             methods.push("totp");
         }
         self.tag.user = Some(user.username.clone());
-        Metrics::inc(&self.context.metrics.logins,
-            &[("protocol", "sftp"), ("result", "success")]);
+        Metrics::inc(
+            &self.context.metrics.logins,
+            &[("protocol", "sftp"), ("result", "success")],
+        );
         self.audit(
             "login",
             json!({
