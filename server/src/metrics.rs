@@ -122,7 +122,40 @@ impl Metrics {
             metrics.reloads.clone(),
         );
         let _ = metrics.registry.set(registry);
+        metrics.zero_known_series();
         Arc::new(metrics)
+    }
+
+    /// Exports the label sets the alerts select on at 0 from the start: Prometheus's
+    /// `increase()` cannot see the first event of a series that appears at 1, so without this
+    /// a server's first rejected reload or first ban would never fire an alert.
+    fn zero_known_series(&self) {
+        let zero = |family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]| {
+            Metrics::add(family, labels, 0)
+        };
+        for result in ["applied", "rejected"] {
+            zero(&self.reloads, &[("result", result)]);
+        }
+        for scope in ["ip", "user", "peer_ip", "peer_user"] {
+            zero(&self.bans, &[("scope", scope)]);
+        }
+        for protocol in ["ftps", "sftp"] {
+            for result in ["success", "failure"] {
+                zero(&self.logins, &[("protocol", protocol), ("result", result)]);
+            }
+        }
+        for reason in ["total", "perip", "rate", "banned"] {
+            zero(&self.sessions_refused, &[("reason", reason)]);
+        }
+        for reason in ["not_resumed", "foreign_address"] {
+            zero(&self.data_rejected, &[("reason", reason)]);
+        }
+        for result in ["200", "401", "503"] {
+            zero(&self.ban_sync_requests, &[("result", result)]);
+        }
+        for channel in ["control", "data"] {
+            zero(&self.tls_failures, &[("channel", channel)]);
+        }
     }
 
     pub fn inc(family: &Family<Labels, Counter>, labels: &[(&'static str, &str)]) {

@@ -53,6 +53,9 @@ def _get(url: str, timeout: float = 30) -> str:
             time.sleep(0.2)
 
 
+FRESH: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def server_scrape(tmp_path_factory) -> str:
     binary = _binary("SLUICE_SERVER_BIN", "sluice-server")
@@ -69,6 +72,7 @@ def server_scrape(tmp_path_factory) -> str:
                                  "--passive-start", str(passive), "--sftp-port", str(sftp)], stdout=out, stderr=err)
     try:
         _get(f"http://127.0.0.1:{health}/readyz")
+        FRESH["text"] = _get(f"http://127.0.0.1:{health}/metrics")
         password = re.search(r"password:\s+(\S+)", stderr.read_text()).group(1)
         cafile = directory / "root" / "tls.crt"
         curl = ["curl", "-sS", "--max-time", "20", "--ssl-reqd", "--cacert", str(cafile)]
@@ -164,3 +168,19 @@ def test_labels_the_rules_group_by_exist(server_scrape):
                           ("sluice_transfers_total", "direction"), ("sluice_transfer_bytes_total", "direction"),
                           ("sluice_bans_active", "scope")]:
         assert re.search(rf"^{metric}\{{[^}}]*\b{label}=", server_scrape, re.M), (metric, label)
+
+
+def test_alerted_counters_exist_at_zero_before_the_first_event(alerts, server_scrape):
+    """increase() cannot see the first event of a series that appears at 1: every counter
+    series an alert selects with `label="value"` or `label=~"a|b"` is exported at 0 by a server
+    that has not done anything yet (the first rejected reload, the first ban must fire)."""
+    fresh = FRESH["text"]
+    checked = 0
+    for alert in alerts:
+        for metric, matchers in re.findall(r"(sluice_(?!operator_)\w+_total)\{([^}]*)\}", alert["expr"]):
+            for label, op, value in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', matchers):
+                for one in value.split("|") if op == "=~" else [value]:
+                    pattern = rf'^{metric}\{{[^}}]*\b{label}="{re.escape(one)}"[^}}]*\}} 0$'
+                    assert re.search(pattern, fresh, re.M), f"{alert['alert']}: {metric}{{{label}=\"{one}\"}} not at 0 in\n{fresh}"
+                    checked += 1
+    assert checked >= 6, checked
