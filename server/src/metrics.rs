@@ -147,7 +147,7 @@ impl Metrics {
         for reason in ["total", "perip", "rate", "banned"] {
             zero(&self.sessions_refused, &[("reason", reason)]);
         }
-        for reason in ["not_resumed", "foreign_address"] {
+        for reason in ["not_resumed", "foreign_address", "certificate_mismatch"] {
             zero(&self.data_rejected, &[("reason", reason)]);
         }
         for result in ["200", "401", "503"] {
