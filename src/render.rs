@@ -334,6 +334,10 @@ pub fn server_config(
             },
             ..config::SshConfig::default()
         },
+        // The server enforces the allowlist again (after a PROXY header, on the client's
+        // address), so it holds where the NetworkPolicy cannot see the client.
+        allowed_cidrs: spec.allowed_cidrs.clone(),
+        proxy_protocol: config::ProxyProtocolConfig::default(),
     }
 }
 
