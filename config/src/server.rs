@@ -83,7 +83,10 @@ pub struct ServerConfig {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_cidrs: Vec<String>,
     /// PROXY protocol v1/v2 from trusted proxies; see [`crate::ProxyProtocolConfig`].
-    #[serde(default, skip_serializing_if = "crate::ProxyProtocolConfig::is_default")]
+    #[serde(
+        default,
+        skip_serializing_if = "crate::ProxyProtocolConfig::is_default"
+    )]
     pub proxy_protocol: crate::ProxyProtocolConfig,
 }
 

@@ -147,16 +147,17 @@ pub fn admit(
     }
     if !snapshot.config.allows_source(client) {
         // Audited every time: the rate above already bounds how often one source gets here.
-        Metrics::inc(&context.metrics.sessions_refused, &[("reason", "not_allowed")]);
+        Metrics::inc(
+            &context.metrics.sessions_refused,
+            &[("reason", "not_allowed")],
+        );
         refused(json!({"reason": crate::limits::LimitError::NotAllowed.to_string()}));
         return Err(crate::limits::LimitError::NotAllowed);
     }
     if let Some(remaining) = context.bans.ip_banned(bans, ip, now) {
         Metrics::inc(&context.metrics.sessions_refused, &[("reason", "banned")]);
         if context.bans.log_refusal(bans, ip, now) {
-            refused(
-                json!({"reason": "banned", "ban_remaining_seconds": remaining.as_secs()}),
-            );
+            refused(json!({"reason": "banned", "ban_remaining_seconds": remaining.as_secs()}));
         }
         return Err(crate::limits::LimitError::Banned);
     }

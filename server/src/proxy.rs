@@ -408,8 +408,18 @@ mod tests {
         // LOCAL: the proxy's own connection (health check).
         assert_eq!(parse(&v2(0, 0x00, &[], &[])).unwrap().source, None);
         let mut v6 = Vec::new();
-        v6.extend_from_slice(&"2001:db8::7".parse::<std::net::Ipv6Addr>().unwrap().octets());
-        v6.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        v6.extend_from_slice(
+            &"2001:db8::7"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
+        v6.extend_from_slice(
+            &"2001:db8::1"
+                .parse::<std::net::Ipv6Addr>()
+                .unwrap()
+                .octets(),
+        );
         v6.extend_from_slice(&5555u16.to_be_bytes());
         v6.extend_from_slice(&22u16.to_be_bytes());
         let h = parse(&v2(1, 0x21, &v6, &[])).unwrap();

@@ -95,8 +95,7 @@ impl DataContext {
     pub async fn accept_passive(self, lease: PassiveLease) -> Result<DataStream, DataError> {
         let deadline = Instant::now() + self.connect_timeout;
         let socket = loop {
-            let (mut socket, tcp_peer) = match timeout_at(deadline, lease.listener.accept()).await
-            {
+            let (mut socket, tcp_peer) = match timeout_at(deadline, lease.listener.accept()).await {
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(e)) => return Err(DataError::Io(e)),
                 Err(_) => return Err(DataError::Timeout(self.connect_timeout.as_secs())),
