@@ -127,17 +127,7 @@ impl crate::ServerConfig {
 #[cfg(test)]
 mod tests {
     use crate::ServerConfig;
-
-    const MINIMAL: &str = "apiVersion: sluice.dev/v1alpha1
-kind: ServerConfig
-dataRoot: /data
-usersFile: users.yaml
-listeners:
-  ftpsExplicit: 127.0.0.1:2121
-tls:
-  certFile: tls.crt
-  keyFile: tls.key
-";
+    use crate::server::tests::MINIMAL;
 
     fn fields(text: &str) -> Vec<String> {
         ServerConfig::parse("server.yaml", text)

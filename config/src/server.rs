@@ -651,11 +651,12 @@ impl ServerConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{DEFAULT_CIPHERS, DEFAULT_KEX};
 
-    const MINIMAL: &str = "apiVersion: sluice.dev/v1alpha1
+    /// The smallest valid server.yaml; other modules' tests append to it.
+    pub(crate) const MINIMAL: &str = "apiVersion: sluice.dev/v1alpha1
 kind: ServerConfig
 dataRoot: /data
 usersFile: users.yaml
