@@ -301,6 +301,33 @@ pub struct ExposureSpec {
     /// Annotations for the client Service(s), e.g. for a cloud load balancer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// PROXY protocol (v1 or v2) from a load balancer or TCP proxy that does not keep the
+    /// client's address; off by default. Enable it on the load balancer too (docs/operations.md
+    /// lists the Service annotations of common clouds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocolSpec>,
+}
+
+/// The PROXY protocol on every listener and passive port (server.yaml `proxyProtocol`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.enabled || (has(self.trustedProxies) && size(self.trustedProxies) > 0)").message("spec.exposure.proxyProtocol.trustedProxies must list the proxies' addresses when enabled is true"))]
+pub struct ProxyProtocolSpec {
+    /// Every connection must come from `trustedProxies` and start with a PROXY header; the
+    /// client's address in it is what allowlists, bans, limits and the audit log see.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Addresses the proxies connect from (CIDRs or single addresses, at most 32), e.g. the
+    /// load balancer's subnets. The NetworkPolicy admits these instead of `allowedCidrs`,
+    /// which the server then enforces on the address from the header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isIP(c) || (isCIDR(c) && cidr(c).prefixLength() > 0))").message("spec.exposure.proxyProtocol.trustedProxies: every entry must be an address or a CIDR such as 10.0.0.0/16 (not /0: anyone could then choose the address the server sees)"))]
+    pub trusted_proxies: Vec<String>,
+    /// How long a proxy has to send its header, in milliseconds (default 3000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 100, max = 60000))]
+    pub header_timeout_ms: Option<i64>,
 }
 
 /// Security policy enforced by the operator and the server.

@@ -114,6 +114,29 @@ mod tests {
     }
 
     #[test]
+    fn cel_checks_proxy_protocol() {
+        let spec = |proxy: &str| {
+            format!("  protocols: [ftpsExplicit]\n  exposure:\n    proxyProtocol:\n{proxy}")
+        };
+        assert_eq!(
+            server_error(&spec(
+                "      enabled: true\n      trustedProxies: [10.0.0.0/16, 10.1.0.7, 2001:db8::/48]\n"
+            )),
+            None
+        );
+        assert_eq!(server_error(&spec("      enabled: false\n")), None);
+        let missing = server_error(&spec("      enabled: true\n")).unwrap();
+        assert!(missing.contains("trustedProxies must list"), "{missing}");
+        for bad in ["0.0.0.0/0", "::/0", "proxy.example", "10.0.0.0/33"] {
+            let error = server_error(&spec(&format!(
+                "      enabled: true\n      trustedProxies: [10.0.0.1, \"{bad}\"]\n"
+            )))
+            .unwrap();
+            assert!(error.contains("every entry must be"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn cel_checks_certificate_durations() {
         assert_eq!(
             server_error(

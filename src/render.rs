@@ -334,6 +334,22 @@ pub fn server_config(
             },
             ..config::SshConfig::default()
         },
+        // The server enforces the allowlist again (after a PROXY header, on the client's
+        // address), so it holds where the NetworkPolicy cannot see the client.
+        allowed_cidrs: spec.allowed_cidrs.clone(),
+        proxy_protocol: spec
+            .exposure
+            .proxy_protocol
+            .as_ref()
+            .map(|p| config::ProxyProtocolConfig {
+                enabled: p.enabled,
+                trusted_proxies: p.trusted_proxies.clone(),
+                header_timeout_ms: p
+                    .header_timeout_ms
+                    .and_then(|ms| u64::try_from(ms).ok())
+                    .unwrap_or(config::DEFAULT_PROXY_HEADER_TIMEOUT_MS),
+            })
+            .unwrap_or_default(),
     }
 }
 
@@ -886,7 +902,23 @@ pub fn headless_service(fts: &FileTransferServer) -> Result<Service, RenderError
 pub fn network_policy(fts: &FileTransferServer) -> Result<NetworkPolicy, RenderError> {
     let names = Names::of(fts)?;
     let spec = &fts.spec;
-    let cidrs: Vec<String> = if spec.allowed_cidrs.is_empty() {
+    // Behind the PROXY protocol the pods see only the proxies' addresses (and accept nothing
+    // else); the server checks allowedCidrs on the client's address from the header.
+    let proxies = spec
+        .exposure
+        .proxy_protocol
+        .as_ref()
+        .filter(|p| p.enabled)
+        .map(|p| {
+            p.trusted_proxies
+                .iter()
+                .filter_map(|c| config::parse_cidr(c).ok())
+                .map(|net| net.to_string())
+                .collect::<Vec<_>>()
+        });
+    let cidrs: Vec<String> = if let Some(proxies) = proxies {
+        proxies
+    } else if spec.allowed_cidrs.is_empty() {
         vec!["0.0.0.0/0".to_string(), "::/0".to_string()]
     } else {
         spec.allowed_cidrs.clone()
@@ -1303,5 +1335,45 @@ spec:
                 .any(|p| p.port == Some(IntOrString::Int(30000)) && p.end_port == Some(30004))
         );
         assert!(!ports.iter().any(|p| p.port == Some(IntOrString::Int(2222))));
+    }
+
+    #[test]
+    fn allowlist_and_proxy_protocol_reach_server_yaml_and_the_network_policy() {
+        let plain = fixture(BASIC);
+        let config = server_config(&plain, None, &BTreeMap::new());
+        assert_eq!(config.allowed_cidrs, vec!["203.0.113.0/24"]);
+        assert!(!config.proxy_protocol.enabled);
+
+        let proxied = fixture(&format!(
+            "{BASIC}    proxyProtocol:\n      enabled: true\n      trustedProxies: [10.0.0.0/16, 10.1.0.7]\n      headerTimeoutMs: 1500\n"
+        ));
+        let config = server_config(&proxied, None, &BTreeMap::new());
+        assert!(config.proxy_protocol.enabled);
+        assert_eq!(
+            config.proxy_protocol.trusted_proxies,
+            vec!["10.0.0.0/16", "10.1.0.7"]
+        );
+        assert_eq!(config.proxy_protocol.header_timeout_ms, 1500);
+        // The server still enforces the allowlist, on the address from the header.
+        assert_eq!(config.allowed_cidrs, vec!["203.0.113.0/24"]);
+        let yaml = to_yaml("server.yaml", &config).unwrap();
+        sluice_config::ServerConfig::parse("server.yaml", &yaml).unwrap();
+        // The pods see the proxies, so the NetworkPolicy admits them (bare addresses as /32).
+        let policy = network_policy(&proxied).unwrap();
+        let rules = policy.spec.unwrap().ingress.unwrap();
+        let cidrs: Vec<_> = rules[0]
+            .from
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.ip_block.as_ref().unwrap().cidr.clone())
+            .collect();
+        assert_eq!(cidrs, vec!["10.0.0.0/16", "10.1.0.7/32"]);
+        // The load balancer still filters clients by allowedCidrs.
+        let service = client_service(&proxied, None).unwrap();
+        assert_eq!(
+            service.spec.unwrap().load_balancer_source_ranges,
+            Some(vec!["203.0.113.0/24".to_string()])
+        );
     }
 }

@@ -77,6 +77,17 @@ pub struct ServerConfig {
     /// Per-connection and per-user resource budgets; see [`crate::Budgets`].
     #[serde(default)]
     pub budgets: crate::Budgets,
+    /// Server-wide source allowlist (CIDRs or bare addresses), checked when a connection is
+    /// admitted, before any TLS or SSH byte; empty allows every address. Behind a PROXY
+    /// protocol proxy it applies to the client's address from the header.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_cidrs: Vec<String>,
+    /// PROXY protocol v1/v2 from trusted proxies; see [`crate::ProxyProtocolConfig`].
+    #[serde(
+        default,
+        skip_serializing_if = "crate::ProxyProtocolConfig::is_default"
+    )]
+    pub proxy_protocol: crate::ProxyProtocolConfig,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -593,6 +604,8 @@ impl ServerConfig {
             .validate(file, self.listeners.sftp.is_some(), &mut errors);
         errors.extend(self.bans.validate(file, "bans"));
         self.budgets.validate(file, &mut errors);
+        crate::proxy::validate_allowed_cidrs(file, &self.allowed_cidrs, &mut errors);
+        self.proxy_protocol.validate(file, &mut errors);
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(
                 file,
@@ -638,11 +651,12 @@ impl ServerConfig {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{DEFAULT_CIPHERS, DEFAULT_KEX};
 
-    const MINIMAL: &str = "apiVersion: sluice.dev/v1alpha1
+    /// The smallest valid server.yaml; other modules' tests append to it.
+    pub(crate) const MINIMAL: &str = "apiVersion: sluice.dev/v1alpha1
 kind: ServerConfig
 dataRoot: /data
 usersFile: users.yaml

@@ -103,18 +103,33 @@ pub fn budget_exceeded(
     );
 }
 
-/// Admits a new connection of any protocol against the total and per-address session limits,
-/// counting and auditing a refusal. Shared by the FTPS and SFTP accept loops.
+/// Admits a new connection of any protocol against the new-connection rate, the server-wide
+/// `allowedCidrs`, bans and the total and per-address session limits, counting and auditing a
+/// refusal. Shared by the FTPS and SFTP accept loops. `origin.client` is the address every
+/// check uses: the TCP peer, or behind the PROXY protocol the client from the header (the
+/// proxy's own address is then in `origin.proxy` and only audited).
 pub fn admit(
     context: &Context,
-    ip: std::net::IpAddr,
+    origin: &crate::proxy::Origin,
     listener: &str,
 ) -> Result<crate::limits::ConnectionGuard, crate::limits::LimitError> {
     let snapshot = context.snapshot.borrow();
     let (limits, bans) = (&snapshot.config.limits, &snapshot.config.bans);
-    let client = canonical_ip(ip);
-    let ip = source_key(ip, limits.ipv6_prefix_length);
+    let client = canonical_ip(origin.client.ip());
+    let ip = source_key(client, limits.ipv6_prefix_length);
     let now = std::time::Instant::now();
+    let refused = |fields: serde_json::Value| {
+        let mut map = origin.audit_fields();
+        map.insert("ip".into(), client.to_string().into());
+        map.insert("source".into(), ip.to_string().into());
+        map.insert("listener".into(), listener.into());
+        if let serde_json::Value::Object(extra) = fields {
+            map.extend(extra);
+        }
+        context
+            .audit
+            .server_event("connection_refused", serde_json::Value::Object(map));
+    };
     if let RateDecision::Refused { first } = context.connection_rate.check(
         ip,
         limits.new_connections_per_second,
@@ -123,38 +138,38 @@ pub fn admit(
     ) {
         Metrics::inc(&context.metrics.sessions_refused, &[("reason", "rate")]);
         if first {
-            context.audit.server_event(
-                "connection_refused",
-                json!({"ip": client.to_string(), "source": ip.to_string(), "reason": crate::limits::LimitError::Rate.to_string(),
-                       "listener": listener, "budget": "newConnectionsPerSecond",
+            refused(
+                json!({"reason": crate::limits::LimitError::Rate.to_string(), "budget": "newConnectionsPerSecond",
                        "limit": limits.new_connections_per_second, "burst": limits.new_connection_burst}),
             );
         }
         return Err(crate::limits::LimitError::Rate);
     }
+    if !snapshot.config.allows_source(client) {
+        // Audited every time: the rate above already bounds how often one source gets here.
+        Metrics::inc(
+            &context.metrics.sessions_refused,
+            &[("reason", "not_allowed")],
+        );
+        refused(json!({"reason": crate::limits::LimitError::NotAllowed.to_string()}));
+        return Err(crate::limits::LimitError::NotAllowed);
+    }
     if let Some(remaining) = context.bans.ip_banned(bans, ip, now) {
         Metrics::inc(&context.metrics.sessions_refused, &[("reason", "banned")]);
         if context.bans.log_refusal(bans, ip, now) {
-            context.audit.server_event(
-                "connection_refused",
-                json!({"ip": client.to_string(), "source": ip.to_string(), "reason": "banned", "listener": listener,
-                       "ban_remaining_seconds": remaining.as_secs()}),
-            );
+            refused(json!({"reason": "banned", "ban_remaining_seconds": remaining.as_secs()}));
         }
         return Err(crate::limits::LimitError::Banned);
     }
     context
         .limits
         .connect(ip, limits.max_sessions, limits.max_sessions_per_ip)
-        .inspect_err(|refused| {
+        .inspect_err(|limit| {
             Metrics::inc(
                 &context.metrics.sessions_refused,
-                &[("reason", &format!("{refused:?}").to_lowercase())],
+                &[("reason", &format!("{limit:?}").to_lowercase())],
             );
-            context.audit.server_event(
-                "connection_refused",
-                json!({"ip": client.to_string(), "source": ip.to_string(), "reason": refused.to_string(), "listener": listener}),
-            );
+            refused(json!({"reason": limit.to_string()}));
         })
 }
 

@@ -37,6 +37,8 @@ pub struct Context {
     pub file_work: crate::filework::FileWork,
     /// New connections per source (see `crate::admission`).
     pub connection_rate: crate::admission::ConnectionRate,
+    /// Proxy connections still waiting for their PROXY header (see `crate::proxy`).
+    pub proxy_pending: crate::proxy::PendingHeaders,
 }
 
 impl Context {
@@ -67,6 +69,7 @@ impl Context {
             drain: watch::channel(false).0,
             file_work: crate::filework::FileWork::new(max_file_work),
             connection_rate: crate::admission::ConnectionRate::default(),
+            proxy_pending: crate::proxy::PendingHeaders::default(),
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())

@@ -31,6 +31,8 @@ pub enum LimitError {
         "too many new connections from your address (limits.newConnectionsPerSecond); slow down"
     )]
     Rate,
+    #[error("your address may not connect to this server (allowedCidrs)")]
+    NotAllowed,
 }
 
 pub struct ConnectionGuard {

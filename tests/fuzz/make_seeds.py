@@ -161,7 +161,28 @@ def yaml():
                 put("operator_specs", b"\x01" + block.encode() + b"\x00Correct-Horse-Battery-9")
 
 
+def proxy():
+    """PROXY protocol headers as HAProxy and load balancers send them, followed by the first
+    bytes of what they carry (the reader must stop exactly at the header's end)."""
+    sig = b"\r\n\r\n\x00\r\nQUIT\n"
+    v4 = bytes([127, 0, 0, 5, 127, 0, 0, 1]) + (40000).to_bytes(2, "big") + (2121).to_bytes(2, "big")
+    v6 = bytes(15) + b"\x01" + bytes(15) + b"\x02" + (40000).to_bytes(2, "big") + (22).to_bytes(2, "big")
+    noop_tlv = b"\x04\x00\x01\x00"
+    for data in [
+        b"PROXY TCP4 127.0.0.5 127.0.0.1 40000 2121\r\nSSH-2.0-OpenSSH_9.2\r\n",
+        b"PROXY TCP6 2001:db8::1 2001:db8::2 40000 22\r\n",
+        b"PROXY UNKNOWN\r\n",
+        b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n",
+        sig + b"\x21\x11" + len(v4).to_bytes(2, "big") + v4 + b"\x16\x03\x01",
+        sig + b"\x21\x21" + len(v6).to_bytes(2, "big") + v6,
+        sig + b"\x21\x11" + (len(v4) + 4).to_bytes(2, "big") + v4 + noop_tlv,
+        sig + b"\x20\x00\x00\x00",
+    ]:
+        put("proxy_header", data)
+
+
 if __name__ == "__main__":
+    proxy()
     ftp()
     sftp()
     keys()

@@ -139,6 +139,17 @@ def free_ports(count: int) -> list[int]:
     raise RuntimeError("no free port range found")
 
 
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s; nothing when it is not running."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -497,13 +508,7 @@ class SluiceServer:
 
     def stop(self) -> None:
         self.stopped = True
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         for f in (getattr(self, "_stdout", None), getattr(self, "_stderr", None)):
             if f:
                 f.close()
@@ -578,8 +583,10 @@ class SluiceServer:
 
     def ftp(self, user: str | None = "alice", password: str | None = None, *, implicit: bool = False,
             source: str | None = None, prot_p: bool = True, tls_version: str | None = None,
-            resume_session: bool = True, timeout: float = 15, context: ssl.SSLContext | None = None) -> SluiceFTP:
-        """Connected (and, when `user` is given, logged-in with PROT P) client."""
+            resume_session: bool = True, timeout: float = 15, context: ssl.SSLContext | None = None,
+            host: str = "127.0.0.1", port: int | None = None) -> SluiceFTP:
+        """Connected (and, when `user` is given, logged-in with PROT P) client; `host`/`port`
+        reach it through something in front (a proxy)."""
         ftp = SluiceFTP(
             context=context or self.context(tls_version),
             implicit=implicit,
@@ -587,7 +594,7 @@ class SluiceServer:
             source_address=(source, 0) if source else None,
             resume_session=resume_session,
         )
-        ftp.connect("127.0.0.1", self.implicit_port if implicit else self.explicit_port)
+        ftp.connect(host, port or (self.implicit_port if implicit else self.explicit_port))
         if user is not None:
             ftp.login(user, password if password is not None else self.passwords[user])
             if prot_p:
@@ -688,6 +695,102 @@ def make_server(sluice_bin, tls_material, tmp_path):
             + "):\n"
             + "\n---\n".join(s.stderr() for s in died)
         )
+
+
+# --------------------------------------------------------------------------------------------
+# A real TCP proxy in front of the server: HAProxy (Debian's), sending PROXY protocol headers
+# --------------------------------------------------------------------------------------------
+
+
+class HAProxy:
+    """HAProxy in TCP mode in front of a SluiceServer: each of the server's FTPS, SFTP and
+    passive ports is bound on `front` with the same number and forwarded to the server on
+    127.0.0.1 with a PROXY header (`send-proxy-v2` or `send-proxy` for v1, per listener)."""
+
+    def __init__(self, srv: SluiceServer, front: str, headers: dict[str, str]):
+        self.srv = srv
+        self.front = front
+        self.cfg = srv.root / "haproxy.cfg"
+        self.log = srv.root / "haproxy.log"
+        start, end = srv.passive_range
+        listeners = {
+            "explicit": f"{srv.explicit_port}",
+            "implicit": f"{srv.implicit_port}",
+            "sftp": f"{srv.sftp_port}",
+            "passive": f"{start}-{end}",
+        }
+        lines = [
+            "global",
+            "    maxconn 500",
+            "defaults",
+            "    mode tcp",
+            "    timeout connect 5s",
+            "    timeout client 60s",
+            "    timeout server 60s",
+        ]
+        for name, ports in listeners.items():
+            header = headers.get(name, "send-proxy-v2")
+            lines += [
+                f"listen {name}",
+                f"    bind {front}:{ports}",
+                # No port on the server line: HAProxy keeps the port the client connected to.
+                f"    server sluice 127.0.0.1 {header}",
+            ]
+        self.cfg.write_text("\n".join(lines) + "\n")
+        self.ports = [srv.explicit_port, srv.implicit_port, srv.sftp_port, *range(start, end + 1)]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10) -> "HAProxy":
+        check = subprocess.run(["haproxy", "-c", "-f", str(self.cfg)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen(["haproxy", "-f", str(self.cfg), "-db"], stdout=self._log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"haproxy exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            # Listening once its ports cannot be bound (no probe connection: it would reach
+            # the server and show up in the audit log).
+            if not any(self._bindable(p) for p in self.ports):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        pytest.fail(f"haproxy not listening within {timeout}s:\n{self.log.read_text()}")
+
+    def _bindable(self, port: int) -> bool:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind((self.front, port))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def stop(self) -> None:
+        stop_process(self.proc)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+@pytest.fixture
+def make_haproxy():
+    """Factory: make_haproxy(srv, front="127.0.0.20", headers={"implicit": "send-proxy"}) ->
+    a running HAProxy in front of `srv`."""
+    if shutil.which("haproxy") is None:
+        pytest.fail("haproxy is not installed; tests/run installs it (apt-get install haproxy)")
+    proxies: list[HAProxy] = []
+
+    def factory(srv: SluiceServer, front: str = "127.0.0.20",
+                headers: dict[str, str] | None = None) -> HAProxy:
+        proxy = HAProxy(srv, front, headers or {}).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in proxies:
+        proxy.stop()
 
 
 @pytest.fixture

@@ -102,6 +102,9 @@ pub struct DataContext {
     pub audit: Audit,
     pub metrics: Arc<Metrics>,
     pub tag: SessionTag,
+    /// The PROXY protocol, when on: passive data connections come through the proxy too, each
+    /// with its own header, whose source must be the control connection's client.
+    pub proxy: Option<Arc<crate::proxy::Policy>>,
 }
 
 impl DataContext {
@@ -171,10 +174,24 @@ impl DataContext {
         };
         let deadline = Instant::now() + window;
         let socket = loop {
-            let (socket, peer) = match timeout_at(deadline, lease.listener.accept()).await {
+            let (mut socket, tcp_peer) = match timeout_at(deadline, lease.listener.accept()).await {
                 Ok(Ok(accepted)) => accepted,
                 Ok(Err(e)) => return Err(DataError::Io(e)),
                 Err(_) => return Err(DataError::Timeout(window.as_secs())),
+            };
+            let source = crate::proxy::data_source(self.proxy.as_deref(), &mut socket, tcp_peer);
+            let peer = match timeout_at(deadline, source).await {
+                Ok(Ok(origin)) => origin.client,
+                Ok(Err(error)) => {
+                    Metrics::inc(&self.metrics.data_rejected, &[("reason", "proxy_header")]);
+                    self.audit.event(
+                        &self.tag,
+                        "data_rejected",
+                        json!({"reason": error.to_string(), "peer": tcp_peer.to_string(), "port": lease.port}),
+                    );
+                    continue;
+                }
+                Err(_) => return Err(DataError::Timeout(self.connect_timeout.as_secs())),
             };
             if canonical_ip(peer.ip()) == self.client_ip {
                 break socket;

@@ -92,11 +92,12 @@ struct Session {
 pub async fn run(
     context: Arc<Context>,
     stream: TcpStream,
-    peer: SocketAddr,
+    origin: crate::proxy::Origin,
     local: SocketAddr,
     kind: ListenerKind,
     guard: ConnectionGuard,
 ) {
+    let peer = origin.client;
     let started = std::time::Instant::now();
     let number = context.session_counter.fetch_add(1, Ordering::Relaxed);
     let client_ip = canonical_ip(peer.ip());
@@ -108,11 +109,13 @@ pub async fn run(
     };
     let snapshot_rx = context.snapshot.clone();
     let snapshot = snapshot_rx.borrow().clone();
-    context.audit.event(
-        &tag,
-        "connect",
-        json!({"listener": kind.as_str(), "port": peer.port(), "local": local.to_string()}),
-    );
+    let mut connect = origin.audit_fields();
+    connect.insert("listener".into(), kind.as_str().into());
+    connect.insert("port".into(), peer.port().into());
+    connect.insert("local".into(), local.to_string().into());
+    context
+        .audit
+        .event(&tag, "connect", serde_json::Value::Object(connect));
     Metrics::inc(
         &context.metrics.sessions_total,
         &[("listener", kind.as_str())],
@@ -1095,6 +1098,7 @@ impl Session {
 
     fn data_context(&self) -> DataContext {
         DataContext {
+            proxy: crate::proxy::Policy::from_config(&self.config().proxy_protocol),
             tls: self.tls.data.clone(),
             client_ip: self.client_ip,
             require_resumption: self.config().tls.require_session_resumption,

@@ -11,7 +11,6 @@ pub mod refuse;
 pub mod session;
 pub mod tap;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,16 +42,37 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
             drop(stream);
             continue;
         }
-        let guard = match crate::admission::admit(&context, peer.ip(), "sftp") {
-            Ok(guard) => guard,
-            Err(refused) => {
-                tokio::spawn(refuse::refuse(stream, keys::SERVER_ID, refused));
-                continue;
+        let policy =
+            crate::proxy::Policy::from_config(&context.snapshot.borrow().config.proxy_protocol);
+        match policy {
+            None => start(&context, stream, crate::proxy::Origin::direct(peer)),
+            Some(policy) => {
+                let context = context.clone();
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let origin =
+                        crate::proxy::screen(&context, &policy, &mut stream, peer, "sftp").await;
+                    if let Some(origin) = origin {
+                        start(&context, stream, origin);
+                    }
+                });
             }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(run_connection(context.clone(), stream, peer, guard));
+        }
     }
+}
+
+/// Admits a connection from `origin` (the client behind any PROXY header) and starts it, or
+/// answers the refusal.
+fn start(context: &Arc<Context>, stream: TcpStream, origin: crate::proxy::Origin) {
+    let guard = match crate::admission::admit(context, &origin, "sftp") {
+        Ok(guard) => guard,
+        Err(refused) => {
+            tokio::spawn(refuse::refuse(stream, keys::SERVER_ID, refused));
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(run_connection(context.clone(), stream, origin, guard));
 }
 
 /// State shared between the connection's driver (below) and its russh handler.
@@ -85,9 +105,10 @@ impl Shared {
 async fn run_connection(
     context: Arc<Context>,
     stream: TcpStream,
-    peer: SocketAddr,
+    origin: crate::proxy::Origin,
     guard: ConnectionGuard,
 ) {
+    let peer = origin.client;
     let started = std::time::Instant::now();
     let number = context.session_counter.fetch_add(1, Ordering::Relaxed);
     let client_ip = canonical_ip(peer.ip());
@@ -105,11 +126,13 @@ async fn run_connection(
     let Some(material) = snapshot.ssh.clone() else {
         return;
     };
-    context.audit.event(
-        &tag,
-        "connect",
-        json!({"listener": "sftp", "port": peer.port(), "local": local}),
-    );
+    let mut connect = origin.audit_fields();
+    connect.insert("listener".into(), "sftp".into());
+    connect.insert("port".into(), peer.port().into());
+    connect.insert("local".into(), local.into());
+    context
+        .audit
+        .event(&tag, "connect", serde_json::Value::Object(connect));
     Metrics::inc(&context.metrics.sessions_total, &[("listener", "sftp")]);
     context.metrics.sessions_active.inc();
 

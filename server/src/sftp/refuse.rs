@@ -20,12 +20,15 @@ const SSH_MSG_DISCONNECT: u8 = 1;
 /// (no cipher or MAC yet: block size 8, at least 4 bytes of padding).
 pub fn refusal_bytes(server_id: &str, refused: LimitError) -> Vec<u8> {
     let code = match refused {
-        LimitError::Banned => SSH_DISCONNECT_HOST_NOT_ALLOWED_TO_CONNECT,
+        LimitError::Banned | LimitError::NotAllowed => SSH_DISCONNECT_HOST_NOT_ALLOWED_TO_CONNECT,
         LimitError::Total | LimitError::PerIp | LimitError::PerUser | LimitError::Rate => {
             SSH_DISCONNECT_TOO_MANY_CONNECTIONS
         }
     };
-    let text = format!("{refused}; try again later");
+    let text = match refused {
+        LimitError::NotAllowed => refused.to_string(),
+        _ => format!("{refused}; try again later"),
+    };
     let mut payload = vec![SSH_MSG_DISCONNECT];
     payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(&(text.len() as u32).to_be_bytes());
