@@ -334,6 +334,8 @@ pub fn server_config(
             },
             ..config::SshConfig::default()
         },
+        // `spec.events` is not rendered yet (issue 18): no outbox, no sinks.
+        events: None,
     }
 }
 

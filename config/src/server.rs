@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// Per-connection and per-user resource budgets; see [`crate::Budgets`].
     #[serde(default)]
     pub budgets: crate::Budgets,
+    /// File events and their delivery; see [`crate::EventsConfig`]. Absent: no events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::EventsConfig>,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -593,6 +596,9 @@ impl ServerConfig {
             .validate(file, self.listeners.sftp.is_some(), &mut errors);
         errors.extend(self.bans.validate(file, "bans"));
         self.budgets.validate(file, &mut errors);
+        if let Some(events) = &self.events {
+            events.validate(file, &self.data_root, &mut errors);
+        }
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(
                 file,

@@ -37,6 +37,8 @@ pub struct Context {
     pub file_work: crate::filework::FileWork,
     /// New connections per source (see `crate::admission`).
     pub connection_rate: crate::admission::ConnectionRate,
+    /// File events (see `crate::events`); disabled until `main` installs the outbox.
+    pub events: crate::events::Events,
 }
 
 impl Context {
@@ -67,6 +69,7 @@ impl Context {
             drain: watch::channel(false).0,
             file_work: crate::filework::FileWork::new(max_file_work),
             connection_rate: crate::admission::ConnectionRate::default(),
+            events: crate::events::Events::default(),
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())
