@@ -234,6 +234,7 @@ def test_every_completed_upload_survives_sigkill_of_the_server(hooked):
     attempted: set[str] = set()
     counter = [0]
     stop = threading.Event()
+    errors: list[str] = []
 
     def client():
         while not stop.is_set():
@@ -246,13 +247,18 @@ def test_every_completed_upload_survives_sigkill_of_the_server(hooked):
                         attempted.add(name)
                         if ftp.upload(name, data).startswith("226"):
                             completed[name] = hashlib.sha256(data).hexdigest()
-            except Exception:  # noqa: BLE001 (the server was killed: reconnect)
+            except Exception as exc:  # noqa: BLE001 (the server was killed: reconnect)
+                errors.append(repr(exc))
                 time.sleep(0.1)
 
     worker = threading.Thread(target=client, daemon=True)
     worker.start()
     for round_ in range(3):
-        time.sleep(rng.uniform(0.4, 1.2))
+        # Kill at a random point, once a few more uploads went through since the last kill.
+        floor, deadline = len(completed) + 3, time.monotonic() + 20
+        while len(completed) < floor and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.3))
         if round_ == 1:
             receiver.stop()  # the sink is down for part of the run too
         srv.proc.send_signal(signal.SIGKILL)
@@ -265,7 +271,7 @@ def test_every_completed_upload_survives_sigkill_of_the_server(hooked):
     time.sleep(0.5)
     stop.set()
     worker.join(10)
-    assert len(completed) >= 5, f"too few uploads completed: {len(completed)}"
+    assert len(completed) >= 9, f"too few uploads completed: {len(completed)}; errors: {errors[-5:]}"
     receiver.wait_for(lambda evs: set(completed) <= {e["data"]["path"] for e in evs if e["type"] == UPLOADED},
                       timeout=30, what="an event for every completed upload")
     by_id: dict[str, dict] = {}
