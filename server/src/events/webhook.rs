@@ -160,7 +160,7 @@ impl Webhook {
     }
 
     fn wants(&self, entry: &Entry) -> bool {
-        (self.types.is_empty() || self.types.iter().any(|t| *t == entry.kind))
+        (self.types.is_empty() || self.types.contains(&entry.kind))
             && (self.path_prefixes.is_empty()
                 || self
                     .path_prefixes
