@@ -350,6 +350,8 @@ pub fn server_config(
                     .unwrap_or(config::DEFAULT_PROXY_HEADER_TIMEOUT_MS),
             })
             .unwrap_or_default(),
+        // `spec.events` is not rendered yet (issue 18): no outbox, no sinks.
+        events: None,
     }
 }
 

@@ -88,6 +88,9 @@ pub struct ServerConfig {
         skip_serializing_if = "crate::ProxyProtocolConfig::is_default"
     )]
     pub proxy_protocol: crate::ProxyProtocolConfig,
+    /// File events and their delivery; see [`crate::EventsConfig`]. Absent: no events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<crate::EventsConfig>,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -606,6 +609,9 @@ impl ServerConfig {
         self.budgets.validate(file, &mut errors);
         crate::proxy::validate_allowed_cidrs(file, &self.allowed_cidrs, &mut errors);
         self.proxy_protocol.validate(file, &mut errors);
+        if let Some(events) = &self.events {
+            events.validate(file, &self.data_root, &mut errors);
+        }
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(
                 file,

@@ -148,6 +148,7 @@ fuzz_target!(|input: &[u8]| {
             user,
             fs,
             open_files: Default::default(),
+            events: Default::default(),
             open_handles: Default::default(),
         };
         let (client, server) = tokio::io::duplex(64 * 1024);

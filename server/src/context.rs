@@ -39,6 +39,8 @@ pub struct Context {
     pub connection_rate: crate::admission::ConnectionRate,
     /// Proxy connections still waiting for their PROXY header (see `crate::proxy`).
     pub proxy_pending: crate::proxy::PendingHeaders,
+    /// File events (see `crate::events`); disabled until `main` installs the outbox.
+    pub events: crate::events::Events,
 }
 
 impl Context {
@@ -70,6 +72,7 @@ impl Context {
             file_work: crate::filework::FileWork::new(max_file_work),
             connection_rate: crate::admission::ConnectionRate::default(),
             proxy_pending: crate::proxy::PendingHeaders::default(),
+            events: crate::events::Events::default(),
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())

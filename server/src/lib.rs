@@ -12,6 +12,7 @@ pub mod client_cert;
 pub mod context;
 pub mod demo;
 pub mod drain;
+pub mod events;
 pub mod filework;
 pub mod ftp;
 pub mod leftovers;

@@ -225,8 +225,13 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
         .map(|m| m.fingerprints.clone())
         .unwrap_or_default();
     let users = snapshot.users.len();
+    let events = snapshot.config.events.clone();
     let (sender, receiver) = watch::channel(Arc::new(snapshot));
     let context = sluice_server::context::Context::new(receiver, audit.clone(), metrics.clone());
+    if let Some(events) = &events {
+        let outbox = sluice_server::events::start(events, &config_path, metrics.clone()).await?;
+        context.events.install(outbox);
+    }
 
     if let Some(address) = &listeners.ftps_explicit {
         let listener = bind(address, "ftpsExplicit").await?;

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub bans_active: Family<Labels, Gauge>,
     pub ban_sync_requests: Family<Labels, Counter>,
     pub budget_exceeded: Family<Labels, Counter>,
+    pub events: crate::events::EventMetrics,
     registry: std::sync::OnceLock<Registry>,
 }
 
@@ -121,6 +122,7 @@ impl Metrics {
             "Configuration reloads by result",
             metrics.reloads.clone(),
         );
+        metrics.events.register(&mut registry);
         let _ = metrics.registry.set(registry);
         metrics.zero_known_series();
         Arc::new(metrics)

@@ -25,6 +25,7 @@ use super::listing;
 use crate::audit::SessionTag;
 use crate::client_cert::{self, PeerCertificate};
 use crate::context::Context;
+use crate::events::{Detail, Kind};
 use crate::limits::{ConnectionGuard, UserGuard};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -193,6 +194,13 @@ impl Session {
 
     fn config(&self) -> &sluice_config::ServerConfig {
         &self.snapshot.config
+    }
+
+    /// A file event (`crate::events`), durable when this returns.
+    async fn event(&self, kind: Kind, path: &VirtualPath, detail: Detail<'_>) {
+        let home = self.user().map_or("", |u| u.home.as_str());
+        let events = &self.context.events;
+        events.emit(kind, &self.tag, home, path, detail).await;
     }
 
     fn drop_data(&mut self) {
@@ -1484,8 +1492,16 @@ impl Session {
         let outcome = self
             .supervise(data::pump_download(&mut stream, chunks, &progress, idle))
             .await;
-        self.finish_transfer(outcome, "download", &path, &progress, started)
-            .await
+        let completed = matches!(outcome, Some(Ok(())));
+        let flow = self
+            .finish_transfer(outcome, "download", &path, &progress, started)
+            .await;
+        if completed {
+            let bytes = progress.load(Ordering::Relaxed);
+            self.event(Kind::Downloaded, &path, Detail::size(bytes))
+                .await;
+        }
+        flow
     }
 
     async fn store(&mut self, argument: &str, append: bool) -> Flow {
@@ -1510,8 +1526,14 @@ impl Session {
             Permission::Upload
         };
         if !self.allowed(needed, &path).await {
+            self.event(Kind::UploadRefused, &path, Detail::refused("permission"))
+                .await;
             self.drop_data();
             return Flow::Continue;
+        }
+        if let Some(text) = self.context.events.upload_refusal() {
+            self.drop_data();
+            return self.done(452, text).await;
         }
         let mode = match (append, offset) {
             (true, _) => WriteMode::Append,
@@ -1566,6 +1588,9 @@ impl Session {
                         "ok",
                         json!({"sha256": sha256, "mode": mode_name, "offset": offset, "tls_close_notify": clean_close}),
                     );
+                    // Published under its final name: now, and only now, the event.
+                    self.event(Kind::Uploaded, &path, Detail::upload(written, &sha256))
+                        .await;
                     self.done(226, "transfer complete").await
                 }
                 Err(error) => {
@@ -1652,6 +1677,7 @@ impl Session {
         };
         match fs.remove_file(&path).await {
             Ok(()) => {
+                self.event(Kind::Deleted, &path, Detail::default()).await;
                 let text = format!("deleted {path}");
                 self.done(250, &text).await
             }
@@ -1665,6 +1691,7 @@ impl Session {
         };
         match fs.create_dir(&path).await {
             Ok(()) => {
+                self.event(Kind::DirCreated, &path, Detail::default()).await;
                 let text = format!("{} created", quote_path(&path));
                 self.done(257, &text).await
             }
@@ -1678,6 +1705,7 @@ impl Session {
         };
         match fs.remove_dir(&path).await {
             Ok(()) => {
+                self.event(Kind::DirRemoved, &path, Detail::default()).await;
                 let text = format!("removed {path}");
                 self.done(250, &text).await
             }
@@ -1732,6 +1760,7 @@ impl Session {
         );
         match fs.rename(&from, &to, replace).await {
             Ok(()) => {
+                self.event(Kind::Renamed, &from, Detail::renamed(&to)).await;
                 let text = format!("renamed {from} to {to}");
                 self.done(250, &text).await
             }

@@ -803,6 +803,7 @@ impl russh::server::Handler for SshHandler {
             fs: logged_in.fs.clone(),
             open_files: self.shared.open_files.clone(),
             open_handles: self.shared.open_handles.clone(),
+            events: self.context.events.clone(),
         };
         let guard = logged_in._guard.clone();
         let handle = session.handle();

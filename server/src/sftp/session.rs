@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use super::codec::{self, Packet, Reader};
 use super::files::{ReadAhead, WriteBehind};
 use crate::audit::{Audit, SessionTag};
+use crate::events::{Detail, Events, Kind};
 use crate::filework::HandleSlot;
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -47,6 +48,8 @@ pub struct SessionEnv {
     /// Open handles of any kind on the connection (all its SFTP channels), counted against
     /// `budgets.maxOpenHandlesPerConnection`.
     pub open_handles: Arc<std::sync::atomic::AtomicUsize>,
+    /// File events (see `crate::events`).
+    pub events: Events,
 }
 
 enum OpenHandle {
@@ -212,6 +215,14 @@ async fn send(out: &ReplyQueue, reply: Vec<u8>, idle: std::time::Duration) -> Re
 impl Sftp {
     fn audit(&self, event: &str, fields: serde_json::Value) {
         self.env.audit.event(&self.env.tag, event, fields);
+    }
+
+    /// A file event (`crate::events`), durable when this returns.
+    async fn event(&self, kind: Kind, path: &VirtualPath, detail: Detail<'_>) {
+        let env = &self.env;
+        (env.events
+            .emit(kind, &env.tag, &env.user.home, path, detail))
+        .await;
     }
 
     async fn serve<R>(
@@ -533,7 +544,14 @@ impl Sftp {
         } else {
             Permission::Upload
         };
-        self.allowed(id, needed, &path)?;
+        if let Err(reply) = self.allowed(id, needed, &path) {
+            self.event(Kind::UploadRefused, &path, Detail::refused("permission"))
+                .await;
+            return Err(reply);
+        }
+        if let Some(text) = self.env.events.upload_refusal() {
+            return Ok(codec::status(id, StatusCode::Failure, text));
+        }
         if wants_read {
             self.allowed(id, Permission::Download, &path)?;
         }
@@ -645,6 +663,9 @@ impl Sftp {
                     "ok",
                     json!({}),
                 );
+                let bytes = read.ahead.bytes;
+                self.event(Kind::Downloaded, &read.path, Detail::size(bytes))
+                    .await;
                 Ok(codec::ok(id))
             }
             OpenHandle::Write(write) => Ok(self.finish_write(id, *write, true).await),
@@ -717,6 +738,12 @@ impl Sftp {
             "ok",
             extra(outcome.sha256.as_ref()),
         );
+        // Published under its final name (committed above): now, and only now, the event.
+        let detail = Detail {
+            sha256: outcome.sha256.as_deref(),
+            ..Detail::size(outcome.size)
+        };
+        self.event(Kind::Uploaded, &write.path, detail).await;
         codec::ok(id)
     }
 
@@ -1005,7 +1032,10 @@ impl Sftp {
         self.allowed(id, Permission::Delete, &path)?;
         self.file_operation("delete", &path, json!({}));
         match self.env.fs.remove_file(&path).await {
-            Ok(()) => Ok(codec::ok(id)),
+            Ok(()) => {
+                self.event(Kind::Deleted, &path, Detail::default()).await;
+                Ok(codec::ok(id))
+            }
             Err(error) => Ok(self.fs_error(id, &error)),
         }
     }
@@ -1015,7 +1045,10 @@ impl Sftp {
         self.allowed(id, Permission::Mkdir, &path)?;
         self.file_operation("mkdir", &path, json!({}));
         match self.env.fs.create_dir(&path).await {
-            Ok(()) => Ok(codec::ok(id)),
+            Ok(()) => {
+                self.event(Kind::DirCreated, &path, Detail::default()).await;
+                Ok(codec::ok(id))
+            }
             Err(error) => Ok(self.fs_error(id, &error)),
         }
     }
@@ -1025,7 +1058,10 @@ impl Sftp {
         self.allowed(id, Permission::Rmdir, &path)?;
         self.file_operation("rmdir", &path, json!({}));
         match self.env.fs.remove_dir(&path).await {
-            Ok(()) => Ok(codec::ok(id)),
+            Ok(()) => {
+                self.event(Kind::DirRemoved, &path, Detail::default()).await;
+                Ok(codec::ok(id))
+            }
             Err(error) => Ok(self.fs_error(id, &error)),
         }
     }
@@ -1066,7 +1102,10 @@ impl Sftp {
             Replace::Never
         };
         match self.env.fs.rename(&from, &to, replace).await {
-            Ok(()) => Ok(codec::ok(id)),
+            Ok(()) => {
+                self.event(Kind::Renamed, &from, Detail::renamed(&to)).await;
+                Ok(codec::ok(id))
+            }
             Err(error) => Ok(self.fs_error(id, &error)),
         }
     }

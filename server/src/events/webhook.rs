@@ -1,0 +1,333 @@
+//! The HTTPS webhook sink: POSTs each CloudEvent (structured mode) to a receiver, in outbox
+//! order, signed so that the receiver can tell it came from this server and is not a replay.
+//!
+//! `Sluice-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`: the
+//! timestamp is inside the MAC, so a receiver that rejects old timestamps and remembers event
+//! ids within that window is replay-safe (docs/events.md shows the check in Python and Go).
+//!
+//! TLS is verified against the configured CA only (no system roots: a partner-facing server
+//! should trust exactly the receiver it was told about). An event is retried with exponential
+//! backoff and jitter; after `maxAttempts` it is counted as dead-lettered and skipped, so one
+//! poisoned event cannot stop the stream. One connection per attempt keeps the sink simple; a
+//! pooled client is a later optimisation.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use rand::Rng;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use sha2::Sha256;
+
+use super::EventsError;
+use super::outbox::{Entry, Outbox, write_cursor};
+use crate::metrics::Metrics;
+
+/// The cursor file is rewritten at most this often while events flow (and when idle).
+const CURSOR_FLUSH: Duration = Duration::from_millis(200);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(std::io::Error),
+    #[error("http: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("request: {0}")]
+    Request(#[from] hyper::http::Error),
+    #[error("receiver answered {0}")]
+    Status(u16),
+    #[error("timed out")]
+    Timeout,
+    #[error("secretFile: {0}")]
+    Secret(std::io::Error),
+}
+
+pub struct Webhook {
+    name: String,
+    uri: hyper::Uri,
+    host: String,
+    port: u16,
+    tls: tokio_rustls::TlsConnector,
+    secret_file: PathBuf,
+    types: Vec<String>,
+    path_prefixes: Vec<String>,
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    timeout: Duration,
+}
+
+/// `Sluice-Signature` for `body` sent at `timestamp` (unix seconds).
+pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    // HMAC takes keys of any length: this cannot fail, but an empty signature (which every
+    // receiver rejects) is the safe answer if it ever did.
+    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret) else {
+        return String::new();
+    };
+    mac.update(format!("{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac.finalize().into_bytes())
+    )
+}
+
+/// The delay before attempt `attempt + 1`: doubling from `initial`, capped, with jitter in
+/// [delay/2, delay] so that many servers retrying one receiver spread out.
+pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let factor = 1u64 << attempt.saturating_sub(1).min(30);
+    let delay = initial
+        .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
+        .min(max);
+    let half = delay / 2;
+    half + delay
+        .saturating_sub(half)
+        .mul_f64(rand::thread_rng().r#gen::<f64>())
+}
+
+impl Webhook {
+    pub fn new(
+        index: usize,
+        config: &sluice_config::WebhookConfig,
+        config_path: &Path,
+    ) -> Result<Webhook, EventsError> {
+        let url_err = |message: String| EventsError::Url { index, message };
+        let uri: hyper::Uri = config
+            .url
+            .parse()
+            .map_err(|e| url_err(format!("{:?} is not a URL: {e}", config.url)))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| url_err("has no host".into()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(443);
+        let ca_path = crate::snapshot::resolve_relative(config_path, &config.ca_file);
+        let ca_err = |message: String| EventsError::CaFile { index, message };
+        let pem = std::fs::read(&ca_path)
+            .map_err(|e| ca_err(format!("cannot read {}: {e}", ca_path.display())))?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| ca_err(format!("{}: {e}", ca_path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| ca_err(format!("{}: {e}", ca_path.display())))?;
+        }
+        if roots.is_empty() {
+            return Err(ca_err(format!(
+                "{} holds no certificate",
+                ca_path.display()
+            )));
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ca_err(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let secret_file = crate::snapshot::resolve_relative(config_path, &config.secret_file);
+        read_secret(&secret_file).map_err(|source| EventsError::SecretFile {
+            index,
+            path: secret_file.clone(),
+            source,
+        })?;
+        Ok(Webhook {
+            name: config.name.clone(),
+            uri,
+            host,
+            port,
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            secret_file,
+            types: config.types.clone(),
+            path_prefixes: config.path_prefixes.clone(),
+            max_attempts: config.max_attempts,
+            initial_backoff: Duration::from_millis(config.initial_backoff_ms),
+            max_backoff: Duration::from_millis(config.max_backoff_ms),
+            timeout: Duration::from_secs(config.timeout_seconds),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn wants(&self, entry: &Entry) -> bool {
+        (self.types.is_empty() || self.types.contains(&entry.kind))
+            && (self.path_prefixes.is_empty()
+                || self
+                    .path_prefixes
+                    .iter()
+                    .any(|p| entry.stored_path.starts_with(p.as_str())))
+    }
+
+    /// Delivers from the outbox forever, in order, acknowledging each event once delivered,
+    /// filtered out or dead-lettered.
+    pub async fn run(self, outbox: Arc<Outbox>, index: usize) {
+        let mut changes = outbox.subscribe();
+        let mut cursor = outbox.cursor(index);
+        let mut flushed = cursor;
+        let mut flushed_at = Instant::now();
+        loop {
+            let Some(entry) = outbox.next_after(cursor) else {
+                if flushed != cursor {
+                    flushed = self.flush(&outbox, cursor).await;
+                    flushed_at = Instant::now();
+                }
+                let _ = tokio::time::timeout(CURSOR_FLUSH, changes.changed()).await;
+                continue;
+            };
+            if self.wants(&entry) {
+                self.deliver(&outbox, &entry).await;
+            }
+            cursor = entry.seq;
+            outbox.ack(index, cursor);
+            if flushed_at.elapsed() >= CURSOR_FLUSH {
+                flushed = self.flush(&outbox, cursor).await;
+                flushed_at = Instant::now();
+            }
+        }
+    }
+
+    async fn flush(&self, outbox: &Outbox, cursor: u64) -> u64 {
+        let dir = outbox.dir().to_path_buf();
+        let name = self.name.clone();
+        match tokio::task::spawn_blocking(move || write_cursor(&dir, &name, cursor)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(sink = %self.name, %error, "events: cannot write the sink's cursor (events may be delivered again after a restart)");
+            }
+            Err(error) => tracing::warn!(sink = %self.name, %error, "events: cursor writer failed"),
+        }
+        cursor
+    }
+
+    async fn deliver(&self, outbox: &Outbox, entry: &Entry) {
+        let metrics = &outbox.metrics().deliveries;
+        for attempt in 1..=self.max_attempts {
+            let result = match tokio::time::timeout(self.timeout, self.post(&entry.body)).await {
+                Ok(result) => result,
+                Err(_) => Err(DeliveryError::Timeout),
+            };
+            match result {
+                Ok(()) => {
+                    Metrics::inc(metrics, &[("sink", &self.name), ("result", "ok")]);
+                    return;
+                }
+                Err(error) => {
+                    Metrics::inc(metrics, &[("sink", &self.name), ("result", "failed")]);
+                    tracing::warn!(sink = %self.name, seq = entry.seq, attempt, %error, "events: delivery failed");
+                    if attempt < self.max_attempts {
+                        tokio::time::sleep(backoff(
+                            attempt,
+                            self.initial_backoff,
+                            self.max_backoff,
+                        ))
+                        .await;
+                    }
+                }
+            }
+        }
+        Metrics::inc(metrics, &[("sink", &self.name), ("result", "dead_letter")]);
+        tracing::error!(
+            sink = %self.name,
+            seq = entry.seq,
+            attempts = self.max_attempts,
+            event = %String::from_utf8_lossy(&entry.body),
+            "events: DEAD LETTER: giving up on an event after maxAttempts"
+        );
+    }
+
+    async fn post(&self, body: &Bytes) -> Result<(), DeliveryError> {
+        let secret = tokio::fs::read_to_string(&self.secret_file)
+            .await
+            .map_err(DeliveryError::Secret)?;
+        let timestamp = jiff::Timestamp::now().as_second().max(0) as u64;
+        let signature = signature(secret.trim().as_bytes(), timestamp, body);
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(DeliveryError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        let server_name = ServerName::try_from(self.host.clone())
+            .map_err(|e| DeliveryError::Tls(std::io::Error::other(e)))?;
+        let tls = self
+            .tls
+            .connect(server_name, tcp)
+            .await
+            .map_err(DeliveryError::Tls)?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+        let driver = tokio::spawn(connection);
+        let path = self.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let authority = match self.uri.port_u16() {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        };
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, authority)
+            .header(
+                hyper::header::CONTENT_TYPE,
+                "application/cloudevents+json; charset=utf-8",
+            )
+            .header(hyper::header::USER_AGENT, "sluice-server")
+            .header("sluice-signature", signature)
+            .body(Full::new(body.clone()))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let _ = response.into_body().collect().await;
+        driver.abort();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(DeliveryError::Status(status.as_u16()))
+        }
+    }
+}
+
+fn read_secret(path: &Path) -> std::io::Result<String> {
+    let text = std::fs::read_to_string(path)?;
+    if text.trim().is_empty() {
+        return Err(std::io::Error::other("the secret is empty"));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_signature_covers_timestamp_and_body() {
+        // The value a receiver computes: HMAC-SHA256("secret", "1700000000.{}").
+        let sig = signature(b"secret", 1_700_000_000, b"{}");
+        assert!(sig.starts_with("t=1700000000,v1="), "{sig}");
+        assert_eq!(sig.len(), "t=1700000000,v1=".len() + 64);
+        assert_ne!(sig, signature(b"secret", 1_700_000_001, b"{}"));
+        assert_ne!(sig, signature(b"secret", 1_700_000_000, b"{ }"));
+        assert_ne!(sig, signature(b"other", 1_700_000_000, b"{}"));
+    }
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered_within_half() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for _ in 0..50 {
+            let first = backoff(1, initial, max);
+            assert!(
+                first >= Duration::from_millis(50) && first <= initial,
+                "{first:?}"
+            );
+            let third = backoff(3, initial, max);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = backoff(40, initial, max);
+            assert!(late >= max / 2 && late <= max, "{late:?}");
+        }
+    }
+}
