@@ -17,6 +17,7 @@ pub mod ftp;
 pub mod leftovers;
 pub mod limits;
 pub mod metrics;
+pub mod pqkx;
 pub mod reload;
 pub mod sftp;
 pub mod snapshot;
