@@ -47,7 +47,7 @@ REPO = HERE.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 MB = 1_000_000
-ALL_SERVERS = ["sluice", "vsftpd", "proftpd", "pureftpd"]
+ALL_SERVERS = ["sluice", "vsftpd", "proftpd", "pureftpd", "sluice-before"]
 PEER_USER = "benchftp"  # system user created by setup_peers.sh
 PASSWORD = "Bench-Pass-7319"
 
@@ -211,6 +211,8 @@ class Server:
         if self.name == "pureftpd":
             lo = base + 500
             self.pasv = (lo, lo + 2 * bench.session_cap + 9)
+        elif self.name == "sluice-before":
+            self.pasv = (base + 50, base + 99)
         else:
             lo = base + 100 + 100 * index
             self.pasv = (lo, lo + 79)
@@ -336,13 +338,16 @@ class Sluice(Server):
     name = "sluice"
     username = "bench"
 
+    def binary(self) -> Path:
+        return Path(self.bench.args.sluice_bin)
+
     def prepare(self) -> None:
-        binp = Path(self.bench.args.sluice_bin)
+        binp = self.binary()
         if not (binp.is_file() and os.access(binp, os.X_OK)):
             raise ServerUnavailable(f"{binp} not built (cargo build --release -p sluice-server)")
         self.bin = binp
         self.hash_scheme = "sluice-server hash-password"
-        data_root = self.bench.tmp / "data" / "sluice"
+        data_root = self.bench.tmp / "data" / self.name
         self.home = data_root / "bench"
         self.home.mkdir(parents=True, exist_ok=True)
         try:
@@ -390,6 +395,15 @@ class Sluice(Server):
                 return r.status == 200
         except Exception:
             return False
+
+
+class SluiceBefore(Sluice):
+    """A second sluice build (`--sluice-before PATH`, e.g. the commit before a change), run in the
+    same benchmark so that before/after share the machine's load; never counted as a peer."""
+    name = "sluice-before"
+
+    def binary(self) -> Path:
+        return Path(self.bench.args.sluice_before)
 
 
 class Vsftpd(Server):
@@ -599,7 +613,7 @@ class Pureftpd(Server):
                 ]
 
 
-SERVER_CLASSES = {c.name: c for c in (Sluice, Vsftpd, Proftpd, Pureftpd)}
+SERVER_CLASSES = {c.name: c for c in (Sluice, Vsftpd, Proftpd, Pureftpd, SluiceBefore)}
 
 
 def _deb_version(root: Path) -> str:
@@ -989,7 +1003,7 @@ def render_table(results: list[dict], args) -> tuple[str, dict]:
     ratios = {}
     for label, key, higher_better, get in metric_rows(args):
         vals = {n: (None if "skipped" in by[n] else get(by[n])) for n in names}
-        peers = [v for n, v in vals.items() if n != "sluice" and v is not None]
+        peers = [v for n, v in vals.items() if not n.startswith("sluice") and v is not None]
         ratio = None
         if vals.get("sluice") is not None and peers:
             best = max(peers) if higher_better else min(peers)
@@ -1026,6 +1040,36 @@ def render_table(results: list[dict], args) -> tuple[str, dict]:
     return "\n".join(out), ratios
 
 
+def sha256_cost(binary: Path) -> dict:
+    """SHA-256 cost on this CPU, measured by the server's own upload hasher
+    (`sluice-server hash-speed`: 1 GiB in upload-sized chunks, CPU seconds)."""
+    try:
+        p = subprocess.run([str(binary), "hash-speed"], capture_output=True, text=True, timeout=120)
+        return json.loads(p.stdout.strip().splitlines()[-1])
+    except Exception as e:  # noqa: BLE001
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+def sha_line(sha: dict, results: list[dict]) -> str:
+    """The issue-17 budget: sluice's upload CPU/GiB vs the best peer's plus SHA-256."""
+    if "cpu_s_per_gib" not in sha:
+        return f"SHA-256 cost: not measured ({sha.get('error')})"
+    out = [f"SHA-256 on this CPU ({sha.get('implementation', '?')}): {sha['cpu_s_per_gib']:.3f} "
+           f"CPU s/GiB ({sha.get('mb_per_s', 0):.0f} MB/s); upload CPU budget = best peer + that:"]
+    by = {r["server"]: r for r in results if "skipped" not in r}
+    for key in sorted({k for r in by.values() for k in r.get("transfers", {}) if k.endswith("upload")}):
+        peers = [r["transfers"][key].get("cpu_s_per_gib") for n, r in by.items()
+                 if not n.startswith("sluice") and key in r.get("transfers", {})]
+        peers = [p for p in peers if p is not None]
+        mine = by.get("sluice", {}).get("transfers", {}).get(key, {}).get("cpu_s_per_gib")
+        if peers and mine is not None:
+            budget = min(peers) + sha["cpu_s_per_gib"]
+            verdict = "within" if mine <= budget else "over"
+            out.append(f"  {key}: sluice {mine:.2f} s/GiB, budget {min(peers):.2f} + "
+                       f"{sha['cpu_s_per_gib']:.2f} = {budget:.2f}: {verdict}")
+    return "\n".join(out)
+
+
 def environment(args, bench: Bench) -> dict:
     def first_line(cmd):
         try:
@@ -1054,6 +1098,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sluice-bin", default=str(REPO / "target/release/sluice-server"))
     ap.add_argument("--peers-dir", default=os.environ.get("SLUICE_PEERS_DIR", "~/.cache/sluice/peers"))
+    ap.add_argument("--sluice-before", default=None,
+                    help="a second sluice-server binary (e.g. before a change), benchmarked in the "
+                         "same run as the column sluice-before (default: not run)")
     ap.add_argument("--servers", default=",".join(ALL_SERVERS),
                     help="comma list from: " + ",".join(ALL_SERVERS))
     ap.add_argument("--tests", default="idle,sessions,transfer", help="comma list: idle,sessions,transfer")
@@ -1075,6 +1122,12 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
     args = ap.parse_args()
     args.servers = [s for s in args.servers.split(",") if s]
+    if args.sluice_before is None:
+        args.servers = [s for s in args.servers if s != "sluice-before"]
+    elif "sluice-before" in args.servers and "sluice" in args.servers:
+        # right after sluice, so both see the same minutes of the machine's load
+        args.servers.remove("sluice-before")
+        args.servers.insert(args.servers.index("sluice") + 1, "sluice-before")
     args.tests = [s for s in args.tests.split(",") if s]
     args.clients = [s for s in args.clients.split(",") if s]
     for s in args.servers:
@@ -1110,6 +1163,8 @@ def main() -> int:
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, on_signal)
     started = dt.datetime.now(dt.timezone.utc)
+    load_before = os.getloadavg()
+    sha = sha256_cost(Path(args.sluice_bin))
     try:
         bench.setup()
         env = environment(args, bench)
@@ -1120,15 +1175,21 @@ def main() -> int:
     finally:
         bench.cleanup()
 
+    load_after = os.getloadavg()
     table, ratios = render_table(results, args)
     print()
     print(f"FTPS benchmark, payload {bench.size / MB:.0f} MB ({bench.size} bytes) on "
           f"{env['workdir_fs']}, {env['nproc']} CPUs, client and server on the same host")
+    print(f"load average (1/5/15 min) at start {load_before[0]:.2f}/{load_before[1]:.2f}/"
+          f"{load_before[2]:.2f}, at end {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}")
     print(table)
+    print()
+    print(sha_line(sha, results))
     doc = {
         "started": started.isoformat(), "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
         "args": {k: v for k, v in vars(args).items()}, "payload_bytes": bench.size,
         "environment": env, "results": results, "ratios_sluice_over_best_peer": ratios,
+        "load_average": {"start": load_before, "end": load_after}, "sha256": sha,
         "table": table,
     }
     rdir = Path(args.results_dir)

@@ -19,6 +19,7 @@ pub mod leftovers;
 pub mod limits;
 pub mod metrics;
 pub mod proxy;
+pub mod pqkx;
 pub mod reload;
 pub mod sftp;
 pub mod snapshot;

@@ -77,6 +77,13 @@ enum Command {
     },
     /// Read a password from stdin and print its argon2id PHC hash for users.yaml.
     HashPassword,
+    /// Print the CPU cost of SHA-256 on this machine as the upload path hashes (JSON; used by
+    /// the benchmarks in bench/).
+    #[command(hide = true)]
+    HashSpeed {
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -95,6 +102,13 @@ fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::HashSpeed { mib } => {
+            println!(
+                "{}",
+                sluice_server::userfs::hash_speed(mib.saturating_mul(1 << 20))
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::HashPassword => {
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;

@@ -2,8 +2,9 @@
 //! the per-session clone whose private session cache and ticketer bind data connections to the
 //! control connection (a data handshake can only resume a session this FTP session created).
 //!
-//! Crypto provider: `ring`. On this class of CPU it ran AES-256-GCM ~2x faster than aws-lc-rs
-//! in the design prototypes and builds without cmake; see docs/server-config.md.
+//! Crypto provider: `ring` (its AES-GCM is what bulk FTPS data costs; docs/performance.md
+//! measures it against aws-lc-rs), with the post-quantum hybrid `X25519MLKEM768` added from
+//! [`crate::pqkx`] and preferred over the classical groups.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -52,8 +53,18 @@ pub fn provider_for(suite_names: &[String]) -> Result<CryptoProvider, TlsError> 
     }
     Ok(CryptoProvider {
         cipher_suites: suites,
+        kx_groups: crate::pqkx::kx_groups(),
         ..base
     })
+}
+
+/// The key-exchange group a handshake used, as the audit `tls` event names it
+/// (`X25519MLKEM768`, `X25519`, `secp256r1`, ...); `None` when there was none (a TLS 1.2
+/// resumption).
+pub fn kx_group(connection: &rustls::ServerConnection) -> Option<String> {
+    connection
+        .negotiated_key_exchange_group()
+        .map(|group| format!("{:?}", group.name()))
 }
 
 /// Builds the hardened base config: TLS 1.3 (and 1.2 when a 1.2 suite is listed), only the
@@ -320,6 +331,103 @@ mod tests {
             .put(b"k".to_vec(), b"v".to_vec());
         assert_eq!(one.data.session_storage.get(b"k"), Some(b"v".to_vec()));
         assert!(two.data.session_storage.get(b"k").is_none());
+    }
+
+    /// Runs a handshake in memory; returns the server side.
+    fn handshake(
+        server: Arc<ServerConfig>,
+        client: rustls::ClientConfig,
+    ) -> Result<rustls::ServerConnection, rustls::Error> {
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(client), name)?;
+        let mut server = rustls::ServerConnection::new(server)?;
+        for _ in 0..10 {
+            if !client.is_handshaking() && !server.is_handshaking() {
+                return Ok(server);
+            }
+            let mut wire = Vec::new();
+            client.write_tls(&mut wire).unwrap();
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets()?;
+            wire.clear();
+            server.write_tls(&mut wire).unwrap();
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets()?;
+        }
+        panic!("handshake did not finish");
+    }
+
+    fn client_config(
+        cert_pem: &str,
+        groups: Vec<&'static dyn rustls::crypto::SupportedKxGroup>,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = CryptoProvider {
+            kx_groups: groups,
+            ..rustls::crypto::ring::default_provider()
+        };
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth()
+    }
+
+    #[test]
+    fn post_quantum_hybrid_is_negotiated_and_classical_clients_still_connect() {
+        let (cert, key) = self_signed(&["localhost"]).unwrap();
+        let material = TlsMaterial {
+            cert_path: "tls.crt",
+            cert_pem: cert.as_bytes(),
+            key_path: "tls.key",
+            key_pem: key.as_bytes(),
+            client_ca: None,
+        };
+        let suites: Vec<&str> = sluice_config::DEFAULT_CIPHER_SUITES.to_vec();
+        let base = build_server_config(&tls_config(&suites), &material).unwrap();
+        let session = per_session(&base).unwrap();
+        let ring = rustls::crypto::ring::kx_group::X25519;
+        let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+
+        // A client that offers only the hybrid gets it.
+        let pq_only = client_config(&cert, vec![crate::pqkx::X25519MLKEM768], tls13);
+        let server = handshake(session.control.clone(), pq_only).unwrap();
+        assert_eq!(kx_group(&server).as_deref(), Some("X25519MLKEM768"));
+
+        // A client that offers the hybrid and X25519 (shares for both) gets the hybrid.
+        let both = client_config(&cert, vec![crate::pqkx::X25519MLKEM768, ring], tls13);
+        let server = handshake(session.control.clone(), both).unwrap();
+        assert_eq!(kx_group(&server).as_deref(), Some("X25519MLKEM768"));
+
+        // A client without ML-KEM still connects with X25519, over TLS 1.3 and TLS 1.2.
+        let classical = client_config(&cert, vec![ring], tls13);
+        let server = handshake(session.control.clone(), classical).unwrap();
+        assert_eq!(kx_group(&server).as_deref(), Some("X25519"));
+        if suites.iter().any(|s| s.starts_with("TLS_ECDHE")) {
+            let tls12 = client_config(
+                &cert,
+                rustls::crypto::ring::default_provider().kx_groups,
+                &[&rustls::version::TLS12],
+            );
+            let server = handshake(session.control.clone(), tls12).unwrap();
+            assert_eq!(
+                server.protocol_version(),
+                Some(rustls::ProtocolVersion::TLSv1_2)
+            );
+            assert_eq!(kx_group(&server).as_deref(), Some("X25519"));
+        }
+
+        // The hybrid is TLS 1.3 only: a TLS 1.2 client offering only it finds no common group.
+        let tls12_pq_only = client_config(
+            &cert,
+            vec![crate::pqkx::X25519MLKEM768],
+            &[&rustls::version::TLS12],
+        );
+        assert!(handshake(session.control.clone(), tls12_pq_only).is_err());
     }
 
     #[test]

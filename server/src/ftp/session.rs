@@ -423,6 +423,7 @@ impl Session {
             "result": "success",
             "version": connection.protocol_version().map(|v| format!("{v:?}")),
             "cipher": connection.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())),
+            "kx_group": crate::tls::kx_group(connection),
             "resumed": connection.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             "client_cert_sha256": fingerprint,
         });

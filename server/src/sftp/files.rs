@@ -9,11 +9,10 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::filework::UserWork;
-use crate::userfs::{self, CHUNK_BYTES, FileStat};
+use crate::userfs::{self, CHUNK_BYTES, FileStat, UploadHasher};
 
 /// Chunks the read-ahead worker may hold ready (so at most ~1.25 MiB ahead per handle).
 const READ_AHEAD_CHUNKS: usize = 4;
@@ -222,7 +221,7 @@ pub fn hash_at_close(size_at_open: u64, written: u64, size: u64) -> bool {
 /// commands and back, so no thread is held while the client is quiet.
 struct WriterState {
     file: std::fs::File,
-    hasher: Sha256,
+    hasher: UploadHasher,
     sequential: bool,
     next: u64,
     written: u64,
@@ -288,7 +287,7 @@ impl WriterState {
         let sha256 = if self.error.is_some() {
             None
         } else if self.sequential && self.next == size {
-            Some(hex::encode(self.hasher.finalize()))
+            Some(self.hasher.finalize_hex())
         } else if hash_at_close(self.size_at_open, self.written, size) {
             userfs::sha256_of_file(&self.file)
                 .ok()
@@ -338,7 +337,7 @@ impl WriteBehind {
                     let size_at_open = file.metadata().map(|m| m.len()).unwrap_or(0);
                     WriterState {
                         file,
-                        hasher: Sha256::new(),
+                        hasher: UploadHasher::new(),
                         sequential: true,
                         next: 0,
                         written: 0,
@@ -469,6 +468,7 @@ impl WriteBehind {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     async fn upload(writes: &[(u64, &[u8])]) -> (WriteOutcome, std::time::Duration) {
         let dir = tempfile::tempdir().unwrap();
