@@ -895,4 +895,36 @@ mod tests {
             secret_version_digest(b"k2", "password", b"Orbit-Kettle-2026")
         );
     }
+
+    /// The render benchmark of docs/performance.md (`bench/operator/render.sh`): 50,000 users
+    /// with an ed25519 key each resolved and split into users.yaml shards. Run in release mode.
+    #[test]
+    #[ignore = "benchmark: cargo test --release -p sluice-operator render_50000 -- --ignored --nocapture"]
+    fn render_50000_users_under_two_seconds() {
+        let users: Vec<TransferUser> = (0..50_000)
+            .map(|i| {
+                let mut u = user(&format!("u{i}"), &format!("user{i:05}"), i, "");
+                u.spec.auth.password_secret_ref = None;
+                u.spec.auth.ssh_authorized_keys = vec![
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+                        .into(),
+                ];
+                u
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let resolved = run(&users, &BTreeMap::new(), None);
+        let resolved_in = started.elapsed();
+        let shards = crate::shards::render(&resolved.list, 1).unwrap();
+        let took = started.elapsed();
+        println!(
+            "render of 50000 users: resolve {:.3}s, total {:.3}s, {} shards, {} bytes",
+            resolved_in.as_secs_f64(),
+            took.as_secs_f64(),
+            shards.count(),
+            shards.files.iter().map(String::len).sum::<usize>()
+        );
+        assert_eq!(resolved.list.users.len(), 50_000);
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
+    }
 }
