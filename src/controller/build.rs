@@ -11,7 +11,6 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use sha2::{Digest, Sha256};
 
-use super::certificate::CertOutcome;
 use super::resolve::References;
 use super::validate::Validated;
 use crate::conditions::ChildKind;
@@ -73,7 +72,6 @@ pub fn build(
     server: &FileTransferServer,
     references: &References,
     validated: &Validated,
-    _certificate: &CertOutcome,
 ) -> Result<Prepared, BuildError> {
     let names = &references.names;
     let passive = references.passive.clone();

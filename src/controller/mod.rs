@@ -127,26 +127,51 @@ async fn run_scope(
 ) {
     let ns = namespace.as_deref();
     info!(namespace = ns.unwrap_or("*"), "watching");
+    let servers: Api<Lenient<FileTransferServer>> = scoped(&client, ns);
+    let server_controller = Controller::new(servers, watcher::Config::default())
+        .trigger_backoff(crate::backoff::watches());
+    let store = server_controller.store();
+    // Shared streams carry applied objects only: a deleted user or Secret (or one that lost
+    // its mark) reaches the servers through this channel.
+    let (deleted_tx, deleted_rx) =
+        futures::channel::mpsc::unbounded::<ObjectRef<Lenient<FileTransferServer>>>();
+
     // One watch of TransferUsers feeds both controllers and the store the server reconcile
     // reads (no list of every user per reconcile).
     let (user_reader, user_writer) = reflector::store_shared::<Lenient<TransferUser>>(1024);
     let user_events_for_servers = user_writer.subscribe().expect("a shared store");
     let user_events_for_users = user_writer.subscribe().expect("a shared store");
+    let user_deleted = deleted_tx.clone();
     let user_watch = watcher(
         scoped::<Lenient<TransferUser>>(&client, ns),
         watcher::Config::default(),
     )
     .default_backoff()
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(user)) = event
+            && let Some(server) = server_of(user)
+        {
+            let _ = user_deleted.unbounded_send(server);
+        }
+    })
     .reflect_shared(user_writer)
     .for_each(|_| futures::future::ready(()));
     // Marked Secrets only: the label selector keeps every other Secret out of the operator.
     let (secret_reader, secret_writer) = reflector::store_shared::<Secret>(256);
     let secret_events = secret_writer.subscribe().expect("a shared store");
+    let deleted_store = store.clone();
     let secret_watch = watcher(
         scoped::<Secret>(&client, ns),
         watcher::Config::default().labels(&format!("{REFERABLE_LABEL}=true")),
     )
     .default_backoff()
+    .inspect(move |event| {
+        if let Ok(watcher::Event::Delete(secret)) = event {
+            for server in servers_of_namespace(&deleted_store, secret.namespace()) {
+                let _ = deleted_tx.unbounded_send(server);
+            }
+        }
+    })
     .reflect_shared(secret_writer)
     .for_each(|_| futures::future::ready(()));
 
@@ -159,10 +184,6 @@ async fn run_scope(
         users: user_reader.clone(),
         secrets: secret_reader,
     });
-    let servers: Api<Lenient<FileTransferServer>> = scoped(&client, ns);
-    let server_controller = Controller::new(servers, watcher::Config::default())
-        .trigger_backoff(crate::backoff::watches());
-    let store = server_controller.store();
     let secret_store = store.clone();
     let ban_sync = crate::ban_sync::run(client.clone(), store.clone(), context.metrics.clone());
     // Owned Secrets (users.yaml shards, certificates, keys) as metadata only.
@@ -189,22 +210,13 @@ async fn run_scope(
         .owns_stream(owned_secrets)
         .watches_shared_stream(
             user_events_for_servers,
-            |user: Arc<Lenient<TransferUser>>| {
-                let server = user.parsed.as_ref().ok()?.spec.server_ref.name.clone();
-                user.namespace()
-                    .map(|ns| ObjectRef::new(&server).within(&ns))
-            },
+            |user: Arc<Lenient<TransferUser>>| server_of(&user),
         )
         // A marked Secret changed: reconcile the servers of its namespace.
         .watches_shared_stream(secret_events, move |secret: Arc<Secret>| {
-            let namespace = secret.namespace();
-            secret_store
-                .state()
-                .into_iter()
-                .filter(|server| server.namespace() == namespace)
-                .map(|server| ObjectRef::from_obj(server.as_ref()))
-                .collect::<Vec<_>>()
+            servers_of_namespace(&secret_store, secret.namespace())
         })
+        .reconcile_on(deleted_rx)
         .run(measured_reconcile_server, error_policy, context.clone())
         .for_each(|result| {
             let context = context.clone();
@@ -255,6 +267,26 @@ async fn run_scope(
     futures::join!(user_watch, secret_watch, server_loop, user_loop, ban_sync);
 }
 
+/// The server a user names.
+fn server_of(user: &Lenient<TransferUser>) -> Option<ObjectRef<Lenient<FileTransferServer>>> {
+    let server = user.parsed.as_ref().ok()?.spec.server_ref.name.clone();
+    user.namespace()
+        .map(|ns| ObjectRef::new(&server).within(&ns))
+}
+
+/// Every server of `namespace`.
+fn servers_of_namespace(
+    servers: &Store<Lenient<FileTransferServer>>,
+    namespace: Option<String>,
+) -> Vec<ObjectRef<Lenient<FileTransferServer>>> {
+    servers
+        .state()
+        .into_iter()
+        .filter(|server| server.namespace() == namespace)
+        .map(|server| ObjectRef::from_obj(server.as_ref()))
+        .collect()
+}
+
 async fn measured_reconcile_server(
     object: Arc<Lenient<FileTransferServer>>,
     context: Arc<Context>,
@@ -290,7 +322,7 @@ async fn reconcile_server(
     let references = resolve::resolve(server, context).await?;
     let validated = validate::validate(server, &references, now).await?;
     let certificate = certificate::ensure(server, &references, context).await?;
-    let prepared = build::build(server, &references, &validated, &certificate)?;
+    let prepared = build::build(server, &references, &validated)?;
     let applied = apply::apply(server, prepared, context).await;
     status::update(server, &validated, &certificate, &applied, context).await
 }

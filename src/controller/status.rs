@@ -672,4 +672,140 @@ mod tests {
         );
         assert_eq!(endpoints_verdict(1, 2, &passive).1, Reason::PodsNotReady);
     }
+
+    fn prepared() -> super::super::build::Prepared {
+        super::super::build::Prepared {
+            children: Vec::new(),
+            shard_of_user: BTreeMap::from([("alice".to_string(), 0)]),
+            shard_count: 2,
+            unchanged_shards: Vec::new(),
+            per_pod_services: None,
+            create_ssh_host_key: false,
+            passive: render::PassiveAddresses::default(),
+        }
+    }
+
+    fn validated() -> Validated {
+        Validated {
+            users: users::Resolved {
+                list: sluice_config::UserList {
+                    api_version: sluice_config::API_VERSION.into(),
+                    kind: "UserList".into(),
+                    users: Vec::new(),
+                },
+                verdicts: BTreeMap::new(),
+                next_change: None,
+            },
+            objects: BTreeMap::new(),
+        }
+    }
+
+    fn issued() -> CertOutcome {
+        CertOutcome {
+            ready: true,
+            reason: Reason::Issued,
+            message: "issued".into(),
+            info: None,
+            renew_at: None,
+            recheck_at: None,
+            retry: None,
+            rotated_ca: false,
+            issued: false,
+        }
+    }
+
+    fn by_type(
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) -> BTreeMap<String, (String, String, String)> {
+        conditions
+            .iter()
+            .map(|c| {
+                (
+                    c.type_.clone(),
+                    (c.status.clone(), c.reason.clone(), c.message.clone()),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_refused_child_is_named_in_ready_and_stalls_the_server() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let applied = Applied::for_test(
+            prepared(),
+            vec![super::super::apply::Failure {
+                kind: conditions::ChildKind::PodDisruptionBudget,
+                name: "partners".into(),
+                message: "exceeded quota".into(),
+            }],
+            Default::default(),
+        );
+        let all = by_type(&server_conditions(
+            &server("[sftp]"),
+            &validated(),
+            &issued(),
+            &applied,
+            now,
+        ));
+        assert_eq!(all["Ready"].0, "False");
+        assert_eq!(all["Ready"].1, "PodDisruptionBudgetNotApplied");
+        assert!(
+            all["Ready"]
+                .2
+                .contains("PodDisruptionBudget partners not applied: exceeded quota")
+        );
+        assert_eq!(
+            (all["Stalled"].0.as_str(), all["Stalled"].1.as_str()),
+            ("True", "PodDisruptionBudgetNotApplied")
+        );
+        assert_eq!(all["Reconciling"].0, "False");
+    }
+
+    #[test]
+    fn a_failed_shard_unsyncs_users_and_its_users_are_not_applied() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let applied = Applied::for_test(
+            prepared(),
+            vec![super::super::apply::Failure {
+                kind: conditions::ChildKind::UsersSecret,
+                name: "partners-users".into(),
+                message: "too large".into(),
+            }],
+            std::collections::BTreeSet::from([0]),
+        );
+        assert!(!applied.user_applied("Alice"));
+        let all = by_type(&server_conditions(
+            &server("[sftp]"),
+            &validated(),
+            &issued(),
+            &applied,
+            now,
+        ));
+        assert_eq!(all["UsersSynced"].0, "False");
+        assert!(
+            all["UsersSynced"]
+                .2
+                .contains("Secret partners-users: too large"),
+            "{}",
+            all["UsersSynced"].2
+        );
+    }
+
+    #[test]
+    fn pods_starting_is_reconciling_not_stalled() {
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let applied = Applied::for_test(prepared(), Vec::new(), Default::default());
+        assert!(applied.user_applied("alice"));
+        let all = by_type(&server_conditions(
+            &server("[sftp]"),
+            &validated(),
+            &issued(),
+            &applied,
+            now,
+        ));
+        assert_eq!(all["Ready"].0, "False");
+        assert_eq!(all["EndpointsReady"].1, "PodsNotReady");
+        assert_eq!(all["Reconciling"].0, "True");
+        assert_eq!(all["Stalled"].0, "False");
+    }
 }

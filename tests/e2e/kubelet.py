@@ -574,7 +574,8 @@ class ProcessKubelet:
 
     # -- one pod -----------------------------------------------------------------------------
 
-    def _source_files(self, p: PodProcess, src: dict, kind: str) -> tuple[dict[str, bytes] | None, str]:
+    def _source_files(self, p: PodProcess, src: dict, kind: str,
+                      secrets: dict[str, dict]) -> tuple[dict[str, bytes] | None, str]:
         """Files of one ConfigMap or Secret source (a volume, or one source of a projected
         volume): `items` applied, {} for a missing optional one, None while a required one is
         missing (the second value then says why)."""
@@ -588,7 +589,13 @@ class ProcessKubelet:
             what = f"configmap {name}"
         else:
             name = src.get("secretName") or src.get("name")
-            obj = self.api.get_opt(f"/api/v1/namespaces/{p.namespace}/secrets/{name}")
+            if not secrets:
+                # One list per sync, not one GET per source: a projected users volume names
+                # up to 64 shard Secrets, most of them absent.
+                listed = self.api.get_opt(f"/api/v1/namespaces/{p.namespace}/secrets") or {}
+                secrets.update({i["metadata"]["name"]: i for i in listed.get("items") or []})
+                secrets.setdefault("", {})
+            obj = secrets.get(name)
             data = None if obj is None else {
                 k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
             what = f"secret {name}"
@@ -609,13 +616,14 @@ class ProcessKubelet:
     def _volume_sources(self, p: PodProcess) -> dict[str, tuple[dict[str, bytes], int]] | None:
         """Contents of every ConfigMap/Secret/projected volume, or None while one is missing."""
         out = {}
+        secrets: dict[str, dict] = {}
         p.waiting_message = ""
         for vol in p.pod["spec"].get("volumes", []):
             vname = vol["name"]
             if "configMap" in vol or "secret" in vol:
                 kind = "configMap" if "configMap" in vol else "secret"
                 src = vol[kind]
-                data, why = self._source_files(p, src, kind)
+                data, why = self._source_files(p, src, kind, secrets)
                 if data is None:
                     p.waiting_message = f'MountVolume.SetUp failed for volume "{vname}": {why}'
                     return None
@@ -626,7 +634,7 @@ class ProcessKubelet:
                     kind = "configMap" if "configMap" in source else "secret" if "secret" in source else None
                     if kind is None:
                         continue
-                    data, why = self._source_files(p, source[kind], kind)
+                    data, why = self._source_files(p, source[kind], kind, secrets)
                     if data is None:
                         p.waiting_message = f'MountVolume.SetUp failed for volume "{vname}": {why}'
                         return None
