@@ -43,8 +43,8 @@ pub struct CertOutcome {
     pub recheck_at: Option<Timestamp>,
     /// Look again soon: waiting for something outside the operator (cert-manager).
     pub retry: Option<Duration>,
-    /// The operator issued a new CA in this reconcile (partners that pinned the CA must
-    /// update it).
+    /// The operator replaced the server's CA in this reconcile (partners that pinned the CA
+    /// must add the new one).
     pub rotated_ca: bool,
     /// The operator issued a new server certificate in this reconcile.
     pub issued: bool,
@@ -420,7 +420,8 @@ pub async fn ensure(
                 recheck_at: Some(renew_at),
                 info: Some(info),
                 retry: None,
-                rotated_ca,
+                // The first CA of a server is no rotation: nobody pinned anything yet.
+                rotated_ca: rotated_ca && previous_ca.is_some(),
                 issued: issued_new,
             })
         }
