@@ -1063,6 +1063,41 @@ spec:
 ";
 
     #[test]
+    fn every_users_shard_is_projected_into_the_directory_the_server_reads() {
+        let fts = fixture(BASIC);
+        let set = stateful_set(&fts, "d").unwrap();
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        let users = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "users")
+            .unwrap();
+        let sources = users.projected.unwrap().sources.unwrap();
+        assert_eq!(sources.len(), crate::shards::MAX_SHARDS);
+        let first = sources[0].secret.as_ref().unwrap();
+        assert_eq!(first.name, "partners-users");
+        assert_eq!(first.optional, None, "shard 0 is required");
+        let third = sources[2].secret.as_ref().unwrap();
+        assert_eq!(third.name, "partners-users-2");
+        assert_eq!(third.optional, Some(true));
+        assert_eq!(third.items.as_ref().unwrap()[0].path, "users-02.yaml");
+        assert_eq!(
+            server_config(&fts, None, &BTreeMap::new()).users_file,
+            USERS_DIR
+        );
+        let shard = users_shard_secret(&fts, 0, 4, "x").unwrap();
+        assert_eq!(
+            shard.metadata.annotations.unwrap()[SHARD_COUNT_ANNOTATION],
+            "4"
+        );
+        assert_eq!(
+            shard.metadata.labels.unwrap()["sluice.dev/users-of"],
+            "partners"
+        );
+    }
+
+    #[test]
     fn a_passive_range_past_admission_is_refused_not_expanded() {
         // The fuzz input that timed out: millions of ports, each a container and Service port.
         let huge = fixture(&BASIC.replace("portEnd: 30004", "portEnd: 2230019"));
