@@ -17,8 +17,8 @@ from conftest import REPO
 pytestmark = [pytest.mark.timeout(300)]
 
 
-def _render(ns: str, *values: str) -> str:
-    args = [helm_binary(), "template", "sluice", str(REPO / "charts" / "sluice"), "--namespace", ns,
+def _render(ns: str, *values: str, release: str = "sluice") -> str:
+    args = [helm_binary(), "template", release, str(REPO / "charts" / "sluice"), "--namespace", ns,
             "--kube-version", KUBE_VERSION, "--include-crds"]
     for value in values:
         args += ["--set", value]
@@ -91,13 +91,14 @@ def test_chart_cluster_scope_is_an_explicit_opt_in(crds):
     ns = f"sluice-system-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
     try:
-        rendered = _render(ns, "rbacScope=cluster")
+        # Its own release name: the ClusterRole of the session's operator ("sluice") must stay.
+        rendered = _render(ns, "rbacScope=cluster", release="optin")
         docs = [d for d in yaml.safe_load_all(rendered) if d]
         kinds = {d["kind"] for d in docs}
         assert {"ClusterRole", "ClusterRoleBinding"} <= kinds, kinds
         assert not kinds & {"Role", "RoleBinding"}, kinds
         cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=rendered)
-        deployment = cluster.kubectl_json("get", "deployment", "sluice-operator", "-n", ns)
+        deployment = cluster.kubectl_json("get", "deployment", "optin-operator", "-n", ns)
         env = {e["name"] for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert "SLUICE_WATCH_NAMESPACES" not in env
         sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
@@ -112,7 +113,7 @@ def test_chart_cluster_scope_is_an_explicit_opt_in(crds):
         assert not allowed("get", "apiextensions.k8s.io", "customresourcedefinitions")
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
-        cluster.kubectl("delete", "clusterrolebinding,clusterrole", "sluice-operator", check=False)
+        cluster.kubectl("delete", "clusterrolebinding,clusterrole", "optin-operator", check=False)
 
 
 def test_every_example_is_accepted_and_reconciled(crds, operator):
