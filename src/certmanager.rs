@@ -70,6 +70,13 @@ pub fn certificate(
         },
         "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
         "usages": ["digital signature", "server auth"],
+        // The issued Secret carries the operator's label, so that it is among the Secrets the
+        // operator watches as its own (metadata only) and nothing else needs marking.
+        "secretTemplate": {"labels": {
+            "app.kubernetes.io/name": "sluice-server",
+            "app.kubernetes.io/instance": n.server,
+            "app.kubernetes.io/managed-by": "sluice-operator",
+        }},
     });
     if !ips.is_empty() {
         spec["ipAddresses"] = json!(ips);

@@ -34,7 +34,10 @@ pub const MAX_PASSIVE_PORTS: i32 = 100;
 #[x_kube(
     validation = Rule::new("size(self.protocols) > 0").message("spec.protocols: at least one protocol is required"),
     validation = Rule::new("self.replicas <= 1 || !self.protocols.exists(p, p != 'sftp') || self.exposure.perPodServices").message("spec.exposure.perPodServices must be true when spec.replicas > 1 and FTPS is served (a data connection must reach the pod holding its control connection)"),
-    validation = Rule::new("self.replicas <= 1 || has(self.storage.existingClaim)").message("spec.storage.existingClaim (a ReadWriteMany claim) is required when spec.replicas > 1, otherwise each pod would show its users different files")
+    validation = Rule::new("self.replicas <= 1 || has(self.storage.existingClaim)").message("spec.storage.existingClaim (a ReadWriteMany claim) is required when spec.replicas > 1, otherwise each pod would show its users different files"),
+    validation = Rule::new(immutable_storage("size")).message("spec.storage.size is immutable (a StatefulSet's volumeClaimTemplates cannot change): expand the PersistentVolumeClaims data-<server>-<n> directly if the storage class allows it, or create a new FileTransferServer and move the data"),
+    validation = Rule::new(immutable_storage("storageClassName")).message("spec.storage.storageClassName is immutable (a StatefulSet's volumeClaimTemplates cannot change): create a new FileTransferServer with the new class and move the data"),
+    validation = Rule::new(immutable_storage("existingClaim")).message("spec.storage.existingClaim is immutable (switching between a claim template and an existing claim changes the StatefulSet's volumeClaimTemplates): create a new FileTransferServer and move the data")
 )]
 pub struct FileTransferServerSpec {
     /// Protocols served: `ftpsExplicit` (AUTH TLS, RFC 4217), `ftpsImplicit` (TLS from the first
@@ -154,6 +157,16 @@ impl Default for PassiveSpec {
             advertised_address: None,
         }
     }
+}
+
+/// A CEL transition rule: `spec.storage.<field>` keeps its value (absent stays absent).
+fn immutable_storage(field: &str) -> String {
+    let of = |object: &str| {
+        format!(
+            "(has({object}.storage) && has({object}.storage.{field}) ? {object}.storage.{field} : '')"
+        )
+    };
+    format!("{} == {}", of("self"), of("oldSelf"))
 }
 
 /// Storage for user data.

@@ -26,10 +26,11 @@ enum Command {
         /// Where `/metrics` and `/healthz` are served.
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_address: String,
-        /// Watch and manage only this namespace (for a namespace-scoped install whose RBAC is
-        /// a Role there); default: every namespace.
-        #[arg(long, env = "SLUICE_WATCH_NAMESPACE")]
-        namespace: Option<String>,
+        /// Watch and manage only these namespaces (comma-separated; the chart's default
+        /// install grants a Role in each); empty: every namespace (needs the cluster-wide
+        /// ClusterRole, an explicit opt-in of the chart).
+        #[arg(long, env = "SLUICE_WATCH_NAMESPACES", value_delimiter = ',')]
+        namespaces: Vec<String>,
     },
 }
 
@@ -38,8 +39,13 @@ fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run {
             metrics_address,
-            namespace,
+            namespaces,
         } => {
+            let namespaces: Vec<String> = namespaces
+                .into_iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
             let json = std::env::var("SLUICE_LOG_FORMAT").is_ok_and(|v| v == "json");
             let filter = tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -62,9 +68,9 @@ fn main() -> anyhow::Result<ExitCode> {
                 let metrics = sluice_operator::metrics::OperatorMetrics::new();
                 let listener = tokio::net::TcpListener::bind(&metrics_address).await?;
                 tokio::spawn(sluice_operator::metrics::serve(listener, metrics.clone()));
-                tracing::info!(%metrics_address, namespace = namespace.as_deref().unwrap_or("*"), "sluice-operator starting");
+                tracing::info!(%metrics_address, namespaces = %namespaces.join(","), "sluice-operator starting");
                 tokio::select! {
-                    _ = sluice_operator::controller::run(client, metrics, namespace) => {}
+                    _ = sluice_operator::controller::run(client, metrics, namespaces) => {}
                     _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
                 }
                 anyhow::Ok(())

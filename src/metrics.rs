@@ -28,6 +28,36 @@ pub struct OperatorMetrics {
 }
 
 impl OperatorMetrics {
+    /// Records one reconcile of `kind`: its duration, and its result (`failure` with the
+    /// reason when there is one).
+    pub fn observe(&self, kind: &str, took: std::time::Duration, failure: Option<&str>) {
+        let kind = ("kind", kind.to_string());
+        self.duration
+            .get_or_create(&vec![kind.clone()])
+            .observe(took.as_secs_f64());
+        let outcome = if failure.is_some() {
+            "failure"
+        } else {
+            "success"
+        };
+        self.reconciles
+            .get_or_create(&vec![kind, ("result", outcome.to_string())])
+            .inc();
+        if let Some(reason) = failure {
+            self.failures
+                .get_or_create(&vec![("reason", reason.to_string())])
+                .inc();
+        }
+    }
+
+    /// The certificate-expiry series of one server.
+    pub fn certificate_labels(namespace: &str, server: &str) -> Labels {
+        vec![
+            ("namespace", namespace.to_string()),
+            ("server", server.to_string()),
+        ]
+    }
+
     pub fn new() -> Arc<OperatorMetrics> {
         let reconciles = Family::<Labels, Counter>::default();
         let failures = Family::<Labels, Counter>::default();

@@ -156,10 +156,14 @@ pub fn violations(password: &str, username: &str, policy: &PasswordPolicy) -> Ve
         ));
     }
     let lower = password.to_lowercase();
-    if !username.is_empty() && lower.contains(&username.to_lowercase()) {
-        problems.push("must not contain the username".to_string());
-    }
     let stem = lower.trim_end_matches(|c: char| c.is_ascii_digit() || !c.is_alphanumeric());
+    // The whole password (or its stem before trailing digits and symbols) against the whole
+    // username, never a substring test: whoever may create TransferUsers chooses the username,
+    // and "a", "ab", ... would otherwise read a marked Secret out one character at a time.
+    let name = username.to_lowercase();
+    if !name.is_empty() && (lower == name || stem == name) {
+        problems.push("must not be the username".to_string());
+    }
     if COMMON.contains(&lower.as_str()) || COMMON.contains(&stem) {
         problems.push("is a commonly used password".to_string());
     }
@@ -189,13 +193,27 @@ mod tests {
                 .iter()
                 .any(|p| p.contains("mix"))
         );
+        assert!(check("Alice2026!!").iter().any(|p| p.contains("username")));
+        assert!(check("Password123!").iter().any(|p| p.contains("commonly")));
+        assert!(check("Welcome123!!").iter().any(|p| p.contains("commonly")));
+    }
+
+    #[test]
+    fn the_username_rule_is_no_substring_oracle() {
+        let password = "Orbit-Kettle-2026";
+        for probe in ["o", "or", "orb", "orbit", "kettle", "orbit-k"] {
+            assert!(
+                !violations(password, probe, &PasswordPolicy::default())
+                    .iter()
+                    .any(|p| p.contains("username")),
+                "{probe}"
+            );
+        }
         assert!(
-            check("Alice-Secure-2026!")
+            violations("orbit-kettle", "Orbit-Kettle", &PasswordPolicy::default())
                 .iter()
                 .any(|p| p.contains("username"))
         );
-        assert!(check("Password123!").iter().any(|p| p.contains("commonly")));
-        assert!(check("Welcome123!!").iter().any(|p| p.contains("commonly")));
     }
 
     #[test]

@@ -8,10 +8,11 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    HTTPGetAction, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, Secret, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, VolumeResourceRequirements,
+    ProjectedVolumeSource, SeccompProfile, Secret, SecretProjection, SecretVolumeSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -46,6 +47,12 @@ const SSH_DIR: &str = "/etc/sluice/ssh";
 const BAN_SYNC_DIR: &str = "/etc/sluice/ban-sync";
 /// Key of the bearer token in the ban-sync Secret (bans across replicas, docs/bans.md).
 pub const BAN_SYNC_TOKEN: &str = "token";
+/// Key of a users.yaml shard in its Secret.
+pub const USERS_KEY: &str = "users.yaml";
+/// Annotation of shard 0: how many users.yaml shards the server has.
+pub const SHARD_COUNT_ANNOTATION: &str = "sluice.dev/users-shards";
+/// Key of the password digest key in its Secret.
+pub const DIGEST_KEY: &str = "key";
 /// Key of the ed25519 host key in the SSH host key Secret.
 pub const SSH_HOST_KEY: &str = "ssh_host_ed25519_key";
 
@@ -115,6 +122,17 @@ impl Names {
     }
     pub fn users_secret(&self) -> String {
         format!("{}-users", self.server)
+    }
+    /// The Secret of users.yaml shard `index`: shard 0 keeps the name of the single users
+    /// Secret of earlier versions.
+    pub fn users_shard(&self, index: usize) -> String {
+        match index {
+            0 => self.users_secret(),
+            _ => format!("{}-users-{index}", self.server),
+        }
+    }
+    pub fn digest_key_secret(&self) -> String {
+        format!("{}-digest-key", self.server)
     }
     pub fn tls_secret(&self) -> String {
         format!("{}-tls", self.server)
@@ -270,7 +288,8 @@ pub fn server_config(
         api_version: config::API_VERSION.to_string(),
         kind: "ServerConfig".to_string(),
         data_root: DATA_DIR.to_string(),
-        users_file: format!("{USERS_DIR}/users.yaml"),
+        // A directory: every users.yaml shard projected into it (see `crate::shards`).
+        users_file: USERS_DIR.to_string(),
         listeners: config::Listeners {
             ftps_explicit: serves(fts, ServedProtocol::FtpsExplicit)
                 .then(|| format!("0.0.0.0:{CONTAINER_EXPLICIT}")),
@@ -485,18 +504,76 @@ pub fn config_map(fts: &FileTransferServer, server_yaml: &str) -> Result<ConfigM
     })
 }
 
-/// The Secret with `users.yaml` (argon2id hashes and public keys only, never passwords).
-pub fn users_secret(fts: &FileTransferServer, users_yaml: &str) -> Result<Secret, RenderError> {
+/// The Secret of users.yaml shard `index` of `count` (argon2id hashes and public keys only,
+/// never passwords). Shard 0 also records the count.
+pub fn users_shard_secret(
+    fts: &FileTransferServer,
+    index: usize,
+    count: usize,
+    users_yaml: &str,
+) -> Result<Secret, RenderError> {
     let names = Names::of(fts)?;
+    let mut metadata = meta(fts, &names, names.users_shard(index));
+    let labels = metadata.labels.get_or_insert_with(BTreeMap::new);
+    labels.insert("sluice.dev/users-of".into(), names.server.clone());
+    labels.insert("sluice.dev/users-shard".into(), index.to_string());
+    if index == 0 {
+        metadata.annotations = Some(BTreeMap::from([(
+            SHARD_COUNT_ANNOTATION.to_string(),
+            count.to_string(),
+        )]));
+    }
     Ok(Secret {
-        metadata: meta(fts, &names, names.users_secret()),
+        metadata,
         type_: Some("Opaque".to_string()),
         data: Some(BTreeMap::from([(
-            "users.yaml".to_string(),
+            USERS_KEY.to_string(),
             ByteString(users_yaml.as_bytes().to_vec()),
         )])),
         ..Secret::default()
     })
+}
+
+/// The Secret with the server's key for password version digests (never mounted).
+pub fn digest_key_secret(fts: &FileTransferServer, key: &[u8]) -> Result<Secret, RenderError> {
+    let names = Names::of(fts)?;
+    Ok(Secret {
+        metadata: meta(fts, &names, names.digest_key_secret()),
+        type_: Some("Opaque".to_string()),
+        data: Some(BTreeMap::from([(
+            DIGEST_KEY.to_string(),
+            ByteString(key.to_vec()),
+        )])),
+        ..Secret::default()
+    })
+}
+
+/// Every users.yaml shard Secret projected into one directory as `users-ii.yaml`: shard 0 is
+/// required, the others optional, so that the shard count changes without a new pod template
+/// (and without a restart); the kubelet updates the directory as Secrets come and go.
+fn users_volume(names: &Names) -> Volume {
+    let sources = (0..crate::shards::MAX_SHARDS)
+        .map(|index| k8s_openapi::api::core::v1::VolumeProjection {
+            secret: Some(SecretProjection {
+                name: names.users_shard(index),
+                optional: (index > 0).then_some(true),
+                items: Some(vec![KeyToPath {
+                    key: USERS_KEY.to_string(),
+                    path: format!("users-{index:02}.yaml"),
+                    mode: None,
+                }]),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    Volume {
+        name: "users".to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o440),
+        }),
+        ..Volume::default()
+    }
 }
 
 /// A `kubernetes.io/tls` Secret (cert-manager compatible keys).
@@ -643,7 +720,7 @@ pub fn stateful_set(
             }),
             ..Volume::default()
         },
-        secret_volume("users", names.users_secret()),
+        users_volume(&names),
         secret_volume("tls", tls_secret),
     ];
     let mut mounts = vec![
@@ -1018,6 +1095,41 @@ spec:
   exposure:
     serviceType: LoadBalancer
 ";
+
+    #[test]
+    fn every_users_shard_is_projected_into_the_directory_the_server_reads() {
+        let fts = fixture(BASIC);
+        let set = stateful_set(&fts, "d").unwrap();
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        let users = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "users")
+            .unwrap();
+        let sources = users.projected.unwrap().sources.unwrap();
+        assert_eq!(sources.len(), crate::shards::MAX_SHARDS);
+        let first = sources[0].secret.as_ref().unwrap();
+        assert_eq!(first.name, "partners-users");
+        assert_eq!(first.optional, None, "shard 0 is required");
+        let third = sources[2].secret.as_ref().unwrap();
+        assert_eq!(third.name, "partners-users-2");
+        assert_eq!(third.optional, Some(true));
+        assert_eq!(third.items.as_ref().unwrap()[0].path, "users-02.yaml");
+        assert_eq!(
+            server_config(&fts, None, &BTreeMap::new()).users_file,
+            USERS_DIR
+        );
+        let shard = users_shard_secret(&fts, 0, 4, "x").unwrap();
+        assert_eq!(
+            shard.metadata.annotations.unwrap()[SHARD_COUNT_ANNOTATION],
+            "4"
+        );
+        assert_eq!(
+            shard.metadata.labels.unwrap()["sluice.dev/users-of"],
+            "partners"
+        );
+    }
 
     #[test]
     fn a_passive_range_past_admission_is_refused_not_expanded() {

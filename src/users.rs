@@ -13,6 +13,7 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use sluice_config as config;
 
+use crate::conditions::Reason;
 use crate::crd::{PasswordPolicy, TransferUser};
 use crate::{aging, policy};
 
@@ -20,7 +21,7 @@ use crate::{aging, policy};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     pub ready: bool,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
     /// Digest of the password Secret version that was hashed, or of `spec.auth.passwordHash`
     /// (never of the password).
@@ -34,7 +35,7 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    fn refused(reason: &'static str, message: impl Into<String>) -> Verdict {
+    pub fn refused(reason: Reason, message: impl Into<String>) -> Verdict {
         Verdict {
             ready: false,
             reason,
@@ -58,23 +59,45 @@ pub struct Resolved {
 /// The inputs the controller read for one server.
 pub struct UserInputs<'a> {
     pub users: &'a [TransferUser],
-    /// Secrets of the namespace by name.
+    /// The Secrets of the namespace marked for Sluice, by name (the only ones the operator
+    /// reads).
     pub secrets: &'a BTreeMap<String, Secret>,
+    /// Names of Secrets that exist but are not marked: refused without reading them.
+    pub unmarked: &'a std::collections::BTreeSet<String>,
+    /// The server's key for password version digests (see [`secret_version_digest`]).
+    pub digest_key: &'a [u8],
     /// The currently deployed users.yaml (to reuse hashes).
     pub previous: Option<&'a config::UserList>,
     pub policy: &'a PasswordPolicy,
     pub now: jiff::Timestamp,
 }
 
-/// Identifies a Secret version without revealing anything about its content.
-pub fn secret_version_digest(secret: &Secret, key: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(secret.metadata.uid.clone().unwrap_or_default());
-    hasher.update(b":");
-    hasher.update(secret.metadata.resource_version.clone().unwrap_or_default());
-    hasher.update(b":");
-    hasher.update(key);
-    hex::encode(&hasher.finalize()[..16])
+/// Identifies a password version by its content, so that a label or annotation written by a
+/// GitOps tool does not restart the aging clock, without revealing anything about it: an
+/// HMAC-SHA-256 under a random key of the server (in an operator-owned Secret), so that
+/// someone who reads a TransferUser's status cannot test guesses against the digest offline.
+pub fn secret_version_digest(digest_key: &[u8], key: &str, value: &[u8]) -> String {
+    let mac = hmac_sha256(digest_key, &[key.as_bytes(), b"\0", value]);
+    hex::encode(&mac[..16])
+}
+
+/// HMAC-SHA-256 (RFC 2104) over the concatenation of `parts`.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    for part in parts {
+        inner.update(part);
+    }
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
 }
 
 fn creation_order(user: &TransferUser) -> (i64, String) {
@@ -89,6 +112,16 @@ fn creation_order(user: &TransferUser) -> (i64, String) {
 
 /// Resolves every user; `hash` turns a plain password into an argon2id PHC string.
 pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -> Resolved {
+    // Hashes of the deployed users.yaml by username: looked up once per user.
+    let previous: HashMap<&str, &str> = inputs
+        .previous
+        .map(|p| {
+            p.users
+                .iter()
+                .filter_map(|u| Some((u.username.as_str(), u.password_hash.as_deref()?)))
+                .collect()
+        })
+        .unwrap_or_default();
     let mut ordered: Vec<&TransferUser> = inputs.users.iter().collect();
     ordered.sort_by_key(|u| creation_order(u));
     let mut owners: HashMap<String, String> = HashMap::new();
@@ -103,14 +136,14 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
             verdicts.insert(
                 object,
                 Verdict::refused(
-                    "DuplicateUsername",
+                    Reason::DuplicateUsername,
                     format!("spec.username {:?} is already used by TransferUser {winner}, which is older", spec.username),
                 ),
             );
             continue;
         }
         owners.insert(key, object.clone());
-        match resolve_one(user, inputs, hash) {
+        match resolve_one(user, inputs, &previous, hash) {
             Ok((entry, digest)) => {
                 let state = entry
                     .password_changed_at
@@ -125,7 +158,7 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
                 let (ready, reason, message) = match state {
                     aging::Aging::Expired { expires_at } => (
                         false,
-                        "PasswordExpired",
+                        Reason::PasswordExpired,
                         format!(
                             "the password expired at {} (passwordPolicy.maxAgeDays of the server); password logins are refused until it is changed, key logins still work",
                             aging::format(expires_at)
@@ -133,7 +166,7 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
                     ),
                     aging::Aging::ExpiresSoon { expires_at } => (
                         true,
-                        "PasswordExpiresSoon",
+                        Reason::PasswordExpiresSoon,
                         format!(
                             "user is in the server's users.yaml; the password expires at {}",
                             aging::format(expires_at)
@@ -141,7 +174,7 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
                     ),
                     _ => (
                         true,
-                        "Provisioned",
+                        Reason::Provisioned,
                         "user is in the server's users.yaml".to_string(),
                     ),
                 };
@@ -180,12 +213,13 @@ pub fn resolve(inputs: &UserInputs<'_>, hash: &dyn Fn(&str) -> Option<String>) -
 fn resolve_one(
     user: &TransferUser,
     inputs: &UserInputs<'_>,
+    previous: &HashMap<&str, &str>,
     hash: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(config::User, Option<String>), Verdict> {
     let spec = &user.spec;
     if spec.disabled {
         return Err(Verdict::refused(
-            "Disabled",
+            Reason::Disabled,
             "spec.disabled is true; the user cannot log in",
         ));
     }
@@ -193,14 +227,14 @@ fn resolve_one(
         match expiry.parse::<jiff::Timestamp>() {
             Ok(at) if inputs.now >= at => {
                 return Err(Verdict::refused(
-                    "Expired",
+                    Reason::Expired,
                     format!("spec.expiresAt {expiry} has passed"),
                 ));
             }
             Ok(_) => {}
             Err(_) => {
                 return Err(Verdict::refused(
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     format!("spec.expiresAt {expiry:?} is not an RFC 3339 time"),
                 ));
             }
@@ -209,11 +243,11 @@ fn resolve_one(
     let mut digest = None;
     let password_hash = match (&spec.auth.password_secret_ref, &spec.auth.password_hash) {
         (Some(reference), _) => {
-            let (secret, key, bytes) =
+            let (key, bytes) =
                 secret_value(inputs, reference, "password", "spec.auth.passwordSecretRef")?;
             let Ok(password) = String::from_utf8(bytes) else {
                 return Err(Verdict::refused(
-                    "PasswordPolicyViolation",
+                    Reason::PasswordPolicyViolation,
                     format!("password in Secret {} is not valid UTF-8", reference.name),
                 ));
             };
@@ -221,7 +255,7 @@ fn resolve_one(
             let problems = policy::violations(password, &spec.username, inputs.policy);
             if !problems.is_empty() {
                 return Err(Verdict::refused(
-                    "PasswordPolicyViolation",
+                    Reason::PasswordPolicyViolation,
                     format!(
                         "password in Secret {}: {}",
                         reference.name,
@@ -229,16 +263,15 @@ fn resolve_one(
                     ),
                 ));
             }
-            let version = secret_version_digest(secret, &key);
+            let version = secret_version_digest(inputs.digest_key, &key, password.as_bytes());
             let reusable = user
                 .status
                 .as_ref()
                 .and_then(|s| s.password_source_digest.as_deref())
                 == Some(version.as_str());
-            let previous = inputs
-                .previous
-                .and_then(|p| p.find(&spec.username))
-                .and_then(|u| u.password_hash.clone())
+            let previous = previous
+                .get(spec.username.as_str())
+                .map(|h| h.to_string())
                 // A hash the server would refuse now (a users.yaml written before the argon2
                 // caps) is issued again rather than carried over.
                 .filter(|h| reusable && config::validate_password_hash(h).is_ok());
@@ -246,14 +279,14 @@ fn resolve_one(
             match previous {
                 Some(hash) => Some(hash),
                 None => Some(hash(password).ok_or_else(|| {
-                    Verdict::refused("HashingFailed", "hashing the password failed")
+                    Verdict::refused(Reason::HashingFailed, "hashing the password failed")
                 })?),
             }
         }
         (None, Some(phc)) => {
             if let Err(message) = config::validate_password_hash(phc) {
                 return Err(Verdict::refused(
-                    "InvalidSpec",
+                    Reason::InvalidSpec,
                     format!("spec.auth.passwordHash: {message}"),
                 ));
             }
@@ -301,25 +334,37 @@ fn resolve_one(
     if let Some(error) = errors.first() {
         let field = error.field.trim_start_matches("users[0].");
         return Err(Verdict::refused(
-            "InvalidSpec",
+            Reason::InvalidSpec,
             format!("spec.{field}: {}", error.message),
         ));
     }
     Ok((entry, digest))
 }
 
-/// The bytes under `reference`'s key (`default_key` when it names none) of a Secret of the
-/// namespace, with that Secret and the key; a refusal naming `field` when either is missing.
-fn secret_value<'a>(
-    inputs: &UserInputs<'a>,
+/// The bytes under `reference`'s key (`default_key` when it names none) of a marked Secret of
+/// the namespace, with the key; a refusal naming `field` when the Secret is missing, not
+/// marked for Sluice (nothing of it was read, so the message says nothing of its content) or
+/// lacks the key.
+fn secret_value(
+    inputs: &UserInputs<'_>,
     reference: &crate::crd::SecretKeyRef,
     default_key: &str,
     field: &str,
-) -> Result<(&'a Secret, String, Vec<u8>), Verdict> {
+) -> Result<(String, Vec<u8>), Verdict> {
     let key = reference.key.clone().unwrap_or_else(|| default_key.into());
     let Some(secret) = inputs.secrets.get(&reference.name) else {
+        if inputs.unmarked.contains(&reference.name) {
+            return Err(Verdict::refused(
+                Reason::SecretNotMarked,
+                format!(
+                    "{field}: Secret {} is not marked for Sluice; the operator reads only Secrets labelled {}=true",
+                    reference.name,
+                    crate::controller::REFERABLE_LABEL
+                ),
+            ));
+        }
         return Err(Verdict::refused(
-            "SecretNotFound",
+            Reason::SecretNotFound,
             format!("{field}: Secret {} not found", reference.name),
         ));
     };
@@ -337,11 +382,11 @@ fn secret_value<'a>(
         });
     let Some(bytes) = bytes else {
         return Err(Verdict::refused(
-            "SecretKeyMissing",
+            Reason::SecretKeyMissing,
             format!("{field}: Secret {} has no key {key:?}", reference.name),
         ));
     };
-    Ok((secret, key, bytes))
+    Ok((key, bytes))
 }
 
 /// The user's TOTP setting with the base32 secret read from `spec.totp.secretRef`.
@@ -352,7 +397,7 @@ fn resolve_totp(
     let Some(totp) = &spec.totp else {
         return Ok(None);
     };
-    let (_, _, bytes) = secret_value(inputs, &totp.secret_ref, "totp", "spec.totp.secretRef")?;
+    let (_, bytes) = secret_value(inputs, &totp.secret_ref, "totp", "spec.totp.secretRef")?;
     // Authenticator apps show secrets in groups ("JBSW Y3DP ..."): spaces are dropped.
     let secret_text: String = String::from_utf8_lossy(&bytes)
         .chars()
@@ -427,6 +472,8 @@ mod tests {
             &UserInputs {
                 users,
                 secrets,
+                unmarked: &std::collections::BTreeSet::from(["unmarked-pw".to_string()]),
+                digest_key: b"test key",
                 previous,
                 policy: &policy,
                 now: now.parse().unwrap(),
@@ -835,5 +882,88 @@ mod tests {
             changed.verdicts["carol"].password_changed_at.as_deref(),
             Some("2026-02-01T00:00:00Z")
         );
+    }
+
+    #[test]
+    fn an_unmarked_secret_is_refused_without_reading_it() {
+        let mut bob = user("bob", "bob", 1, "");
+        bob.spec.auth.password_secret_ref = Some(crate::crd::SecretKeyRef {
+            name: "unmarked-pw".into(),
+            key: None,
+        });
+        let resolved = run(std::slice::from_ref(&bob), &BTreeMap::new(), None);
+        let verdict = &resolved.verdicts["bob"];
+        assert!(!verdict.ready);
+        assert_eq!(verdict.reason, "SecretNotMarked");
+        assert!(
+            verdict.message.contains("sluice.dev/referable=true"),
+            "{}",
+            verdict.message
+        );
+        assert!(resolved.list.users.is_empty());
+    }
+
+    #[test]
+    fn a_label_only_write_keeps_the_digest_and_a_new_value_changes_it() {
+        let alice = user("alice", "alice", 1, "");
+        let (_, mut labelled) = secret("alice-pw", "Orbit-Kettle-2026", "7");
+        let first = run(
+            std::slice::from_ref(&alice),
+            &BTreeMap::from([("alice-pw".to_string(), labelled.clone())]),
+            None,
+        );
+        // Argo CD adds a label: new resourceVersion, same value.
+        labelled.metadata.resource_version = Some("8".into());
+        labelled.metadata.labels = Some(BTreeMap::from([("argocd".into(), "x".into())]));
+        let second = run(
+            std::slice::from_ref(&alice),
+            &BTreeMap::from([("alice-pw".to_string(), labelled)]),
+            None,
+        );
+        let digest = |r: &Resolved| r.verdicts["alice"].password_source_digest.clone().unwrap();
+        assert_eq!(digest(&first), digest(&second));
+        let changed = run(
+            std::slice::from_ref(&alice),
+            &BTreeMap::from([secret("alice-pw", "Orbit-Kettle-2027", "9")]),
+            None,
+        );
+        assert_ne!(digest(&first), digest(&changed));
+        // Keyed: the same value under another server's key gives another digest.
+        assert_ne!(
+            secret_version_digest(b"k1", "password", b"Orbit-Kettle-2026"),
+            secret_version_digest(b"k2", "password", b"Orbit-Kettle-2026")
+        );
+    }
+
+    /// The render benchmark of docs/performance.md (`bench/operator/render.sh`): 50,000 users
+    /// with an ed25519 key each resolved and split into users.yaml shards. Run in release mode.
+    #[test]
+    #[ignore = "benchmark: cargo test --release -p sluice-operator render_50000 -- --ignored --nocapture"]
+    fn render_50000_users_under_two_seconds() {
+        let users: Vec<TransferUser> = (0..50_000)
+            .map(|i| {
+                let mut u = user(&format!("u{i}"), &format!("user{i:05}"), i, "");
+                u.spec.auth.password_secret_ref = None;
+                u.spec.auth.ssh_authorized_keys = vec![
+                    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
+                        .into(),
+                ];
+                u
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        let resolved = run(&users, &BTreeMap::new(), None);
+        let resolved_in = started.elapsed();
+        let shards = crate::shards::render(&resolved.list, 1).unwrap();
+        let took = started.elapsed();
+        println!(
+            "render of 50000 users: resolve {:.3}s, total {:.3}s, {} shards, {} bytes",
+            resolved_in.as_secs_f64(),
+            took.as_secs_f64(),
+            shards.count(),
+            shards.files.iter().map(String::len).sum::<usize>()
+        );
+        assert_eq!(resolved.list.users.len(), 50_000);
+        assert!(took < std::time::Duration::from_secs(2), "{took:?}");
     }
 }

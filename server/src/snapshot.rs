@@ -75,6 +75,76 @@ fn name_of(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// The users files: `usersFile` itself, or, when it names a directory, every `*.yaml` file in
+/// it (sorted by name; hidden entries such as a Secret volume's `..data` are skipped). The
+/// operator splits a large user list into shards (one Secret each, projected into one
+/// directory) so that no Secret exceeds the API server's 1 MiB limit.
+fn read_user_files(path: &Path) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
+    let read_dir_error = |source| LoadError::Read {
+        path: name_of(path),
+        source,
+    };
+    if !path.is_dir() {
+        return Ok(vec![(name_of(path), read(path)?)]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(read_dir_error)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| !n.starts_with('.') && n.ends_with(".yaml"))
+        })
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| Ok((name_of(&file), read(&file)?)))
+        .collect()
+}
+
+/// One user list from every users file, with each user's file and index for error messages.
+/// A username in two files is an error: the operator writes a user into exactly one shard, so
+/// a duplicate means a shard change is half-way through, and the previous snapshot keeps
+/// serving until the other shard catches up.
+fn merge_user_files(
+    files: &[(String, Vec<u8>)],
+) -> Result<(UserList, Vec<(String, usize)>), LoadError> {
+    let mut merged: Option<UserList> = None;
+    let mut origins = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    let mut errors = Vec::new();
+    for (name, bytes) in files {
+        let list = UserList::parse(name, &String::from_utf8_lossy(bytes))?;
+        let target = merged.get_or_insert_with(|| UserList {
+            users: Vec::new(),
+            ..list.clone()
+        });
+        for (index, user) in list.users.into_iter().enumerate() {
+            if let Some(other) = seen.insert(user.username.clone(), name.clone()) {
+                errors.push(FieldError::new(
+                    name,
+                    format!("users[{index}].username"),
+                    format!("{:?} is also defined in {other}", user.username),
+                ));
+                continue;
+            }
+            origins.push((name.clone(), index));
+            target.users.push(user);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ConfigError::Invalid(errors).into());
+    }
+    // An empty shard directory is an empty user list (nobody can log in), not an error.
+    let merged = merged.unwrap_or_else(|| UserList {
+        api_version: sluice_config::API_VERSION.into(),
+        kind: "UserList".into(),
+        users: Vec::new(),
+    });
+    Ok((merged, origins))
+}
+
 /// Reads every input and builds a snapshot. Returns the digest of what was read even when the
 /// build fails, so that a reload loop reports one broken version only once.
 pub fn load(config_path: &Path) -> ([u8; 32], Result<Snapshot, LoadError>) {
@@ -106,11 +176,17 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         .as_deref()
         .map(|ca| resolve_relative(config_path, ca));
 
-    let users_bytes = read(&users_path)?;
+    let user_files = read_user_files(&users_path)?;
     let cert_bytes = read(&cert_path)?;
     let key_bytes = read(&key_path)?;
     let ca_bytes = ca_path.as_deref().map(read).transpose()?;
-    for bytes in [&users_bytes, &cert_bytes, &key_bytes] {
+    for (name, bytes) in &user_files {
+        hasher.update((name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    }
+    for bytes in [&cert_bytes, &key_bytes] {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     }
@@ -134,8 +210,7 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         }
     }
 
-    let users_name = name_of(&users_path);
-    let users = UserList::parse(&users_name, &String::from_utf8_lossy(&users_bytes))?;
+    let (users, origins) = merge_user_files(&user_files)?;
     // Logged on every load (start, check-config, each reload), so an opt-in is never silent.
     for warning in users.insecure_opt_ins() {
         tracing::warn!(setting = %warning, "insecure opt-in enabled");
@@ -160,8 +235,8 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
             match ssh_keys::parse_authorized_key(line) {
                 Ok(key) => keys.push(key),
                 Err(message) => key_errors.push(FieldError::new(
-                    &users_name,
-                    format!("users[{index}].sshAuthorizedKeys[{key_index}]"),
+                    &origins[index].0,
+                    format!("users[{}].sshAuthorizedKeys[{key_index}]", origins[index].1),
                     message,
                 )),
             }
@@ -179,8 +254,8 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
             let hash = user.password_hash.as_deref()?;
             auth::check_hash(hash).err().map(|e| {
                 FieldError::new(
-                    &users_name,
-                    format!("users[{index}].passwordHash"),
+                    &origins[index].0,
+                    format!("users[{}].passwordHash", origins[index].1),
                     e.to_string(),
                 )
             })
@@ -235,4 +310,65 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         ssh_keys: parsed_keys,
         digest: [0; 32],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(users: &[&str]) -> Vec<u8> {
+        let mut text = String::from("apiVersion: sluice.dev/v1alpha1\nkind: UserList\nusers:\n");
+        for user in users {
+            text.push_str(&format!(
+                "  - username: {user}\n    home: {user}\n    permissions: [list]\n    sshAuthorizedKeys: [\"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"]\n"
+            ));
+        }
+        if users.is_empty() {
+            text = "apiVersion: sluice.dev/v1alpha1\nkind: UserList\nusers: []\n".into();
+        }
+        text.into_bytes()
+    }
+
+    #[test]
+    fn shards_in_a_directory_are_read_in_name_order_and_merged() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("users-01.yaml"), shard(&["carol"])).unwrap();
+        std::fs::write(dir.path().join("users-00.yaml"), shard(&["alice", "bob"])).unwrap();
+        std::fs::write(dir.path().join(".hidden.yaml"), b"not yaml: [").unwrap();
+        std::fs::write(dir.path().join("README"), b"ignored").unwrap();
+        let files = read_user_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 2);
+        assert!(files[0].0.ends_with("users-00.yaml"), "{}", files[0].0);
+        let (users, origins) = merge_user_files(&files).unwrap();
+        let names: Vec<&str> = users.users.iter().map(|u| u.username.as_str()).collect();
+        assert_eq!(names, ["alice", "bob", "carol"]);
+        assert!(origins[2].0.ends_with("users-01.yaml"));
+        assert_eq!(origins[2].1, 0);
+    }
+
+    #[test]
+    fn a_user_in_two_shards_is_refused_naming_both_files() {
+        let files = vec![
+            ("users-00.yaml".to_string(), shard(&["alice"])),
+            ("users-01.yaml".to_string(), shard(&["bob", "alice"])),
+        ];
+        let Err(error) = merge_user_files(&files) else {
+            panic!("a user in two shards must be refused");
+        };
+        let error = error.to_string();
+        assert!(error.contains("users-01.yaml"), "{error}");
+        assert!(error.contains("users[1].username"), "{error}");
+        assert!(error.contains("users-00.yaml"), "{error}");
+    }
+
+    #[test]
+    fn a_single_users_file_is_read_as_before_and_an_empty_directory_is_no_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("users.yaml");
+        std::fs::write(&file, shard(&["alice"])).unwrap();
+        assert_eq!(read_user_files(&file).unwrap().len(), 1);
+        let empty = tempfile::tempdir().unwrap();
+        let (users, _) = merge_user_files(&read_user_files(empty.path()).unwrap()).unwrap();
+        assert!(users.users.is_empty());
+    }
 }

@@ -128,11 +128,14 @@ def _binary(env: str, name: str) -> Path:
 @pytest.fixture(scope="session")
 def operator(crds, request):
     """`sluice-operator run` as a process, authenticated as the chart's ServiceAccount and
-    authorised only by the chart's RBAC rules (rendered from charts/sluice/templates)."""
+    authorised only by the chart's RBAC rules (rendered from charts/sluice/templates), with
+    `rbacScope: cluster`."""
     from operator_process import Operator
 
+    # Tests create a namespace each, so this operator runs with the chart's cluster-wide opt-in;
+    # test_operator_least_privilege.py runs the default, namespaced install.
     op = Operator(crds, _binary("SLUICE_OPERATOR_BIN", "sluice-operator"), REPO / "charts" / "sluice",
-                  crds.workdir / "operator")
+                  crds.workdir / "operator", values={"rbacScope": "cluster"})
     op.install()
     yield op
     op.stop()

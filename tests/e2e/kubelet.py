@@ -574,44 +574,72 @@ class ProcessKubelet:
 
     # -- one pod -----------------------------------------------------------------------------
 
+    def _source_files(self, p: PodProcess, src: dict, kind: str,
+                      secrets: dict[str, dict]) -> tuple[dict[str, bytes] | None, str]:
+        """Files of one ConfigMap or Secret source (a volume, or one source of a projected
+        volume): `items` applied, {} for a missing optional one, None while a required one is
+        missing (the second value then says why)."""
+        if kind == "configMap":
+            name = src["name"]
+            obj = self.api.get_opt(f"/api/v1/namespaces/{p.namespace}/configmaps/{name}")
+            data = None
+            if obj is not None:
+                data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
+                data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+            what = f"configmap {name}"
+        else:
+            name = src.get("secretName") or src.get("name")
+            if not secrets:
+                # One list per sync, not one GET per source: a projected users volume names
+                # up to 64 shard Secrets, most of them absent.
+                listed = self.api.get_opt(f"/api/v1/namespaces/{p.namespace}/secrets") or {}
+                secrets.update({i["metadata"]["name"]: i for i in listed.get("items") or []})
+                secrets.setdefault("", {})
+            obj = secrets.get(name)
+            data = None if obj is None else {
+                k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+            what = f"secret {name}"
+        if data is None:
+            if src.get("optional"):
+                return {}, ""
+            return None, f"{what} not found"
+        if src.get("items"):
+            files = {}
+            for item in src["items"]:
+                if item["key"] in data:
+                    files[item["path"]] = data[item["key"]]
+                elif not src.get("optional"):
+                    return None, f"{what} has no key {item['key']}"
+            data = files
+        return data, ""
+
     def _volume_sources(self, p: PodProcess) -> dict[str, tuple[dict[str, bytes], int]] | None:
-        """Contents of every ConfigMap/Secret volume, or None while one is missing."""
+        """Contents of every ConfigMap/Secret/projected volume, or None while one is missing."""
         out = {}
+        secrets: dict[str, dict] = {}
         p.waiting_message = ""
         for vol in p.pod["spec"].get("volumes", []):
             vname = vol["name"]
             if "configMap" in vol or "secret" in vol:
-                if "configMap" in vol:
-                    src = vol["configMap"]
-                    obj = self.api.get_opt(f"/api/v1/namespaces/{p.namespace}/configmaps/{src['name']}")
-                    data = None
-                    if obj is not None:
-                        data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
-                        data.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
-                    what = f"configmap {src['name']}"
-                else:
-                    src = vol["secret"]
-                    obj = self.api.get_opt(f"/api/v1/namespaces/{p.namespace}/secrets/{src['secretName']}")
-                    data = None if obj is None else {
-                        k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
-                    what = f"secret {src['secretName']}"
+                kind = "configMap" if "configMap" in vol else "secret"
+                src = vol[kind]
+                data, why = self._source_files(p, src, kind, secrets)
                 if data is None:
-                    if src.get("optional"):
-                        data = {}
-                    else:
-                        p.waiting_message = f'MountVolume.SetUp failed for volume "{vname}": {what} not found'
+                    p.waiting_message = f'MountVolume.SetUp failed for volume "{vname}": {why}'
+                    return None
+                out[vname] = (data, src.get("defaultMode", 0o644))
+            elif "projected" in vol:
+                files: dict[str, bytes] = {}
+                for source in vol["projected"].get("sources") or []:
+                    kind = "configMap" if "configMap" in source else "secret" if "secret" in source else None
+                    if kind is None:
+                        continue
+                    data, why = self._source_files(p, source[kind], kind, secrets)
+                    if data is None:
+                        p.waiting_message = f'MountVolume.SetUp failed for volume "{vname}": {why}'
                         return None
-                mode = src.get("defaultMode", 0o644)
-                if src.get("items"):
-                    files = {}
-                    for item in src["items"]:
-                        if item["key"] in data:
-                            files[item["path"]] = data[item["key"]]
-                        elif not src.get("optional"):
-                            p.waiting_message = f"{what} has no key {item['key']}"
-                            return None
-                    data = files
-                out[vname] = (data, mode)
+                    files.update(data)
+                out[vname] = (files, vol["projected"].get("defaultMode", 0o644))
         return out
 
     def _ensure_dirs(self, p: PodProcess) -> None:
@@ -619,7 +647,7 @@ class ProcessKubelet:
             vname = vol["name"]
             if vname in p.dirs:
                 continue
-            if "configMap" in vol or "secret" in vol:
+            if "configMap" in vol or "secret" in vol or "projected" in vol:
                 p.volumes[vname] = AtomicVolume(p.root / "volumes" / vname)
                 p.dirs[vname] = p.volumes[vname].path
             elif "persistentVolumeClaim" in vol:

@@ -161,7 +161,7 @@ def test_a_ban_on_one_replica_refuses_the_address_on_the_other(crds, operator, k
         otp_password = strong_password()
         secret, user = user_manifests("otp", otp_password, server=NAME)
         user["spec"]["totp"] = {"secretRef": {"name": "otp-totp"}}
-        cluster.apply([secret, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "otp-totp"},
+        cluster.apply([secret, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "otp-totp", "labels": {"sluice.dev/referable": "true"}},
                                 "stringData": {"totp": totp_secret}}, user], "-n", ns)
         cluster.kubectl("wait", "--for=condition=Ready", "tu/otp", "-n", ns, "--timeout=60s", timeout=70)
 

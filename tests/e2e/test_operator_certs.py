@@ -69,7 +69,7 @@ def _issue(names: list[str], days: float) -> tuple[bytes, bytes, bytes, bytes]:
 
 def _tls_secret(name: str, ca: bytes, cert: bytes, key: bytes) -> dict:
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "labels": {"sluice.dev/referable": "true"}},
             "type": "kubernetes.io/tls",
             "data": {"tls.crt": b64(cert), "tls.key": b64(key), "ca.crt": b64(ca)}}
 

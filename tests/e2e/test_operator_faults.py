@@ -202,7 +202,7 @@ def self_signed(cn: str) -> tuple[bytes, bytes]:
 def tls_secret(name: str, crt: bytes, key: bytes) -> dict:
     b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": name},
+            "metadata": {"name": name, "labels": {"sluice.dev/referable": "true"}},
             "data": {"tls.crt": b64(crt), "tls.key": b64(key), "ca.crt": b64(crt)}}
 
 

@@ -59,7 +59,7 @@ def server_manifest(name: str = SERVER, **overrides) -> dict:
 def user_manifests(name: str, password: str, permissions=None, server: str = SERVER) -> list[dict]:
     """examples/user-password-secret.yaml adapted: a Secret with the password and a TransferUser."""
     secret, user = _example("user-password-secret.yaml")
-    secret["metadata"] = {"name": f"{name}-password"}
+    secret["metadata"] = {"name": f"{name}-password", "labels": {"sluice.dev/referable": "true"}}
     secret["stringData"] = {"password": password}
     user["metadata"] = {"name": name}
     user["spec"]["serverRef"]["name"] = server
@@ -457,7 +457,7 @@ def test_totp_secret_from_a_secret_and_a_code_used_once(ftps):
     secret, user = user_manifests("otp", password)
     user["spec"]["totp"] = {"secretRef": {"name": "otp-totp"}}
     reloads = sum(1 for e in ftps.audit_events() if e.get("event") == "config_reload")
-    cluster.apply([secret, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "otp-totp"},
+    cluster.apply([secret, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "otp-totp", "labels": {"sluice.dev/referable": "true"}},
                             "stringData": {"totp": totp_secret}}, user], "-n", ns)
     cluster.kubectl("wait", "--for=condition=Ready", "tu/otp", "-n", ns, "--timeout=60s", timeout=70)
     users = cluster.kubectl_json("get", "secret", f"{SERVER}-users", "-n", ns)

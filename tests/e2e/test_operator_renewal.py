@@ -81,5 +81,15 @@ def test_short_lived_certificate_is_renewed_on_time(crds, operator, kubelet, tmp
             lambda: cluster.kubectl_json("get", "fts", NAME, "-n", ns)["status"]["certificateSha256"]
             .replace(":", "").lower() == hashlib.sha256(second).hexdigest() or None,
             30, "status.certificateSha256 to show the renewed certificate")
+        # Each issued certificate is announced by a Normal Event (the first one and the renewal);
+        # the server's first CA is no rotation.
+        events = cluster.wait_for(
+            lambda: (e := [x for x in cluster.kubectl_json("get", "events.events.k8s.io", "-n", ns)["items"]
+                           if x.get("regarding", {}).get("name") == NAME]) and
+            sum(1 for x in e if x.get("reason") == "CertificateIssued") >= 2 and e,
+            30, "CertificateIssued Events for the first certificate and the renewal")
+        issued = [x for x in events if x.get("reason") == "CertificateIssued"]
+        assert all(x["type"] == "Normal" and "valid until" in x["note"] for x in issued), issued
+        assert not any(x.get("reason") == "CARotated" for x in events), events
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

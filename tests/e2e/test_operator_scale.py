@@ -98,6 +98,7 @@ def test_scale_with_per_pod_services_and_garbage_collection(crds, operator, kube
 
         # Delete the server: the garbage collector removes every child, the kubelet the process.
         pid_0 = kubelet.pid("ha-0", ns)
+        assert f'server="{NAME}"' in operator.metrics() and f'namespace="{ns}"' in operator.metrics()
         cluster.kubectl("delete", "fts", NAME, "-n", ns, timeout=90)
 
         def collected():
@@ -106,6 +107,10 @@ def test_scale_with_per_pod_services_and_garbage_collection(crds, operator, kube
                 "-n", ns, "-l", f"app.kubernetes.io/instance={NAME}", "-o", "name").stdout.split()
             return not left or None
         cluster.wait_for(collected, 120, "garbage collection of the server's children")
+        # The certificate-expiry series goes with its server (alerts must not fire for it).
+        cluster.wait_for(
+            lambda: f'namespace="{ns}"' not in operator.metrics() or None, 60,
+            "the certificate-expiry series of the deleted server to be removed")
         cluster.wait_for(lambda: kubelet.running("ha-0", ns) is None, 30, "ha-0's process to stop")
         with pytest.raises(ProcessLookupError):
             import os

@@ -9,7 +9,8 @@ from obs import ROOT, helm_template
 
 
 def test_podmonitor_selects_the_operators_server_pods(helm):
-    (monitor,) = helm_template(helm, "serverPodMonitor.enabled=true", show_only="templates/podmonitor.yaml")
+    (monitor,) = helm_template(helm, "serverPodMonitor.enabled=true", "rbacScope=cluster",
+                               show_only="templates/podmonitor.yaml")
     render = (ROOT / "src" / "render.rs").read_text()
     selector = monitor["spec"]["selector"]["matchLabels"]
     assert selector == {"app.kubernetes.io/name": "sluice-server", "app.kubernetes.io/managed-by": "sluice-operator"}
@@ -26,9 +27,13 @@ def test_podmonitor_selects_the_operators_server_pods(helm):
 
 
 def test_podmonitor_namespaces(helm):
-    (scoped,) = helm_template(helm, "serverPodMonitor.enabled=true", "rbacScope=namespace",
+    # The default (rbacScope: namespaces): the namespaces the operator watches.
+    (scoped,) = helm_template(helm, "serverPodMonitor.enabled=true",
                               show_only="templates/podmonitor.yaml")
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["sluice-system"]}
+    (watched,) = helm_template(helm, "serverPodMonitor.enabled=true", "watchNamespaces={x,y}",
+                               show_only="templates/podmonitor.yaml")
+    assert watched["spec"]["namespaceSelector"] == {"matchNames": ["x", "y"]}
     (listed,) = helm_template(helm, "serverPodMonitor.enabled=true", "serverPodMonitor.namespaces={a,b}",
                               show_only="templates/podmonitor.yaml")
     assert listed["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}

@@ -60,10 +60,11 @@ def test_schema_rejects_bad_values(helm):
     assert result.returncode != 0
 
 
-@pytest.mark.parametrize("values", [[], ["rbacScope=namespace", "serviceMonitor.enabled=true",
+@pytest.mark.parametrize("values", [[], ["rbacScope=cluster", "serviceMonitor.enabled=true",
                                          "serverPodMonitor.enabled=true", "prometheusRule.enabled=true",
-                                         "grafanaDashboard.enabled=true"]],
-                         ids=["defaults", "namespaced"])
+                                         "grafanaDashboard.enabled=true"],
+                                    ["watchNamespaces={a,b}"]],
+                         ids=["defaults", "cluster", "namespaces"])
 def test_rendered_manifests_are_valid_kubernetes(helm, values):
     import kubernetes_validate
 
@@ -91,20 +92,66 @@ def test_operator_pod_is_restricted_and_single(helm):
     assert container["image"].endswith(":0.1.0")
 
 
-def test_rbac_is_least_privilege(helm):
-    docs = render(helm)
-    role = by_kind(docs, "ClusterRole")[0]
-    for rule in role["rules"]:
+def _rules(docs: list[dict], kind: str) -> list[list[dict]]:
+    return [d["rules"] for d in by_kind(docs, kind)]
+
+
+def _assert_least_privilege(rules: list[dict]) -> None:
+    for rule in rules:
         assert "*" not in rule["verbs"] and "*" not in rule["resources"], rule
-        assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"]
-    crd_rules = [r for r in role["rules"] if "sluice.dev" in r["apiGroups"]]
+        assert "escalate" not in rule["verbs"] and "bind" not in rule["verbs"], rule
+        # Server-side apply is a patch: no rule needs update.
+        assert "update" not in rule["verbs"], rule
+    crd_rules = [r for r in rules if "sluice.dev" in r["apiGroups"]]
     writes = {v for r in crd_rules for v in r["verbs"] if v in ("patch", "update", "create", "delete")}
     spec_writers = [r for r in crd_rules if writes & set(r["verbs"])]
     assert all(all(res.endswith("/status") for res in r["resources"]) for r in spec_writers), \
         "the operator may write only the status of its custom resources"
-    namespaced = render(helm, "rbacScope=namespace")
-    assert not by_kind(namespaced, "ClusterRole")
-    assert by_kind(namespaced, "Role")[0]["metadata"]["namespace"] == "sluice-system"
+    secret_verbs = {v for r in rules if "secrets" in r["resources"] for v in r["verbs"]}
+    assert secret_verbs == {"get", "list", "watch", "create", "patch"}, secret_verbs
+    deleters = {res for r in rules if "delete" in r["verbs"] for res in r["resources"]}
+    assert deleters == {"services", "certificates"}, deleters
+
+
+def test_rbac_is_namespaced_least_privilege_by_default(helm):
+    docs = render(helm)
+    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == "sluice-system"
+    _assert_least_privilege(role["rules"])
+    (binding,) = by_kind(docs, "RoleBinding")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    env = {e["name"]: e.get("value") for e in
+           by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SLUICE_WATCH_NAMESPACES"] == "sluice-system"
+
+
+def test_rbac_covers_each_watched_namespace_and_nothing_else(helm):
+    docs = render(helm, "watchNamespaces={team-a,team-b}")
+    roles = by_kind(docs, "Role")
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "sluice-operator",
+                                        "namespace": "sluice-system"}]
+    for rules in _rules(docs, "Role"):
+        _assert_least_privilege(rules)
+    env = {e["name"]: e.get("value") for e in
+           by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["SLUICE_WATCH_NAMESPACES"] == "team-a,team-b"
+
+
+def test_rbac_cluster_scope_is_an_opt_in_with_the_same_rules(helm):
+    docs = render(helm, "rbacScope=cluster")
+    assert not by_kind(docs, "Role")
+    (role,) = by_kind(docs, "ClusterRole")
+    _assert_least_privilege(role["rules"])
+    assert role["rules"] == by_kind(render(helm), "Role")[0]["rules"]
+    env = {e["name"] for e in
+           by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert "SLUICE_WATCH_NAMESPACES" not in env
 
 
 def test_chart_crds_are_the_generated_ones():

@@ -17,3 +17,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/name: sluice-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{/*
+The namespaces the operator watches, comma-separated: `watchNamespaces`, or the release
+namespace when that list is empty. Unused with `rbacScope: cluster`.
+*/}}
+{{- define "sluice.watchNamespaces" -}}
+{{- if .Values.watchNamespaces -}}
+{{- join "," (uniq .Values.watchNamespaces) -}}
+{{- else -}}
+{{- .Release.Namespace -}}
+{{- end -}}
+{{- end }}
