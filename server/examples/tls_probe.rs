@@ -52,7 +52,8 @@ fn main() {
     };
     let port: u16 = value("--port").parse().unwrap();
     let ca = std::fs::read(value("--cafile")).unwrap();
-    let groups: Vec<&'static dyn SupportedKxGroup> = value("--groups").split(',').map(group).collect();
+    let groups: Vec<&'static dyn SupportedKxGroup> =
+        value("--groups").split(',').map(group).collect();
     let tls12 = args.iter().any(|a| a == "--tls12");
 
     let mut roots = RootCertStore::empty();
