@@ -76,6 +76,8 @@ fn user(text: &str) {
     let inputs = UserInputs {
         users: &all,
         secrets: &secrets,
+        unmarked: &std::collections::BTreeSet::new(),
+        digest_key: b"fuzz-digest-key",
         previous: None,
         policy: &policy,
         now: jiff::Timestamp::from_second(1_800_000_000).expect("a fixed time"),
