@@ -173,6 +173,28 @@ pub fn admit(
         })
 }
 
+/// Verifies a password on the shared pool, in the turn of the client's source, against the
+/// user's hash or (no hash: unknown user, no password) the snapshot's dummy. Shared by FTPS
+/// and SFTP.
+pub async fn verify_password(
+    context: &Context,
+    snapshot: &crate::snapshot::Snapshot,
+    ip: IpAddr,
+    password: &str,
+    hash: Option<String>,
+) -> bool {
+    let source = source_key(ip, snapshot.config.limits.ipv6_prefix_length);
+    context
+        .verifier
+        .verify(
+            source,
+            password.to_string(),
+            hash,
+            snapshot.dummy_hash.clone(),
+        )
+        .await
+}
+
 /// Counts a failed login for the ban engine; new bans are audited and counted. Shared by FTPS
 /// and SFTP.
 pub fn record_login_failure(context: &Context, ip: std::net::IpAddr, user: Option<&str>) {

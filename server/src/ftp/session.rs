@@ -768,19 +768,14 @@ impl Session {
             // Certificate-only: the dummy verification keeps the timing of every PASS alike.
             None
         };
-        let verified = self
-            .context
-            .verifier
-            .verify(
-                crate::admission::source_key(
-                    self.client_ip,
-                    self.snapshot.config.limits.ipv6_prefix_length,
-                ),
-                password.to_string(),
-                hash,
-                self.snapshot.dummy_hash.clone(),
-            )
-            .await
+        let verified = crate::admission::verify_password(
+            &self.context,
+            &self.snapshot,
+            self.client_ip,
+            password,
+            hash,
+        )
+        .await
             || !mode.needs_password();
         let Some(user) = user.filter(|_| verified) else {
             return self

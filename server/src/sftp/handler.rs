@@ -559,19 +559,14 @@ impl russh::server::Handler for SshHandler {
         } else {
             None
         };
-        let verified = self
-            .context
-            .verifier
-            .verify(
-                crate::admission::source_key(
-                    self.client_ip,
-                    self.snapshot.config.limits.ipv6_prefix_length,
-                ),
-                password.to_string(),
-                hash,
-                self.snapshot.dummy_hash.clone(),
-            )
-            .await;
+        let verified = crate::admission::verify_password(
+            &self.context,
+            &self.snapshot,
+            self.client_ip,
+            password,
+            hash,
+        )
+        .await;
         if !verified {
             return Ok(self.failed(user, "password", "invalid credentials").await);
         }
