@@ -516,7 +516,7 @@ pub struct BudgetsSpec {
     /// Bytes of SFTP WRITE data accepted for one handle but not yet on disk (default 2097152;
     /// at least 262144).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = sluice_config::MIN_QUEUED_REPLY_BYTES, max = u32::MAX))]
+    #[schemars(range(min = sluice_config::MIN_PENDING_WRITE_BYTES, max = u32::MAX))]
     pub max_pending_write_bytes: Option<i64>,
     /// Entries one directory listing may return; a larger directory is refused with a message
     /// naming this budget (default 100000).

@@ -286,7 +286,10 @@ mod tests {
         assert_eq!(budget("maxFileWork"), (Some(1.0), Some(256.0)));
         assert_eq!(
             budget("maxQueuedReplyBytes"),
-            (Some(262144.0), Some(f64::from(u32::MAX)))
+            (
+                Some(f64::from(sluice_config::MIN_QUEUED_REPLY_BYTES)),
+                Some(f64::from(u32::MAX))
+            )
         );
         assert_eq!(
             budget("maxPendingWriteBytes"),

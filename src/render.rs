@@ -1220,7 +1220,7 @@ spec:
     #[test]
     fn budgets_and_connection_limits_are_rendered_into_server_yaml() {
         let fts = fixture(&format!(
-            "{BASIC}  security:\n    limits:\n      maxSessions: 500\n      newConnectionsPerSecond: 4\n      newConnectionBurst: 12\n      ipv6PrefixLength: 56\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 48\n      maxFileWorkPerUser: 2\n      maxFileWork: 32\n      maxQueuedReplyBytes: 1048576\n      maxPendingWriteBytes: 524288\n      maxListingEntries: 5000\n      maxQueuedControlLines: 8\n"
+            "{BASIC}  security:\n    limits:\n      maxSessions: 500\n      newConnectionsPerSecond: 4\n      newConnectionBurst: 12\n      ipv6PrefixLength: 56\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 48\n      maxFileWorkPerUser: 2\n      maxFileWork: 32\n      maxQueuedReplyBytes: 9437184\n      maxPendingWriteBytes: 524288\n      maxListingEntries: 5000\n      maxQueuedControlLines: 8\n"
         ));
         let rendered =
             to_yaml("server.yaml", &server_config(&fts, None, &BTreeMap::new())).unwrap();
@@ -1236,7 +1236,7 @@ spec:
                 max_open_handles_per_user: 48,
                 max_file_work_per_user: 2,
                 max_file_work: 32,
-                max_queued_reply_bytes: 1_048_576,
+                max_queued_reply_bytes: 9_437_184,
                 max_pending_write_bytes: 524_288,
                 max_listing_entries: 5000,
                 max_queued_control_lines: 8,

@@ -70,7 +70,7 @@ fn default_max_file_work() -> u32 {
     64
 }
 fn default_max_queued_reply_bytes() -> u32 {
-    4 * 1024 * 1024
+    8 * 1024 * 1024
 }
 fn default_max_pending_write_bytes() -> u32 {
     2 * 1024 * 1024
@@ -85,8 +85,14 @@ fn default_max_queued_control_lines() -> u32 {
 /// The largest `max_file_work`: tokio's blocking pool has 512 threads, and reload, login
 /// (home open) and health need some of them whatever users do.
 pub const MAX_FILE_WORK_CAP: u32 = 256;
-/// One SFTP reply can be a 255 KiB READ: a queue smaller than this could not hold one.
-pub const MIN_QUEUED_REPLY_BYTES: u32 = 256 * 1024;
+/// The largest SFTP READ the server answers (shorter reads are allowed by the protocol).
+pub const MAX_SFTP_READ: u32 = 64 * 1024;
+/// OpenSSH keeps 64 READs outstanding; their replies (plus headers) must all fit in the reply
+/// queue, or the request loop stops reading while the client waits for replies (a deadlock
+/// with russh's bounded channel queue).
+pub const MIN_QUEUED_REPLY_BYTES: u32 = 64 * (MAX_SFTP_READ + 1024) + 256 * 1024;
+/// One SFTP WRITE can carry 255 KiB: a pending-write budget smaller than this could not hold one.
+pub const MIN_PENDING_WRITE_BYTES: u32 = 256 * 1024;
 
 impl Budgets {
     /// Every out-of-range budget, each naming its field under `budgets.`.
@@ -138,13 +144,15 @@ impl Budgets {
         if self.max_queued_reply_bytes < MIN_QUEUED_REPLY_BYTES {
             err(
                 "maxQueuedReplyBytes",
-                format!("must be at least {MIN_QUEUED_REPLY_BYTES} (one 255 KiB READ reply)"),
+                format!(
+                    "must be at least {MIN_QUEUED_REPLY_BYTES} (the replies to 64 outstanding {MAX_SFTP_READ}-byte READs)"
+                ),
             );
         }
-        if self.max_pending_write_bytes < MIN_QUEUED_REPLY_BYTES {
+        if self.max_pending_write_bytes < MIN_PENDING_WRITE_BYTES {
             err(
                 "maxPendingWriteBytes",
-                format!("must be at least {MIN_QUEUED_REPLY_BYTES} (one 255 KiB WRITE)"),
+                format!("must be at least {MIN_PENDING_WRITE_BYTES} (one 255 KiB WRITE)"),
             );
         }
     }

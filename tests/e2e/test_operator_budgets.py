@@ -60,7 +60,7 @@ def test_budgets_and_connection_limits_reach_the_rendered_server_yaml(crds, oper
         "maxOpenHandlesPerUser": 48,
         "maxFileWorkPerUser": 2,
         "maxFileWork": 32,
-        "maxQueuedReplyBytes": 1048576,
+        "maxQueuedReplyBytes": 9437184,
         "maxPendingWriteBytes": 524288,
         "maxListingEntries": 5000,
         "maxQueuedControlLines": 8,

@@ -122,6 +122,22 @@ def transfers(srv, **match):
 # ------------------------------------------------------------------------------------------
 
 
+def test_openssh_downloads_a_large_file_without_stalling(sftp_server, keys, tmp_path):
+    """Found while benchmarking: OpenSSH keeps 64 READs of the advertised size outstanding; with
+    255 KiB reads their replies overran the reply budget, the request loop stopped reading, and
+    the download stalled for good after ~24 MB. READs are now answered with at most 64 KiB and
+    the budget holds 64 of them."""
+    srv = sftp_server
+    payload = os.urandom(96 * 1024 * 1024)
+    srv.home("alice").mkdir(parents=True, exist_ok=True)
+    (srv.home("alice") / "large.bin").write_bytes(payload)
+    proc = run_sftp(srv, "get large.bin large.bin\n", key=keys["alice"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert hashlib.sha256((tmp_path / "large.bin").read_bytes()).digest() == hashlib.sha256(payload).digest()
+    download = srv.wait_event("transfer", protocol="sftp", direction="download", result="ok")
+    assert download["bytes"] == len(payload)
+
+
 def test_key_login_put_get_with_sha256_and_ssh_parameters_in_audit(sftp_server, keys, tmp_path):
     srv = sftp_server
     payload = os.urandom(3 * 1024 * 1024 + 17)

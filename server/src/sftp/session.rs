@@ -29,6 +29,13 @@ use crate::vpath::VirtualPath;
 pub const MAX_PACKET: u32 = 256 * 1024;
 /// Largest READ/WRITE payload we advertise in `limits@openssh.com` (OpenSSH's value).
 pub const MAX_IO: u32 = MAX_PACKET - 1024;
+/// Largest READ we answer and advertise (`limits@openssh.com` max-read-length): OpenSSH keeps 64
+/// reads of that size outstanding, and all of their replies must fit in
+/// `budgets.maxQueuedReplyBytes` (at least [`sluice_config::MIN_QUEUED_REPLY_BYTES`]): a
+/// request loop waiting for reply room stops reading requests, russh's channel queue fills,
+/// and the connection can no longer take the client's window adjustments (found: OpenSSH `get`
+/// of a large file stalled after ~24 MB with 255 KiB reads and a 4 MiB budget).
+pub const MAX_READ: u32 = sluice_config::MAX_SFTP_READ;
 /// Names per READDIR reply.
 const NAMES_PER_READDIR: usize = 128;
 
@@ -777,7 +784,7 @@ impl Sftp {
         offset: u64,
         len: u32,
     ) -> Result<Vec<u8>, Vec<u8>> {
-        let len = len.min(MAX_IO) as usize;
+        let len = len.min(MAX_READ) as usize;
         match self.handles.get_mut(handle) {
             Some(OpenHandle::Read(read)) => match read.ahead.read(offset, len).await {
                 Ok(data) if data.is_empty() => {
@@ -1191,7 +1198,7 @@ impl Sftp {
                 let mut packet = Packet::new(codec::FXP_EXTENDED_REPLY, Some(id), 32);
                 packet
                     .u64(u64::from(MAX_PACKET))
-                    .u64(u64::from(MAX_IO))
+                    .u64(u64::from(MAX_READ))
                     .u64(u64::from(MAX_IO))
                     .u64(u64::from(
                         self.env
