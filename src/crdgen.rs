@@ -113,6 +113,19 @@ mod tests {
         );
     }
 
+    /// Found by fuzzing (operator_specs): once `spec.allowedCidrs` was rendered into server.yaml,
+    /// an admitted spec with an entry that is not a CIDR made a server.yaml the server refuses.
+    #[test]
+    fn cel_refuses_allowed_cidrs_that_are_not_cidrs() {
+        let spec =
+            |cidrs: &str| format!("  protocols: [ftpsExplicit]\n  allowedCidrs: [{cidrs}]\n");
+        assert_eq!(server_error(&spec("203.0.113.0/24, 2001:db8::/32")), None);
+        for bad in ["p01.0.113.0z24", "198.51rk,0.0/24", "10.0.0.0/33"] {
+            let error = server_error(&spec(&format!("\"{bad}\""))).unwrap();
+            assert!(error.contains("spec.allowedCidrs"), "{bad}: {error}");
+        }
+    }
+
     #[test]
     fn cel_checks_proxy_protocol() {
         let spec = |proxy: &str| {
