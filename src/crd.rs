@@ -65,6 +65,7 @@ pub struct FileTransferServerSpec {
     /// Source networks (CIDR) allowed to connect at all; empty allows every address. Compiled
     /// into `loadBalancerSourceRanges`, a NetworkPolicy, and enforced again by the server.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))").message("spec.allowedCidrs: every entry must be a CIDR such as 192.0.2.0/24"))]
     pub allowed_cidrs: Vec<String>,
     /// Timeouts, limits and password policy.
