@@ -12,7 +12,7 @@
 //! TLS 1.3 only.
 
 use ml_kem::kem::{Decapsulate, Encapsulate};
-use ml_kem::{KeyExport, Kem, MlKem768, TryKeyInit};
+use ml_kem::{Kem, KeyExport, MlKem768, TryKeyInit};
 use rustls::crypto::{ActiveKeyExchange, CompletedKeyExchange, SharedSecret, SupportedKxGroup};
 use rustls::{Error, NamedGroup, PeerMisbehaved, ProtocolVersion};
 

@@ -1197,8 +1197,19 @@ mod tests {
 
     #[test]
     fn upload_hasher_is_sha256_across_chunk_boundaries() {
-        let data: Vec<u8> = (0..3 * CHUNK_BYTES + 5).map(|i| (i * 31 + 7) as u8).collect();
-        for size in [0, 1, 63, 64, 65, CHUNK_BYTES - 1, CHUNK_BYTES, 3 * CHUNK_BYTES + 5] {
+        let data: Vec<u8> = (0..3 * CHUNK_BYTES + 5)
+            .map(|i| (i * 31 + 7) as u8)
+            .collect();
+        for size in [
+            0,
+            1,
+            63,
+            64,
+            65,
+            CHUNK_BYTES - 1,
+            CHUNK_BYTES,
+            3 * CHUNK_BYTES + 5,
+        ] {
             let mut hasher = UploadHasher::new();
             // fed in uneven pieces, as chunks and WRITEs arrive
             for piece in data[..size].chunks(CHUNK_BYTES / 3 + 1) {
