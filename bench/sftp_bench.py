@@ -355,6 +355,9 @@ def main() -> int:
     parser.add_argument("--servers", default="sluice,openssh")
     parser.add_argument("--tests", default="transfer,idle")
     parser.add_argument("--sluice-bin", default=str(REPO / "target" / "release" / "sluice-server"))
+    parser.add_argument("--sluice-before", default=None,
+                        help="a second sluice-server binary (e.g. before a change), run right after "
+                             "sluice in the same run as the column sluice-before")
     parser.add_argument("--workdir", default="/dev/shm")
     parser.add_argument("--base-port", type=int, default=22800)
     parser.add_argument("--pause", type=float, default=1.5)
@@ -365,7 +368,7 @@ def main() -> int:
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="sftp-bench-", dir=args.workdir))
     work.chmod(0o755)  # sshd reads authorized_keys and enters the home as the bench user
-    results: dict = {"size": size, "runs": args.runs, "idle": args.idle, "cipher": args.cipher,
+    results: dict = {"load_average_start": os.getloadavg(), "size": size, "runs": args.runs, "idle": args.idle, "cipher": args.cipher,
                      "client": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
                      "servers": {}}
     servers: list[Server] = []
@@ -380,13 +383,16 @@ def main() -> int:
                 f.write(chunk)
             f.write(chunk[: size & ((1 << 20) - 1)])
         names = args.servers.split(",")
+        if args.sluice_before and "sluice" in names:
+            names.insert(names.index("sluice") + 1, "sluice-before")
         for index, name in enumerate(names):
             data = work / f"data-{name}"
             data.mkdir()
             ensure_user(data)
             port = args.base_port + index
-            if name == "sluice":
-                server: Server = Sluice(work, port, client_key, data, binary=Path(args.sluice_bin), idle=args.idle)
+            if name.startswith("sluice"):
+                binary = Path(args.sluice_bin if name == "sluice" else args.sluice_before)
+                server: Server = Sluice(work, port, client_key, data, binary=binary, idle=args.idle)
             else:
                 server = OpenSSH(work, port, client_key, data)
             servers.append(server)
@@ -411,7 +417,9 @@ def main() -> int:
         for server in servers:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
+    results["load_average_end"] = os.getloadavg()
     s, o = results["servers"].get("sluice", {}), results["servers"].get("openssh", {})
+    before = results["servers"].get("sluice-before")
     rows = []
     for label, key, sub in [("upload MB/s (higher better)", "upload", "mb_per_s"),
                             ("download MB/s (higher better)", "download", "mb_per_s"),
@@ -420,10 +428,17 @@ def main() -> int:
                             ("idle session PSS KiB (lower better)", "idle", "kib_per_session")]:
         a, b = s.get(key, {}).get(sub), o.get(key, {}).get(sub)
         ratio = f"{a / b:.2f}x" if a and b else "-"
-        rows.append((label, f"{a:.2f}" if a is not None else "-", f"{b:.2f}" if b is not None else "-", ratio))
-    print(f"{'metric':44} {'sluice':>10} {'openssh':>10} {'sluice/openssh':>15}")
+        c = (before or {}).get(key, {}).get(sub)
+        rows.append((label, f"{a:.2f}" if a is not None else "-", f"{b:.2f}" if b is not None else "-", ratio,
+                     f"{c:.2f}" if c is not None else "-"))
+    start, end = results["load_average_start"], results["load_average_end"]
+    print(f"load average (1/5/15 min) at start {start[0]:.2f}/{start[1]:.2f}/{start[2]:.2f}, "
+          f"at end {end[0]:.2f}/{end[1]:.2f}/{end[2]:.2f}")
+    extra = f" {'sluice-before':>14}" if before is not None else ""
+    print(f"{'metric':44} {'sluice':>10} {'openssh':>10} {'sluice/openssh':>15}{extra}")
     for row in rows:
-        print(f"{row[0]:44} {row[1]:>10} {row[2]:>10} {row[3]:>15}")
+        extra = f" {row[4]:>14}" if before is not None else ""
+        print(f"{row[0]:44} {row[1]:>10} {row[2]:>10} {row[3]:>15}{extra}")
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / time.strftime("sftp-%Y%m%dT%H%M%SZ.json", time.gmtime())

@@ -12,8 +12,9 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, SupportedKxGroup};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 
@@ -24,6 +25,54 @@ fn group(name: &str) -> &'static dyn SupportedKxGroup {
         "secp256r1" => rustls::crypto::ring::kx_group::SECP256R1,
         "secp384r1" => rustls::crypto::ring::kx_group::SECP384R1,
         other => panic!("unknown group {other}"),
+    }
+}
+
+/// Accepts exactly the certificate in `--cafile` (pinned; the tests' certificates are
+/// self-signed CA certificates, which WebPKI refuses as server certificates) and checks the
+/// handshake signatures with the provider's algorithms.
+#[derive(Debug)]
+struct Pinned {
+    cert: CertificateDer<'static>,
+    algorithms: rustls::crypto::WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.cert.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General("not the pinned certificate".into()))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.algorithms.supported_schemes()
     }
 }
 
@@ -56,10 +105,7 @@ fn main() {
         value("--groups").split(',').map(group).collect();
     let tls12 = args.iter().any(|a| a == "--tls12");
 
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&ca) {
-        roots.add(cert.unwrap()).unwrap();
-    }
+    let cert = CertificateDer::pem_slice_iter(&ca).next().unwrap().unwrap();
     let provider = CryptoProvider {
         kx_groups: groups,
         ..rustls::crypto::ring::default_provider()
@@ -69,10 +115,15 @@ fn main() {
     } else {
         &[&rustls::version::TLS13]
     };
+    let pinned = Pinned {
+        cert,
+        algorithms: provider.signature_verification_algorithms,
+    };
     let config = ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(versions)
         .unwrap()
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(pinned))
         .with_no_client_auth();
 
     let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
