@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use sluice_config as config;
 
 use crate::conditions::Reason;
@@ -77,27 +77,15 @@ pub struct UserInputs<'a> {
 /// HMAC-SHA-256 under a random key of the server (in an operator-owned Secret), so that
 /// someone who reads a TransferUser's status cannot test guesses against the digest offline.
 pub fn secret_version_digest(digest_key: &[u8], key: &str, value: &[u8]) -> String {
-    let mac = hmac_sha256(digest_key, &[key.as_bytes(), b"\0", value]);
-    hex::encode(&mac[..16])
-}
-
-/// HMAC-SHA-256 (RFC 2104) over the concatenation of `parts`.
-fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
-    let mut block = [0u8; 64];
-    if key.len() > 64 {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
+    use hmac::{Hmac, Mac};
+    // HMAC accepts keys of any length; `new_from_slice` cannot fail for it.
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(digest_key) else {
+        return String::new();
+    };
+    for part in [key.as_bytes(), b"\0", value] {
+        mac.update(part);
     }
-    let mut inner = Sha256::new();
-    inner.update(block.map(|b| b ^ 0x36));
-    for part in parts {
-        inner.update(part);
-    }
-    let mut outer = Sha256::new();
-    outer.update(block.map(|b| b ^ 0x5c));
-    outer.update(inner.finalize());
-    outer.finalize().into()
+    hex::encode(&mac.finalize().into_bytes()[..16])
 }
 
 fn creation_order(user: &TransferUser) -> (i64, String) {
