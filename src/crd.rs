@@ -4,7 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, LocalObjectReference, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,9 @@ pub const MAX_PASSIVE_PORTS: i32 = 100;
     validation = Rule::new("size(self.protocols) > 0").message("spec.protocols: at least one protocol is required"),
     validation = Rule::new("self.replicas <= 1 || !self.protocols.exists(p, p != 'sftp') || self.exposure.perPodServices").message("spec.exposure.perPodServices must be true when spec.replicas > 1 and FTPS is served (a data connection must reach the pod holding its control connection)"),
     validation = Rule::new("self.replicas <= 1 || has(self.storage.existingClaim)").message("spec.storage.existingClaim (a ReadWriteMany claim) is required when spec.replicas > 1, otherwise each pod would show its users different files"),
+    validation = Rule::new("self.exposure.serviceType != 'NodePort' || !self.protocols.exists(p, p != 'sftp') || (self.replicas <= 1 && !self.exposure.perPodServices)").message("spec.exposure.serviceType NodePort with FTPS needs spec.replicas <= 1 and perPodServices false: node ports are unique in the cluster and each passive port is exposed as the node port of the same number, which only one Service can hold"),
+    validation = Rule::new("self.exposure.serviceType != 'NodePort' || !self.protocols.exists(p, p != 'sftp') || (self.passive.portStart >= 30000 && self.passive.portEnd <= 32767)").message("spec.passive: with spec.exposure.serviceType NodePort the passive range must lie in the node port range 30000-32767 (PASV advertises the port the client must reach on the node)"),
+    validation = Rule::new("self.exposure.serviceType != 'NodePort' || !self.protocols.exists(p, p != 'sftp') || has(self.passive.advertisedAddress)").message("spec.passive.advertisedAddress is required with spec.exposure.serviceType NodePort and FTPS: the address of a node (or of the load balancer in front of the nodes) that PASV replies advertise"),
     validation = Rule::new(immutable_storage("size")).message("spec.storage.size is immutable (a StatefulSet's volumeClaimTemplates cannot change): expand the PersistentVolumeClaims data-<server>-<n> directly if the storage class allows it, or create a new FileTransferServer and move the data"),
     validation = Rule::new(immutable_storage("storageClassName")).message("spec.storage.storageClassName is immutable (a StatefulSet's volumeClaimTemplates cannot change): create a new FileTransferServer with the new class and move the data"),
     validation = Rule::new(immutable_storage("existingClaim")).message("spec.storage.existingClaim is immutable (switching between a claim template and an existing claim changes the StatefulSet's volumeClaimTemplates): create a new FileTransferServer and move the data")
@@ -146,8 +151,11 @@ pub struct PassiveSpec {
     #[schemars(range(min = 1024, max = 65535))]
     pub port_end: i32,
     /// Address clients must connect to for data (the load balancer's). Defaults to the
-    /// address in the Service's status.
+    /// address in the Service's status. An IP address: PASV replies carry an address, not a
+    /// name (a name would have to be resolved per reply and could change between the control
+    /// and the data connection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("isIP(self)").message("spec.passive.advertisedAddress must be an IP address such as 203.0.113.10, not a host name: PASV replies carry an address; resolve the load balancer's name and give one of its stable addresses"))]
     pub advertised_address: Option<String>,
 }
 
@@ -220,6 +228,7 @@ pub enum ClientCertificates {
 #[x_kube(
     validation = Rule::new("self.source != 'secretRef' || has(self.secretName)").message("spec.tls.secretName is required when spec.tls.source is secretRef"),
     validation = Rule::new("self.source != 'certManager' || has(self.issuerRef)").message("spec.tls.issuerRef is required when spec.tls.source is certManager"),
+    validation = Rule::new("self.source != 'certManager' || (has(self.automaticNames) && self.automaticNames) || (has(self.dnsNames) && size(self.dnsNames) > 0) || (has(self.ipAddresses) && size(self.ipAddresses) > 0)").message("spec.tls.dnsNames: with spec.tls.source certManager list the names the certificate must carry (or set automaticNames: true for an issuer that signs in-cluster names)"),
     validation = Rule::new("self.clientCertificates == 'none' || has(self.clientCaSecret)").message("spec.tls.clientCaSecret is required when spec.tls.clientCertificates is optional or required"),
     validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(has(self.duration) ? self.duration : '2160h')").message("spec.tls.renewBefore must be shorter than spec.tls.duration")
 )]
@@ -236,9 +245,15 @@ pub struct TlsSpec {
     /// named after the server whose Secret is the one the pods mount (`<name>-tls`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
-    /// Extra DNS names for the certificate (Service DNS names are always included).
+    /// Extra DNS names for the certificate (see `automaticNames`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns_names: Vec<String>,
+    /// Whether the Service DNS names (`<name>.<namespace>.svc`...) and the load-balancer and
+    /// advertised addresses are added to `dnsNames` and `ipAddresses`. Default: yes, except
+    /// with `certManager`, where only the listed names are requested (an ACME issuer refuses
+    /// in-cluster names and IP addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automatic_names: Option<bool>,
     /// Extra IP addresses for the certificate.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_addresses: Vec<String>,
@@ -316,11 +331,30 @@ pub struct ExposureSpec {
     /// Annotations for the client Service(s), e.g. for a cloud load balancer.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+    /// With `serviceType: NodePort`, the node ports of the control ports (default: chosen by
+    /// the API server). Passive ports always use the node port of the same number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_ports: Option<NodePorts>,
     /// PROXY protocol (v1 or v2) from a load balancer or TCP proxy that does not keep the
     /// client's address; off by default. Enable it on the load balancer too (docs/operations.md
     /// lists the Service annotations of common clouds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocolSpec>,
+}
+
+/// Node ports of the control ports (`serviceType: NodePort`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePorts {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub ftps_explicit: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub ftps_implicit: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 30000, max = 32767))]
+    pub sftp: Option<i32>,
 }
 
 /// The PROXY protocol on every listener and passive port (server.yaml `proxyProtocol`).
@@ -663,9 +697,11 @@ pub struct TimeoutsSpec {
 }
 
 /// Pod-level overrides.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpecOverrides {
+    /// Default: requests of 100m CPU and 128Mi memory (what a server with a few hundred
+    /// sessions uses at rest; docs/performance.md), no limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -674,6 +710,24 @@ pub struct PodSpecOverrides {
     pub tolerations: Vec<Toleration>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
+    /// Labels added to the pods (for example to keep FTP data ports out of a service mesh);
+    /// the operator's own labels cannot be overridden.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('app.kubernetes.io/') && !k.startsWith('sluice.dev/') && k != 'statefulset.kubernetes.io/pod-name')").message("spec.pod.labels: keys under app.kubernetes.io/ and sluice.dev/ are the operator's"))]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the pods (for example `sidecar.istio.io/inject: "false"`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('sluice.dev/'))").message("spec.pod.annotations: keys under sluice.dev/ are the operator's"))]
+    pub annotations: BTreeMap<String, String>,
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Default with more than one replica: pods spread over nodes (best effort,
+    /// `ScheduleAnyway`), so one node's loss leaves the others serving.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
 }
 
 /// Observed state of a FileTransferServer.

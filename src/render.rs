@@ -10,9 +10,9 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
     HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ProjectedVolumeSource, SeccompProfile, Secret, SecretProjection, SecretVolumeSource,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeResourceRequirements,
+    ProjectedVolumeSource, ResourceRequirements, SeccompProfile, Secret, SecretProjection,
+    SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    TopologySpreadConstraint, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -794,7 +794,7 @@ pub fn stateful_set(
         volume_mounts: Some(mounts),
         readiness_probe: Some(http_probe("/readyz", 5)),
         liveness_probe: Some(http_probe("/healthz", 10)),
-        resources: spec.pod.resources.clone(),
+        resources: Some(spec.pod.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             run_as_user: Some(SERVER_UID),
@@ -813,11 +813,15 @@ pub fn stateful_set(
         }),
         ..Container::default()
     };
-    let mut template_annotations = BTreeMap::new();
+    // The operator's own keys are inserted last: the spec cannot override them (CEL refuses
+    // them too).
+    let mut template_annotations = spec.pod.annotations.clone();
     template_annotations.insert(
         "sluice.dev/restart-digest".to_string(),
         restart_digest.to_string(),
     );
+    let mut pod_labels = spec.pod.labels.clone();
+    pod_labels.extend(labels(fts));
     Ok(StatefulSet {
         metadata: meta(fts, &names, names.server.clone()),
         spec: Some(StatefulSetSpec {
@@ -831,7 +835,7 @@ pub fn stateful_set(
             volume_claim_templates: claim_templates,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels(fts)),
+                    labels: Some(pod_labels),
                     annotations: Some(template_annotations),
                     ..ObjectMeta::default()
                 }),
@@ -845,6 +849,10 @@ pub fn stateful_set(
                     tolerations: (!spec.pod.tolerations.is_empty())
                         .then(|| spec.pod.tolerations.clone()),
                     affinity: spec.pod.affinity.clone(),
+                    image_pull_secrets: (!spec.pod.image_pull_secrets.is_empty())
+                        .then(|| spec.pod.image_pull_secrets.clone()),
+                    priority_class_name: spec.pod.priority_class_name.clone(),
+                    topology_spread_constraints: topology_spread(fts),
                     security_context: Some(PodSecurityContext {
                         run_as_non_root: Some(true),
                         run_as_user: Some(SERVER_UID),
@@ -866,6 +874,38 @@ pub fn stateful_set(
     })
 }
 
+/// Requests without limits: enough for the scheduler to place the pod sensibly; a limit
+/// would kill a server in the middle of transfers, and the server bounds itself (budgets).
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".to_string())),
+            ("memory".to_string(), Quantity("128Mi".to_string())),
+        ])),
+        ..ResourceRequirements::default()
+    }
+}
+
+/// The spec's constraints, else with several replicas a best-effort spread over nodes.
+fn topology_spread(fts: &FileTransferServer) -> Option<Vec<TopologySpreadConstraint>> {
+    let spec = &fts.spec;
+    if !spec.pod.topology_spread_constraints.is_empty() {
+        return Some(spec.pod.topology_spread_constraints.clone());
+    }
+    (spec.replicas > 1).then(|| {
+        vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".to_string(),
+            when_unsatisfiable: "ScheduleAnyway".to_string(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(fts)),
+                ..LabelSelector::default()
+            }),
+            ..TopologySpreadConstraint::default()
+        }]
+    })
+}
+
 fn service_port(name: &str, port: i32, target: i32) -> ServicePort {
     ServicePort {
         name: Some(name.to_string()),
@@ -879,28 +919,39 @@ fn service_port(name: &str, port: i32, target: i32) -> ServicePort {
 fn client_ports(fts: &FileTransferServer) -> Result<Vec<ServicePort>, RenderError> {
     let spec = &fts.spec;
     let mut ports = Vec::new();
+    let node_port = spec.exposure.service_type == ServiceType::NodePort;
+    let fixed = spec.exposure.node_ports.clone().unwrap_or_default();
+    let control = |name: &str, port: i32, target: i32, fixed: Option<i32>| ServicePort {
+        node_port: fixed.filter(|_| node_port),
+        ..service_port(name, port, target)
+    };
     if serves(fts, ServedProtocol::FtpsExplicit) {
-        ports.push(service_port(
+        ports.push(control(
             "ftps",
             spec.ports.ftps_explicit,
             CONTAINER_EXPLICIT,
+            fixed.ftps_explicit,
         ));
     }
     if serves(fts, ServedProtocol::FtpsImplicit) {
-        ports.push(service_port(
+        ports.push(control(
             "ftps-implicit",
             spec.ports.ftps_implicit,
             CONTAINER_IMPLICIT,
+            fixed.ftps_implicit,
         ));
     }
     if serves(fts, ServedProtocol::Sftp) {
-        ports.push(service_port("sftp", spec.ports.sftp, CONTAINER_SFTP));
+        ports.push(control("sftp", spec.ports.sftp, CONTAINER_SFTP, fixed.sftp));
     }
     if serves_ftps(fts) {
         // Passive ports keep the same number outside and inside: the server advertises the
-        // number it listens on.
+        // number it listens on, so behind a NodePort Service the node port is that number too.
         for port in passive_ports(&spec.passive)? {
-            ports.push(service_port(&format!("pasv-{port}"), port, port));
+            ports.push(ServicePort {
+                node_port: node_port.then_some(port),
+                ..service_port(&format!("pasv-{port}"), port, port)
+            });
         }
     }
     Ok(ports)
@@ -1129,6 +1180,75 @@ spec:
             shard.metadata.labels.unwrap()["sluice.dev/users-of"],
             "partners"
         );
+    }
+
+    #[test]
+    fn pod_settings_are_rendered_and_cannot_replace_the_operators_labels() {
+        let fts = fixture(&format!(
+            "{BASIC}    perPodServices: true\n  replicas: 2\n  storage: {{existingClaim: shared}}\n  pod:\n    labels: {{mesh: 'off', app.kubernetes.io/instance: other}}\n    annotations: {{sidecar.istio.io/inject: 'false'}}\n    imagePullSecrets: [{{name: registry}}]\n    priorityClassName: transfer-critical\n"
+        ));
+        let set = stateful_set(&fts, "d").unwrap();
+        let template = set.spec.unwrap().template;
+        let meta = template.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["mesh"], "off");
+        assert_eq!(labels["app.kubernetes.io/instance"], "partners");
+        let annotations = meta.annotations.unwrap();
+        assert_eq!(annotations["sidecar.istio.io/inject"], "false");
+        assert!(annotations.contains_key("sluice.dev/restart-digest"));
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
+        assert_eq!(
+            pod.priority_class_name.as_deref(),
+            Some("transfer-critical")
+        );
+        let spread = pod.topology_spread_constraints.unwrap();
+        assert_eq!(spread[0].topology_key, "kubernetes.io/hostname");
+        assert_eq!(spread[0].when_unsatisfiable, "ScheduleAnyway");
+        let requests = pod.containers[0]
+            .resources
+            .clone()
+            .unwrap()
+            .requests
+            .unwrap();
+        assert_eq!(requests["memory"].0, "128Mi");
+        // One replica: no spread constraint.
+        let single = stateful_set(&fixture(BASIC), "d").unwrap();
+        let pod = single.spec.unwrap().template.spec.unwrap();
+        assert!(pod.topology_spread_constraints.is_none());
+    }
+
+    #[test]
+    fn node_port_services_expose_each_passive_port_on_the_node_port_of_its_number() {
+        let fts = fixture(&BASIC.replace(
+            "serviceType: LoadBalancer",
+            "serviceType: NodePort\n    nodePorts: {ftpsExplicit: 30021}",
+        ));
+        let service = client_service(&fts, None).unwrap();
+        let ports = service.spec.unwrap().ports.unwrap();
+        let by_name: BTreeMap<_, _> = ports
+            .iter()
+            .map(|p| (p.name.clone().unwrap(), p.node_port))
+            .collect();
+        assert_eq!(by_name["ftps"], Some(30021));
+        assert_eq!(by_name["ftps-implicit"], None, "chosen by the API server");
+        assert_eq!(by_name["pasv-30000"], Some(30000));
+        assert_eq!(by_name["pasv-30004"], Some(30004));
+        let mut advertised = fts.clone();
+        advertised.spec.passive.advertised_address = Some("192.0.2.10".into());
+        let config = server_config(&advertised, None, &BTreeMap::new());
+        assert_eq!(
+            config.passive.advertised_address,
+            Some("192.0.2.10".parse().unwrap())
+        );
+        // Not a NodePort Service: no node ports.
+        let ports = client_service(&fixture(BASIC), None)
+            .unwrap()
+            .spec
+            .unwrap()
+            .ports
+            .unwrap();
+        assert!(ports.iter().all(|p| p.node_port.is_none()));
     }
 
     #[test]

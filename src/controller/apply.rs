@@ -11,6 +11,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -77,7 +78,34 @@ impl Applied {
     }
 }
 
-async fn patch<K>(client: &kube::Client, namespace: &str, object: &K) -> Result<K, kube::Error>
+/// Why an existing object named like a child is not this server's to change, if it is not:
+/// another server's child (names can collide: the per-pod Service `a-1` of server `a` and the
+/// client Service of server `a-1`) or an object somebody else made. Server-side apply would
+/// otherwise take it over, selector and all.
+pub fn foreign_owner(existing: &ObjectMeta, server: &FileTransferServer) -> Option<String> {
+    let uid = server.metadata.uid.as_deref().unwrap_or_default();
+    let owners = existing.owner_references.as_deref().unwrap_or_default();
+    if owners.iter().any(|o| o.uid == uid) {
+        return None;
+    }
+    if let Some(owner) = owners.iter().find(|o| o.controller == Some(true)) {
+        return Some(format!("it belongs to {} {}", owner.kind, owner.name));
+    }
+    let labels = existing.labels.clone().unwrap_or_default();
+    let ours = labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        == Some(FIELD_MANAGER)
+        && labels.get("app.kubernetes.io/instance") == server.metadata.name.as_ref();
+    (!ours).then(|| "it exists and was not made by the operator for this server".to_string())
+}
+
+async fn patch<K>(
+    client: &kube::Client,
+    server: &FileTransferServer,
+    namespace: &str,
+    object: &K,
+) -> Result<K, kube::Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -88,6 +116,18 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = object.meta().name.clone().unwrap_or_default();
+    if let Some(existing) = api.get_metadata_opt(&name).await?
+        && let Some(why) = foreign_owner(&existing.metadata, server)
+    {
+        return Err(kube::Error::Api(Box::new(kube::core::Status {
+            code: 409,
+            reason: "NameConflict".to_string(),
+            message: format!(
+                "{why}; rename this FileTransferServer (its children are named <name>, <name>-<ordinal>, <name>-headless, <name>-config, <name>-users[-<n>], <name>-tls ...)"
+            ),
+            ..kube::core::Status::default()
+        })));
+    }
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -98,20 +138,31 @@ where
 
 async fn apply_one(
     client: &kube::Client,
+    server: &FileTransferServer,
     namespace: &str,
     child: &Child,
 ) -> Result<Option<StatefulSet>, kube::Error> {
     match &child.object {
-        Object::ConfigMap(o) => patch::<ConfigMap>(client, namespace, o).await.map(|_| None),
-        Object::Secret(o) => patch::<Secret>(client, namespace, o).await.map(|_| None),
-        Object::Service(o) => patch::<Service>(client, namespace, o).await.map(|_| None),
-        Object::StatefulSet(o) => patch::<StatefulSet>(client, namespace, o).await.map(Some),
-        Object::NetworkPolicy(o) => patch::<NetworkPolicy>(client, namespace, o)
+        Object::ConfigMap(o) => patch::<ConfigMap>(client, server, namespace, o)
             .await
             .map(|_| None),
-        Object::PodDisruptionBudget(o) => patch::<PodDisruptionBudget>(client, namespace, o)
+        Object::Secret(o) => patch::<Secret>(client, server, namespace, o)
             .await
             .map(|_| None),
+        Object::Service(o) => patch::<Service>(client, server, namespace, o)
+            .await
+            .map(|_| None),
+        Object::StatefulSet(o) => patch::<StatefulSet>(client, server, namespace, o)
+            .await
+            .map(Some),
+        Object::NetworkPolicy(o) => patch::<NetworkPolicy>(client, server, namespace, o)
+            .await
+            .map(|_| None),
+        Object::PodDisruptionBudget(o) => {
+            patch::<PodDisruptionBudget>(client, server, namespace, o)
+                .await
+                .map(|_| None)
+        }
     }
 }
 
@@ -148,7 +199,7 @@ pub async fn apply(server: &FileTransferServer, prepared: Prepared, context: &Co
     }
 
     for child in &prepared.children {
-        match apply_one(client, &namespace, child).await {
+        match apply_one(client, server, &namespace, child).await {
             Ok(Some(applied)) => stateful_set = Some(applied),
             Ok(None) => {}
             Err(error) => {
@@ -231,6 +282,57 @@ async fn delete_unwanted_pod_services(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn server(name: &str, uid: &str) -> FileTransferServer {
+        let mut server: FileTransferServer = serde_saphyr::from_str(&format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: FileTransferServer\nmetadata:\n  name: {name}\n  namespace: t\nspec:\n  protocols: [sftp]\n"
+        ))
+        .unwrap();
+        server.metadata.uid = Some(uid.to_string());
+        server
+    }
+
+    fn owned_by(kind: &str, name: &str, uid: &str) -> ObjectMeta {
+        ObjectMeta {
+            owner_references: Some(vec![OwnerReference {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                uid: uid.to_string(),
+                controller: Some(true),
+                ..OwnerReference::default()
+            }]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    #[test]
+    fn a_child_name_held_by_another_server_or_by_somebody_else_is_not_taken_over() {
+        let a = server("a", "uid-a");
+        // The client Service of server `a-1` where server `a` wants its per-pod Service `a-1`.
+        let why = foreign_owner(&owned_by("FileTransferServer", "a-1", "uid-a-1"), &a).unwrap();
+        assert!(why.contains("FileTransferServer a-1"), "{why}");
+        let why = foreign_owner(&ObjectMeta::default(), &a).unwrap();
+        assert!(why.contains("not made by the operator"), "{why}");
+        // Its own child, and one an earlier version made without an owner reference.
+        assert_eq!(
+            foreign_owner(&owned_by("FileTransferServer", "a", "uid-a"), &a),
+            None
+        );
+        let labelled = ObjectMeta {
+            labels: Some(
+                [
+                    ("app.kubernetes.io/managed-by", FIELD_MANAGER),
+                    ("app.kubernetes.io/instance", "a"),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(foreign_owner(&labelled, &a), None);
+    }
 
     #[test]
     fn a_generated_host_key_is_an_openssh_ed25519_key() {

@@ -145,6 +145,19 @@ pub fn secret_text(secret: &Secret, key: &str) -> Option<String> {
 
 /// DNS names and addresses the server certificate must carry.
 pub fn certificate_names(server: &FileTransferServer, addresses: &[String]) -> Vec<String> {
+    let tls = &server.spec.tls;
+    let automatic = tls
+        .automatic_names
+        .unwrap_or(tls.source != TlsSource::CertManager);
+    if !automatic {
+        let mut names = tls.dns_names.clone();
+        for ip in &tls.ip_addresses {
+            if !names.contains(ip) {
+                names.push(ip.clone());
+            }
+        }
+        return names;
+    }
     let name = server.name_any();
     let namespace = server.namespace().unwrap_or_default();
     let mut names = server.spec.tls.dns_names.clone();
@@ -588,5 +601,27 @@ mod tests {
         assert_eq!(names[0], "ftp.example.com");
         assert!(names.contains(&"partners.transfer.svc".to_string()));
         assert!(names.contains(&"198.51.100.7".to_string()));
+    }
+
+    #[test]
+    fn cert_manager_requests_only_the_listed_names_unless_told_otherwise() {
+        let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: FileTransferServer\nmetadata:\n  name: partners\n  namespace: transfer\nspec:\n  protocols: [ftpsExplicit]\n  tls:\n    source: certManager\n    issuerRef: {name: letsencrypt}\n    dnsNames: [ftp.example.com]\n";
+        let mut server: FileTransferServer = serde_saphyr::from_str(yaml).unwrap();
+        let names = certificate_names(&server, &["198.51.100.7".to_string()]);
+        assert_eq!(names, vec!["ftp.example.com".to_string()]);
+        server.spec.tls.automatic_names = Some(true);
+        let names = certificate_names(&server, &["198.51.100.7".to_string()]);
+        assert!(names.contains(&"partners.transfer.svc".to_string()));
+        assert!(names.contains(&"198.51.100.7".to_string()));
+    }
+
+    #[test]
+    fn generated_certificates_can_leave_the_automatic_names_out() {
+        let yaml = "apiVersion: sluice.dev/v1alpha1\nkind: FileTransferServer\nmetadata:\n  name: partners\n  namespace: transfer\nspec:\n  protocols: [ftpsExplicit]\n  tls:\n    automaticNames: false\n    dnsNames: [ftp.example.com]\n    ipAddresses: [192.0.2.4]\n";
+        let server: FileTransferServer = serde_saphyr::from_str(yaml).unwrap();
+        assert_eq!(
+            certificate_names(&server, &["198.51.100.7".to_string()]),
+            vec!["ftp.example.com".to_string(), "192.0.2.4".to_string()]
+        );
     }
 }

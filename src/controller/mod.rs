@@ -28,7 +28,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use kube::core::PartialObjectMeta;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -36,6 +36,9 @@ use tracing::{debug, info, warn};
 
 use crate::crd::{FileTransferServer, TransferUser};
 use crate::lenient::Lenient;
+
+/// User reconciles in flight at once (see [`user`]).
+const USER_RECONCILE_CONCURRENCY: u16 = 4;
 
 pub use events::Announced;
 
@@ -87,6 +90,38 @@ pub struct Context {
     pub users: Store<Lenient<TransferUser>>,
     /// The Secrets marked [`REFERABLE_LABEL`], the only ones read.
     pub secrets: Store<Secret>,
+    /// Every FileTransferServer in scope (the server controller's cache).
+    pub servers: Store<Lenient<FileTransferServer>>,
+    /// Set once `users` holds the first complete list.
+    pub users_filled: Filled,
+    /// Set once `secrets` holds the first complete list.
+    pub secrets_filled: Filled,
+}
+
+/// Whether a cache has received its first complete list. `Store::wait_until_ready` is not
+/// used: kube-runtime 5.0's `DelayedInit` keeps one waker (a oneshot receiver), so of several
+/// tasks waiting at once (every server's reconcile, the user controller's own start) only the
+/// last one is woken and the others wait forever (seen as an operator that never reconciles
+/// after a restart; to report upstream).
+#[derive(Clone)]
+pub struct Filled(tokio::sync::watch::Receiver<bool>);
+
+impl Filled {
+    /// A flag and the setter the cache's watch stream calls on its first `InitDone`.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Self) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Filled(rx))
+    }
+
+    /// Returns once the cache is filled.
+    pub async fn wait(&self, cache: &'static str) -> Result<(), resolve::ResolveError> {
+        self.0
+            .clone()
+            .wait_for(|filled| *filled)
+            .await
+            .map(|_| ())
+            .map_err(|_| resolve::ResolveError::CacheClosed(cache))
+    }
 }
 
 /// An Api over every namespace, or over one.
@@ -142,6 +177,8 @@ async fn run_scope(
     let user_events_for_servers = user_writer.subscribe().expect("a shared store");
     let user_events_for_users = user_writer.subscribe().expect("a shared store");
     let user_deleted = deleted_tx.clone();
+    let (users_filled_tx, users_filled) = Filled::new();
+    let (secrets_filled_tx, secrets_filled) = Filled::new();
     let user_watch = watcher(
         scoped::<Lenient<TransferUser>>(&client, ns),
         watcher::Config::default(),
@@ -155,7 +192,12 @@ async fn run_scope(
         }
     })
     .reflect_shared(user_writer)
-    .for_each(|_| futures::future::ready(()));
+    .for_each(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            users_filled_tx.send_replace(true);
+        }
+        futures::future::ready(())
+    });
     // Marked Secrets only: the label selector keeps every other Secret out of the operator.
     let (secret_reader, secret_writer) = reflector::store_shared::<Secret>(256);
     let secret_events = secret_writer.subscribe().expect("a shared store");
@@ -173,7 +215,12 @@ async fn run_scope(
         }
     })
     .reflect_shared(secret_writer)
-    .for_each(|_| futures::future::ready(()));
+    .for_each(move |event| {
+        if let Ok(watcher::Event::InitDone) = event {
+            secrets_filled_tx.send_replace(true);
+        }
+        futures::future::ready(())
+    });
 
     let context = Arc::new(Context {
         recorder: events::recorder(&client),
@@ -183,6 +230,9 @@ async fn run_scope(
         announced: Announced::default(),
         users: user_reader.clone(),
         secrets: secret_reader,
+        servers: store.clone(),
+        users_filled,
+        secrets_filled,
     });
     let secret_store = store.clone();
     let ban_sync = crate::ban_sync::run(client.clone(), store.clone(), context.metrics.clone());
@@ -235,6 +285,9 @@ async fn run_scope(
         });
     let user_store = user_reader.clone();
     let user_loop = Controller::for_shared_stream(user_events_for_users, user_reader)
+        // A deleted server or namespace wakes every one of its users at once; a bound keeps
+        // them from crowding out other servers' requests on the shared client.
+        .with_config(controller::Config::default().concurrency(USER_RECONCILE_CONCURRENCY))
         .trigger_backoff(crate::backoff::watches())
         // A server that appears or goes changes the status of the users that reference it.
         .watches(
@@ -351,4 +404,37 @@ fn error_policy(
         });
     }
     Action::requeue(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Filled;
+
+    #[tokio::test]
+    async fn every_task_waiting_for_a_cache_is_woken_when_it_is_filled() {
+        let (filled_tx, filled) = Filled::new();
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let filled = filled.clone();
+                tokio::spawn(async move { filled.wait("TransferUser").await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        filled_tx.send_replace(true);
+        for waiter in waiters {
+            tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+                .await
+                .expect("a waiter was never woken")
+                .expect("the task ran")
+                .expect("the cache was filled");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cache_closed_before_it_was_filled_is_an_error_naming_it() {
+        let (filled_tx, filled) = Filled::new();
+        drop(filled_tx);
+        let error = filled.wait("Secret").await.unwrap_err();
+        assert!(error.to_string().contains("Secret cache"), "{error}");
+    }
 }

@@ -21,6 +21,8 @@ pub enum ResolveError {
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Render(#[from] render::RenderError),
+    #[error("the {0} cache stopped before it was filled (the operator is shutting down)")]
+    CacheClosed(&'static str),
 }
 
 /// What one server references, as read at the start of a reconcile.
@@ -67,6 +69,10 @@ pub async fn resolve(
     context: &Context,
 ) -> Result<References, ResolveError> {
     let names = Names::of(server)?;
+    // Until the first list of users and Secrets has arrived, the caches look empty: a shard
+    // rendered then would drop every user (an operator restart would lock them all out).
+    context.users_filled.wait("TransferUser").await?;
+    context.secrets_filled.wait("Secret").await?;
     let namespace = names.namespace.clone();
     let client = context.client.clone();
     let users: Vec<TransferUser> = context

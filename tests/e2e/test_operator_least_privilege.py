@@ -156,6 +156,32 @@ def test_a_refused_child_stalls_the_server_and_the_others_are_applied(crds, rbac
                      60, "Stalled=False")
 
 
+def test_colliding_child_names_are_not_taken_over(crds, rbac_guard, namespace):
+    """Server `edge` with a per-pod Service `edge-0`, then a server named `edge-0`, whose client
+    Service would be `edge-0` too: the second is Stalled naming the conflict, and the first's
+    Service keeps selecting its own pod."""
+    cluster = crds
+    ns = namespace
+    first = server_manifest("edge")
+    first["spec"]["protocols"] = ["sftp"]
+    first["spec"]["exposure"] = {"serviceType": "ClusterIP", "perPodServices": True}
+    cluster.apply(first, "-n", ns)
+    cluster.wait_for(lambda: cluster.exists("service", "edge-0", "-n", ns), 60, "Service edge-0")
+    second = server_manifest("edge-0")
+    second["spec"]["protocols"] = ["sftp"]
+    cluster.apply(second, "-n", ns)
+    stalled = cluster.wait_for(
+        lambda: (c := _conditions(cluster, "fts", "edge-0", ns)).get("Stalled", {}).get("status") == "True"
+        and c, 90, "edge-0 Stalled=True")
+    assert stalled["Ready"]["status"] == "False"
+    assert stalled["Ready"]["reason"] == "ServiceNotApplied", stalled["Ready"]
+    assert "it belongs to FileTransferServer edge" in stalled["Ready"]["message"], stalled["Ready"]
+    assert "rename this FileTransferServer" in stalled["Ready"]["message"], stalled["Ready"]
+    service = cluster.kubectl_json("get", "service", "edge-0", "-n", ns)
+    assert service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"] == "edge-0"
+    assert [o["name"] for o in service["metadata"]["ownerReferences"]] == ["edge"]
+
+
 def test_storage_changes_are_refused_at_admission_saying_what_to_do(crds, rbac_guard, namespace):
     cluster = crds
     ns = namespace

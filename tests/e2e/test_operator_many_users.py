@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from test_operator_ftps import Ftps, server_manifest
+from test_operator_ftps import Ftps, server_manifest, strong_password, user_manifests
 from test_operator_sftp import sftp
 
 pytestmark = [pytest.mark.timeout(420), pytest.mark.usefixtures("rbac_guard")]
@@ -52,11 +52,17 @@ def test_thousands_of_users_in_shards_one_change_rewrites_one_shard(crds, operat
     cluster = crds
     ns = f"e2e-bulk-{uuid.uuid4().hex[:6]}"
     cluster.kubectl("create", "namespace", ns)
+    # Another tenant's server, whose users must not wait for this namespace's thousands.
+    neighbour_ns = f"e2e-neighbour-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", neighbour_ns)
     started = time.monotonic()
     try:
         manifest = server_manifest(NAME)
         manifest["spec"]["protocols"] = ["sftp"]
         cluster.apply(manifest, "-n", ns)
+        neighbour = server_manifest("neighbour")
+        neighbour["spec"]["passive"] = {"portStart": 30020, "portEnd": 30022}
+        cluster.apply(neighbour, "-n", neighbour_ns)
         publics = []
         for k in range(KEYS):
             path = tmp_path / f"id_ed25519_{k}"
@@ -115,5 +121,22 @@ def test_thousands_of_users_in_shards_one_change_rewrites_one_shard(crds, operat
             60, "user02424 to upload with its new permission", interval=2)
         assert sftp(port, key, known_hosts, "user00000", "put up.txt\n", tmp_path).returncode != 0
         print(f"[many users] whole test {time.monotonic() - started:.1f}s")
+
+        # Deleting the namespace wakes all 3,000 users at once (their server goes, each
+        # reports ServerNotFound or is gone). Meanwhile another tenant's new user still
+        # reaches its server and logs in: before the user controller was bounded, such a
+        # user waited over a minute (and the polling login got the test's address banned).
+        proc = cluster.kubectl("wait", "--for=condition=Ready", "fts/neighbour", "-n",
+                               neighbour_ns, "--timeout=120s", check=False, timeout=130)
+        assert proc.returncode == 0, proc.stderr
+        cluster.kubectl("delete", "namespace", ns, "--wait=false")
+        deleted = time.monotonic()
+        password = strong_password()
+        cluster.apply(user_manifests("newcomer", password, server="neighbour"), "-n", neighbour_ns)
+        Ftps(cluster, kubelet, neighbour_ns, "neighbour", tmp_path).wait_login("newcomer", password,
+                                                                              timeout=60)
+        print(f"[many users] a neighbour's new user logged in {time.monotonic() - deleted:.1f}s "
+              "after the namespace of 3,000 users was deleted")
     finally:
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+        cluster.kubectl("delete", "namespace", neighbour_ns, "--wait=false", check=False)
