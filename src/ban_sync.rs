@@ -247,7 +247,7 @@ pub async fn ensure_secret(
 }
 
 /// A ready pod's name and its health endpoint (`podIP:port`).
-fn endpoint(pod: &Pod) -> Option<(String, String)> {
+pub(crate) fn endpoint(pod: &Pod) -> Option<(String, String)> {
     let status = pod.status.as_ref()?;
     let ready = status
         .conditions
@@ -275,7 +275,7 @@ fn endpoint(pod: &Pod) -> Option<(String, String)> {
 }
 
 /// One HTTP/1.1 call to a pod; returns the status and body.
-async fn call(
+pub(crate) async fn call(
     address: &str,
     method: hyper::Method,
     path: &str,

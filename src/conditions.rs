@@ -53,6 +53,8 @@ pub enum Reason {
     ServerNotFound,
     /// The user's users.yaml shard could not be applied.
     UsersNotApplied,
+    /// The shard is applied but not every ready pod serves it yet.
+    WaitingForPods,
     // Certificates
     Issued,
     Valid,
@@ -95,6 +97,7 @@ impl Reason {
             Reason::HashingFailed => "HashingFailed",
             Reason::ServerNotFound => "ServerNotFound",
             Reason::UsersNotApplied => "UsersNotApplied",
+            Reason::WaitingForPods => "WaitingForPods",
             Reason::Issued => "Issued",
             Reason::Valid => "Valid",
             Reason::CertificateExpiringSoon => "CertificateExpiringSoon",

@@ -275,6 +275,7 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             metrics.clone(),
             ready.clone(),
             bans,
+            context.snapshot.clone(),
         ));
     }
     tokio::spawn(reload::watch_files(

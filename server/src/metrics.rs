@@ -204,6 +204,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
     bans: Arc<crate::ban_sync::Endpoint>,
+    snapshot: tokio::sync::watch::Receiver<Arc<crate::snapshot::Snapshot>>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(HEALTH_MAX_CONNECTIONS));
     let per_address = crate::limits::SessionLimits::default();
@@ -227,14 +228,23 @@ pub async fn serve(
         let metrics = metrics.clone();
         let ready = ready.clone();
         let bans = bans.clone();
+        let snapshot = snapshot.clone();
         let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
             let metrics = metrics.clone();
             let ready = ready.clone();
             let bans = bans.clone();
+            let snapshot = snapshot.clone();
             async move {
                 let response = match request.uri().path() {
                     path if crate::ban_sync::Endpoint::serves(path) => bans.handle(request).await,
                     "/healthz" => respond(StatusCode::OK, "ok\n".into()),
+                    // Digests only (no names or hashes of users): what the operator needs to
+                    // know that this process serves the users.yaml shards it wrote.
+                    "/loaded" => {
+                        let files = snapshot.borrow().users_files.clone();
+                        let body = serde_json::json!({ "usersFiles": files }).to_string();
+                        respond(StatusCode::OK, body)
+                    }
                     "/readyz" if ready.load(Ordering::Relaxed) => {
                         respond(StatusCode::OK, "ready\n".into())
                     }

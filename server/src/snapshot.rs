@@ -40,6 +40,10 @@ pub struct Snapshot {
     pub ssh_keys: HashMap<String, Arc<Vec<PublicKey>>>,
     /// SHA-256 over every input file, to notice changes cheaply.
     pub digest: [u8; 32],
+    /// SHA-256 (hex) of each users file loaded, by file name: `GET /loaded` on the health port
+    /// tells the operator which users.yaml shards this process serves, so that a TransferUser
+    /// is reported Ready only once the pods have loaded it.
+    pub users_files: std::collections::BTreeMap<String, String>,
     /// What unknown users (and users without a password) are verified against: a hash with the
     /// argon2 parameters most users have, so that no timing tells them apart.
     pub dummy_hash: Arc<str>,
@@ -210,6 +214,16 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         }
     }
 
+    let users_files = user_files
+        .iter()
+        .map(|(name, bytes)| {
+            let file = Path::new(name)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| name.clone());
+            (file, hex::encode(Sha256::digest(bytes)))
+        })
+        .collect();
     let (users, origins) = merge_user_files(&user_files)?;
     // Logged on every load (start, check-config, each reload), so an opt-in is never silent.
     for warning in users.insecure_opt_ins() {
@@ -309,6 +323,7 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         ssh,
         ssh_keys: parsed_keys,
         digest: [0; 32],
+        users_files,
     })
 }
 

@@ -56,6 +56,15 @@ impl Applied {
             .get(&username.to_ascii_lowercase())
             .is_some_and(|shard| !self.failed_shards.contains(shard))
     }
+    /// The file name and rendered digest of the shard holding `username`.
+    pub fn shard_of(&self, username: &str) -> Option<(String, &str)> {
+        let shard = *self
+            .prepared
+            .shard_of_user
+            .get(&username.to_ascii_lowercase())?;
+        let digest = self.prepared.shard_digests.get(&shard)?;
+        Some((super::loaded::shard_file(shard), digest.as_str()))
+    }
     pub fn shard_count(&self) -> usize {
         self.prepared.shard_count
     }

@@ -58,6 +58,9 @@ pub struct Prepared {
     pub children: Vec<Child>,
     /// Username (lower case) → its shard index.
     pub shard_of_user: BTreeMap<String, usize>,
+    /// Shard index → SHA-256 (hex) of its rendered users.yaml, as the pods' `GET /loaded`
+    /// reports the files they serve.
+    pub shard_digests: BTreeMap<usize, String>,
     pub shard_count: usize,
     /// Shards that are already deployed as rendered (not applied again).
     pub unchanged_shards: Vec<usize>,
@@ -95,6 +98,12 @@ pub fn build(
         })
         .collect();
 
+    let shard_digests = rendered
+        .files
+        .iter()
+        .enumerate()
+        .map(|(index, text)| (index, hex::encode(Sha256::digest(text.as_bytes()))))
+        .collect();
     let mut children = vec![Child {
         kind: ChildKind::ConfigMap,
         name: names.config_map(),
@@ -171,6 +180,7 @@ pub fn build(
     Ok(Prepared {
         children,
         shard_of_user,
+        shard_digests,
         shard_count: count,
         unchanged_shards,
         per_pod_services: per_pod.then_some(server.spec.replicas),

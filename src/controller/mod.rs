@@ -15,6 +15,7 @@ pub mod apply;
 pub mod build;
 pub mod certificate;
 pub mod events;
+pub mod loaded;
 pub mod resolve;
 pub mod status;
 pub mod user;

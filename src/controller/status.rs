@@ -286,7 +286,19 @@ pub async fn update(
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
 
-    // Users: their verdicts, unless their shard was not applied.
+    // Users: their verdicts, unless their shard was not applied or a ready pod does not
+    // serve it yet.
+    let loaded = if validated.users.verdicts.iter().any(|(_, v)| v.ready) {
+        super::loaded::observe(&context.client, server)
+            .await
+            .unwrap_or_else(|error| {
+                warn!(server = %names.server, %error, "cannot list the server's pods");
+                super::loaded::Loaded::default()
+            })
+    } else {
+        super::loaded::Loaded::default()
+    };
+    let mut waiting_for_pods = false;
     let user_api: Api<TransferUser> = Api::namespaced(context.client.clone(), &namespace);
     let updates = validated
         .users
@@ -294,11 +306,23 @@ pub async fn update(
         .iter()
         .filter_map(|(object, verdict)| {
             let user = validated_user(validated, object)?;
-            let verdict = if verdict.ready && !applied.user_applied(&user.spec.username) {
+            let username = &user.spec.username;
+            let verdict = if verdict.ready && !applied.user_applied(username) {
                 users::Verdict::refused(
                     Reason::UsersNotApplied,
                     "the users.yaml shard of this user could not be applied; see the server's UsersSynced condition",
                 )
+            } else if verdict.ready
+                && let Some((file, digest)) = applied.shard_of(username)
+                && let Err(why) = super::loaded::served(&loaded, &file, digest)
+            {
+                waiting_for_pods = true;
+                users::Verdict {
+                    ready: false,
+                    reason: Reason::WaitingForPods,
+                    message: why,
+                    ..verdict.clone()
+                }
             } else {
                 verdict.clone()
             };
@@ -413,13 +437,17 @@ pub async fn update(
             .await
             .map_err(StatusError::from)?;
     }
-    Ok(Action::requeue(requeue(
+    let mut after = requeue(
         certificate,
         validated,
         applied,
         status.conditions[2].status == "True",
         now,
-    )))
+    );
+    if waiting_for_pods {
+        after = after.min(super::loaded::RECHECK);
+    }
+    Ok(Action::requeue(after))
 }
 
 fn reason_of(applied: &Applied, ready: bool) -> Reason {
@@ -505,11 +533,14 @@ pub async fn update_user_status(
         return Ok(());
     }
     let key = format!("{}/Ready", user.metadata.uid.clone().unwrap_or_default());
-    if context.announced.is_news(
-        &key,
-        stored_reason(&previous.conditions, "Ready"),
-        verdict.reason.as_str(),
-    ) {
+    // Waiting for the pods is a normal step of every change, not worth an Event.
+    if verdict.reason != Reason::WaitingForPods
+        && context.announced.is_news(
+            &key,
+            stored_reason(&previous.conditions, "Ready"),
+            verdict.reason.as_str(),
+        )
+    {
         // A Warning also for a ready user whose password expires soon.
         let type_ = if verdict.ready && verdict.reason != Reason::PasswordExpiresSoon {
             EventType::Normal
@@ -678,6 +709,7 @@ mod tests {
         super::super::build::Prepared {
             children: Vec::new(),
             shard_of_user: BTreeMap::from([("alice".to_string(), 0)]),
+            shard_digests: BTreeMap::new(),
             shard_count: 2,
             unchanged_shards: Vec::new(),
             per_pod_services: None,

@@ -476,6 +476,36 @@ def test_restarted_operator_converges_without_touching_anything(ftps, operator):
     assert {c["type"]: c["status"] for c in fts["status"]["conditions"]}["Ready"] == "True"
 
 
+def test_a_user_is_ready_only_once_the_pod_serves_it(ftps):
+    """Issue 15: Ready=True on a TransferUser means its pods serve it. The kubelet's update of
+    the users volume is held back (as a real kubelet's sync can lag a minute): the user is
+    Ready=False, WaitingForPods, naming the pod; once the volume is updated it becomes Ready,
+    and then the first login succeeds (no retries)."""
+    cluster, ns = ftps.cluster, ftps.namespace
+    held = f"{ns}/{ftps.pod}/users"
+
+    def ready():
+        status = cluster.kubectl_json("get", "tu", "late", "-n", ns).get("status") or {}
+        return {c["type"]: c for c in status.get("conditions", [])}.get("Ready")
+
+    ftps.kubelet.held_volumes.add(held)
+    try:
+        password = strong_password()
+        cluster.apply(user_manifests("late", password), "-n", ns)
+        waiting = cluster.wait_for(lambda: (c := ready()) and c["reason"] == "WaitingForPods" and c,
+                                   60, "TransferUser late to wait for the pod")
+        assert waiting["status"] == "False", waiting
+        assert ftps.pod in waiting["message"], waiting
+        time.sleep(7)  # past the operator's recheck: still not ready, the pod still lacks it
+        assert ready()["reason"] == "WaitingForPods"
+        assert not ftps.has_user("late")
+    finally:
+        ftps.kubelet.held_volumes.discard(held)
+    cluster.kubectl("wait", "--for=condition=Ready", "tu/late", "-n", ns, "--timeout=60s", timeout=70)
+    login = ftps.curl("late", password)
+    assert login.returncode == 0, login.stderr
+
+
 def _totp(secret: str, at: float | None = None) -> str:
     """RFC 6238, HMAC-SHA-1, 6 digits, 30 s (independent of the server's implementation)."""
     import hmac
