@@ -444,7 +444,9 @@ pub async fn update(
         status.conditions[2].status == "True",
         now,
     );
-    if waiting_for_pods {
+    // Nothing announces that a pod loaded a shard: look again soon. With no ready pod, a pod
+    // becoming ready changes the StatefulSet's status, which starts a reconcile anyway.
+    if waiting_for_pods && !loaded.pods.is_empty() {
         after = after.min(super::loaded::RECHECK);
     }
     Ok(Action::requeue(after))
