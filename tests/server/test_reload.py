@@ -185,3 +185,27 @@ def test_broken_certificate_is_rejected_and_old_one_keeps_serving(server):
     ftp = server.ftp("alice")
     assert ftp.sock.getpeercert(binary_form=True) == old_cert
     ftp.quit()
+
+
+def test_loaded_reports_the_digest_of_the_users_file_being_served(server, user_entry):
+    """GET /loaded (the operator's TransferUser readiness): the SHA-256 of the users file the
+    running snapshot came from; an invalid file does not change it, a valid one does."""
+    import hashlib
+    import json
+
+    def loaded() -> dict:
+        status, body = server.http_get("/loaded")
+        assert status == 200
+        return json.loads(body)["usersFiles"]
+
+    name = server.users_path.name
+    before = loaded()
+    assert before == {name: hashlib.sha256(server.users_path.read_bytes()).hexdigest()}
+    assert "alice" not in json.dumps(before)
+    good = server.users_path.read_text()
+    server.reload_users(raw_text=good + "bogusTopLevel: true\n", expect="rejected")
+    assert loaded() == before
+    server.reload_users([*server.users, user_entry("carol")])
+    after = loaded()
+    assert after[name] == hashlib.sha256(server.users_path.read_bytes()).hexdigest()
+    assert after != before
