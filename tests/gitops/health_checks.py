@@ -121,3 +121,14 @@ def record(obj: dict, name: str) -> None:
     if directory:
         Path(directory).mkdir(parents=True, exist_ok=True)
         (Path(directory) / f"{name}.json").write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def expect(obj: dict, name: str, argocd_status: str, kstatus_status: str) -> tuple[Health, Health]:
+    """Records obj as fixture `name` (see record) and asserts what Argo CD's health script and
+    kstatus make of it."""
+    record(obj, name)
+    by_argocd, by_kstatus = argocd(obj), kstatus(obj)
+    assert (by_argocd.status, by_kstatus.status) == (argocd_status, kstatus_status), (
+        f"{name}: Argo CD {by_argocd}, kstatus {by_kstatus}; "
+        f"generation {obj['metadata'].get('generation')}, status {json.dumps(obj.get('status'))}")
+    return by_argocd, by_kstatus
