@@ -19,6 +19,8 @@ local permanent = {
   PodDisruptionBudgetNotApplied = true,
 }
 
+-- Each argocd-cm key holds one self-contained script: this lookup and the generation check
+-- are in both scripts on purpose.
 local function condition(type_)
   for _, c in ipairs(obj.status.conditions or {}) do
     if c.type == type_ then

@@ -23,6 +23,8 @@ local suspended = { Disabled = true }
 -- create it after the sync), ServerNotFound (the server comes in the same sync), HashingFailed
 -- (retried).
 
+-- Each argocd-cm key holds one self-contained script: this lookup and the generation check
+-- are in both scripts on purpose.
 local function condition(type_)
   for _, c in ipairs(obj.status.conditions or {}) do
     if c.type == type_ then
