@@ -62,7 +62,7 @@ def _lua_string(text: str) -> str:
     for byte in text.encode():
         char = chr(byte)
         if char in '"\\' or byte < 32 or byte > 126:
-            out.append(f"\\{byte}")
+            out.append(f"\\{byte:03d}")
         else:
             out.append(char)
     return '"' + "".join(out) + '"'

@@ -183,13 +183,14 @@ def test_the_harness_runs_scripts_as_argo_cd_does(tmp_path, body):
 
 
 def test_lua_literal_keeps_every_string_and_number(tmp_path):
-    obj = {"a": "quote \" backslash \\ newline \n ü 🎉", "n": 3, "f": 0.5, "t": True, "z": None,
+    # "\n1" and "é1": a byte escape followed by a digit (a kubectl last-applied annotation has them).
+    obj = {"a": "quote \" backslash \\ newline \n1 é1 🎉", "n": 3, "f": 0.5, "t": True, "z": None,
            "l": [1, {"k": []}]}
     proc = _run(tmp_path, 'local o = obj; return {status = "Healthy", message = o.a .. "|" .. tostring(o.n) '
                 '.. "|" .. tostring(o.f) .. "|" .. tostring(o.t) .. "|" .. tostring(o.z) .. "|" .. tostring(#o.l)}',
                 obj)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split("\n", 1)[1] == 'quote " backslash \\ newline \n ü 🎉|3|0.5|true|nil|2'
+    assert proc.stdout.split("\n", 1)[1] == 'quote " backslash \\ newline \n1 é1 🎉|3|0.5|true|nil|2'
 
 
 def _yaml_blocks(markdown: str) -> list[dict]:
