@@ -303,6 +303,23 @@ def test_weak_password_is_refused_by_policy_and_never_shown(ftps):
     assert b"username: weak" not in base64.b64decode(users["data"]["users.yaml"])
 
 
+def test_a_disabled_user_is_suspended_for_argo_cd(ftps):
+    cluster, ns = ftps.cluster, ftps.namespace
+    password = strong_password()
+    secret, user = user_manifests("paused", password)
+    user["spec"]["disabled"] = True
+    cluster.apply([secret, user], "-n", ns)
+
+    def disabled():
+        tu = cluster.kubectl_json("get", "tu", "paused", "-n", ns)
+        ready = {c["type"]: c for c in (tu.get("status") or {}).get("conditions", [])}.get("Ready")
+        return tu if ready and ready["reason"] == "Disabled" else None
+    tu = cluster.wait_for(disabled, 60, "TransferUser paused to be Ready=False, Disabled")
+    # A choice, not a failure: Suspended in Argo CD; kstatus has no such state (InProgress).
+    expect(tu, "user-disabled", "Suspended", "InProgress")
+    assert ftps.curl("paused", password).returncode == CURL_LOGIN_DENIED
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"passive": {"portStart": 30000, "portEnd": 30200}}, "spec.passive: the range may hold at most 100 ports"),
     ({"replicas": 2}, "spec.exposure.perPodServices must be true when spec.replicas > 1"),

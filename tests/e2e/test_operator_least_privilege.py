@@ -143,6 +143,10 @@ def test_a_refused_child_stalls_the_server_and_the_others_are_applied(crds, rbac
                "spec": {"hard": {"pods": "0"}}}
     cluster.apply([quota, no_pods], "-n", ns)
     cluster.apply(server_manifest(), "-n", ns)
+    # A user whose server is not there (yet): Progressing, as when both come in one sync.
+    orphan = _user("orphan", "orphan")
+    orphan["spec"]["serverRef"]["name"] = "not-yet"
+    cluster.apply(orphan, "-n", ns)
     ready = cluster.wait_for(
         lambda: (c := _conditions(cluster, "fts", "files", ns)).get("Stalled", {}).get("status") == "True"
         and c, 90, "Stalled=True")
@@ -160,6 +164,10 @@ def test_a_refused_child_stalls_the_server_and_the_others_are_applied(crds, rbac
         lambda: [e for e in cluster.kubectl_json("get", "events.events.k8s.io", "-n", ns)["items"]
                  if e.get("reason") == "PodDisruptionBudgetNotApplied"], 30, "a Warning Event")
     assert events[0]["type"] == "Warning"
+    user = cluster.wait_for(
+        lambda: _conditions(cluster, "tu", "orphan", ns).get("Ready", {}).get("reason") == "ServerNotFound"
+        and cluster.kubectl_json("get", "tu", "orphan", "-n", ns), 60, "ServerNotFound")
+    expect(user, "user-server-not-found", "Progressing", "InProgress")
     # GitOps tools read the stalled server as failed, with the Ready message.
     stalled = cluster.kubectl_json("get", "fts", "files", "-n", ns)
     by_argocd, by_kstatus = expect(stalled, "server-stalled", "Degraded", "Failed")

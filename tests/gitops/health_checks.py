@@ -33,8 +33,8 @@ class Health:
 
 def lua_binary() -> str:
     path = os.environ.get("SLUICE_LUA") or shutil.which("lua5.1")
-    if not path:
-        raise RuntimeError("lua5.1 not found: apt-get install lua5.1 (tests/run installs it)")
+    if not path or not os.access(path, os.X_OK):
+        raise RuntimeError(f"lua5.1 not found ({path}): apt-get install lua5.1 (tests/run installs it)")
     return path
 
 

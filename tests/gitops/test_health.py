@@ -29,6 +29,8 @@ EXPECTED = {
     "user-ready": ("Healthy", "Current"),
     # A TransferUser has no Stalled condition: kstatus reads its Ready=False as InProgress.
     "user-refused": ("Degraded", "InProgress"),
+    "user-server-not-found": ("Progressing", "InProgress"),
+    "user-disabled": ("Suspended", "InProgress"),
 }
 
 # What a Ready=False reason means for Argo CD, per kind (docs/gitops.md has the table and why).
