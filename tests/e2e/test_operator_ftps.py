@@ -13,6 +13,7 @@ import json
 import os
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -23,6 +24,9 @@ import yaml
 from cryptography import x509
 
 from conftest import REPO
+
+sys.path.insert(0, str(REPO / "tests" / "gitops"))
+from health_checks import expect  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("rbac_guard")]
 
@@ -177,6 +181,9 @@ def test_server_is_ready_with_its_children(ftps):
     for type_ in ("Ready", "CertificateReady", "EndpointsReady", "UsersSynced"):
         assert conditions[type_]["status"] == "True", conditions
     assert fts["status"]["observedGeneration"] == fts["metadata"]["generation"]
+    # The chart's Argo CD health check (lua5.1) and kstatus read the live object as healthy.
+    by_argocd, _ = expect(fts, "server-healthy", "Healthy", "Current")
+    assert by_argocd.message == conditions["Ready"]["message"], by_argocd
     uid = fts["metadata"]["uid"]
     for kind, name in [("configmap", f"{SERVER}-config"), ("secret", f"{SERVER}-users"),
                        ("secret", f"{SERVER}-tls"), ("secret", f"{SERVER}-ca"),
@@ -204,6 +211,7 @@ def test_user_uploads_over_ftps_and_the_sha256_is_audited(ftps, tmp_path):
     password = strong_password()
     cluster.apply(user_manifests("acme", password), "-n", ns)
     cluster.kubectl("wait", "--for=condition=Ready", "tu/acme", "-n", ns, "--timeout=60s", timeout=70)
+    expect(cluster.kubectl_json("get", "tu", "acme", "-n", ns), "user-ready", "Healthy", "Current")
     ftps.wait_login("acme", password)
 
     payload = os.urandom(256 * 1024) + b"sluice e2e"
@@ -301,6 +309,11 @@ def test_weak_password_is_refused_by_policy_and_never_shown(ftps):
         return ready if ready and ready["status"] == "False" else None
     ready = cluster.wait_for(refused, 60, "TransferUser weak to be Ready=False")
     assert ready["reason"] == "PasswordPolicyViolation", ready
+    # Argo CD: Degraded (only a new password fixes it). kstatus: a TransferUser has no Stalled
+    # condition, so its Ready=False reads as InProgress, never Failed (docs/gitops.md).
+    by_argocd, by_kstatus = expect(cluster.kubectl_json("get", "tu", "weak", "-n", ns),
+                                   "user-refused", "Degraded", "InProgress")
+    assert by_argocd.message == by_kstatus.message == ready["message"], (by_argocd, by_kstatus)
     assert ftps.curl("weak", weak).returncode == CURL_LOGIN_DENIED
     shown = cluster.kubectl("get", "tu", "weak", "-n", ns, "-o", "yaml").stdout
     assert weak not in shown
@@ -312,6 +325,23 @@ def test_weak_password_is_refused_by_policy_and_never_shown(ftps):
     users = cluster.kubectl_json("get", "secret", f"{SERVER}-users", "-n", ns)
     assert weak.encode() not in base64.b64decode(users["data"]["users.yaml"])
     assert b"username: weak" not in base64.b64decode(users["data"]["users.yaml"])
+
+
+def test_a_disabled_user_is_suspended_for_argo_cd(ftps):
+    cluster, ns = ftps.cluster, ftps.namespace
+    password = strong_password()
+    secret, user = user_manifests("paused", password)
+    user["spec"]["disabled"] = True
+    cluster.apply([secret, user], "-n", ns)
+
+    def disabled():
+        tu = cluster.kubectl_json("get", "tu", "paused", "-n", ns)
+        ready = {c["type"]: c for c in (tu.get("status") or {}).get("conditions", [])}.get("Ready")
+        return tu if ready and ready["reason"] == "Disabled" else None
+    tu = cluster.wait_for(disabled, 60, "TransferUser paused to be Ready=False, Disabled")
+    # A choice, not a failure: Suspended in Argo CD; kstatus has no such state (InProgress).
+    expect(tu, "user-disabled", "Suspended", "InProgress")
+    assert ftps.curl("paused", password).returncode == CURL_LOGIN_DENIED
 
 
 @pytest.mark.parametrize(("change", "message"), [

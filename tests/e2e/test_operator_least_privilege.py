@@ -8,18 +8,26 @@ label-only write to a password Secret does not restart the password's aging cloc
 Status that never lies (with the session's cluster-wide operator): a child the API server
 refuses (a ResourceQuota forbids PodDisruptionBudgets) gives Ready=False with a reason naming
 the child, Stalled=True and a Warning Event, while every other child is applied; a change of an
-immutable storage field is refused at admission with a message that says what to do.
+immutable storage field is refused at admission with a message that says what to do. The chart's
+Argo CD health check (run by lua5.1) and kstatus read the live objects along the way: Degraded and
+Failed while stalled, Progressing and InProgress for a spec change not yet observed and while pods
+cannot start (tests/gitops).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 
 import pytest
 
+from conftest import REPO
 from test_operator_ftps import server_manifest, strong_password
+
+sys.path.insert(0, str(REPO / "tests" / "gitops"))
+from health_checks import expect  # noqa: E402
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -129,8 +137,16 @@ def test_a_refused_child_stalls_the_server_and_the_others_are_applied(crds, rbac
     ns = namespace
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pdb"},
              "spec": {"hard": {"count/poddisruptionbudgets.policy": "0"}}}
-    cluster.apply(quota, "-n", ns)
+    # No pod can start in this namespace (whether or not a kubelet runs in this session), so
+    # once the PDB is applied the server is Reconciling: pods never get ready.
+    no_pods = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-pods"},
+               "spec": {"hard": {"pods": "0"}}}
+    cluster.apply([quota, no_pods], "-n", ns)
     cluster.apply(server_manifest(), "-n", ns)
+    # A user whose server is not there (yet): Progressing, as when both come in one sync.
+    orphan = _user("orphan", "orphan")
+    orphan["spec"]["serverRef"]["name"] = "not-yet"
+    cluster.apply(orphan, "-n", ns)
     ready = cluster.wait_for(
         lambda: (c := _conditions(cluster, "fts", "files", ns)).get("Stalled", {}).get("status") == "True"
         and c, 90, "Stalled=True")
@@ -148,12 +164,35 @@ def test_a_refused_child_stalls_the_server_and_the_others_are_applied(crds, rbac
         lambda: [e for e in cluster.kubectl_json("get", "events.events.k8s.io", "-n", ns)["items"]
                  if e.get("reason") == "PodDisruptionBudgetNotApplied"], 30, "a Warning Event")
     assert events[0]["type"] == "Warning"
+    user = cluster.wait_for(
+        lambda: _conditions(cluster, "tu", "orphan", ns).get("Ready", {}).get("reason") == "ServerNotFound"
+        and cluster.kubectl_json("get", "tu", "orphan", "-n", ns), 60, "ServerNotFound")
+    expect(user, "user-server-not-found", "Progressing", "InProgress")
+    # GitOps tools read the stalled server as failed, with the Ready message.
+    stalled = cluster.kubectl_json("get", "fts", "files", "-n", ns)
+    by_argocd, by_kstatus = expect(stalled, "server-stalled", "Degraded", "Failed")
+    assert by_argocd.message == {c["type"]: c for c in stalled["status"]["conditions"]}["Ready"]["message"]
+    assert "PodDisruptionBudget files" in by_kstatus.message, by_kstatus
+    # A spec change: the object the API server returns for it carries the new generation and
+    # the status of the old one, so both read it as in progress, not as still stalled.
+    changed = json.loads(cluster.kubectl("patch", "fts", "files", "-n", ns, "--type=merge", "-o", "json",
+                                         "-p", json.dumps({"spec": {"allowedCidrs": ["10.0.0.0/8"]}})).stdout)
+    assert changed["status"]["observedGeneration"] < changed["metadata"]["generation"], changed["status"]
+    by_argocd, by_kstatus = expect(changed, "server-generation-not-observed", "Progressing", "InProgress")
+    assert f"generation {changed['metadata']['generation']}" in by_argocd.message, by_argocd
     # The quota lifted: the PDB is applied and the server is no longer stalled.
     cluster.kubectl("delete", "resourcequota", "no-pdb", "-n", ns)
     cluster.kubectl("annotate", "fts", "files", "-n", ns, "poke=1")
     cluster.wait_for(lambda: cluster.exists("poddisruptionbudget", "files", "-n", ns), 60, "the PDB")
     cluster.wait_for(lambda: _conditions(cluster, "fts", "files", ns)["Stalled"]["status"] == "False",
                      60, "Stalled=False")
+    # Its pods cannot start (the pods quota): Reconciling, which both read as in progress.
+    reconciling = cluster.kubectl_json("get", "fts", "files", "-n", ns)
+    conditions = {c["type"]: c for c in reconciling["status"]["conditions"]}
+    assert conditions["Reconciling"]["status"] == "True", conditions
+    assert conditions["EndpointsReady"]["reason"] == "PodsNotReady", conditions
+    by_argocd, _ = expect(reconciling, "server-reconciling", "Progressing", "InProgress")
+    assert by_argocd.message == conditions["Ready"]["message"], by_argocd
 
 
 def test_colliding_child_names_are_not_taken_over(crds, rbac_guard, namespace):

@@ -41,7 +41,8 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("values", [[], ["serviceMonitor.enabled=true", "serverPodMonitor.enabled=true",
-                                         "prometheusRule.enabled=true", "grafanaDashboard.enabled=true"]],
+                                         "prometheusRule.enabled=true", "grafanaDashboard.enabled=true",
+                                         "argocdHealthChecks.enabled=true"]],
                          ids=["defaults", "monitoring"])
 def test_lint(helm, values):
     args = [arg for value in values for arg in ("--set", value)]
@@ -63,7 +64,7 @@ def test_schema_rejects_bad_values(helm):
 @pytest.mark.parametrize("values", [[], ["rbacScope=cluster", "serviceMonitor.enabled=true",
                                          "serverPodMonitor.enabled=true", "prometheusRule.enabled=true",
                                          "grafanaDashboard.enabled=true"],
-                                    ["watchNamespaces={a,b}"]],
+                                    ["watchNamespaces={a,b}", "argocdHealthChecks.enabled=true"]],
                          ids=["defaults", "cluster", "namespaces"])
 def test_rendered_manifests_are_valid_kubernetes(helm, values):
     import kubernetes_validate
@@ -157,3 +158,13 @@ def test_rbac_cluster_scope_is_an_opt_in_with_the_same_rules(helm):
 def test_chart_crds_are_the_generated_ones():
     for generated in (ROOT / "crds").glob("*.yaml"):
         assert (CHART / "crds" / generated.name).read_text() == generated.read_text()
+
+
+def test_argocd_health_checks_are_an_opt_in_fragment_with_the_scripts_verbatim(helm):
+    assert not [d for d in render(helm) if d["metadata"]["name"].endswith("-argocd-health")]
+    docs = render(helm, "argocdHealthChecks.enabled=true", "argocdHealthChecks.namespace=argocd")
+    (cm,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "sluice-operator-argocd-health"]
+    assert cm["metadata"]["namespace"] == "argocd"
+    scripts = CHART / "files" / "argocd"
+    assert cm["data"] == {f"resource.customizations.health.sluice.dev_{kind}": (scripts / f"{kind}.lua").read_text()
+                          for kind in ("FileTransferServer", "TransferUser")}
