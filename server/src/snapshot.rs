@@ -32,6 +32,8 @@ pub enum LoadError {
 pub struct Snapshot {
     pub config: ServerConfig,
     pub data_root: PathBuf,
+    /// `scanning.quarantineDir`, resolved (when scanning is configured).
+    pub quarantine_dir: Option<PathBuf>,
     pub users: HashMap<String, Arc<User>>,
     pub tls: Arc<rustls::ServerConfig>,
     /// Host keys and algorithms of the SFTP listener (when `listeners.sftp` is set).
@@ -292,6 +294,10 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
     };
 
     let data_root = resolve_relative(config_path, &config.data_root);
+    let quarantine_dir = config
+        .scanning
+        .as_ref()
+        .map(|s| resolve_relative(config_path, &s.quarantine_dir));
     let users: HashMap<String, Arc<User>> = users
         .users
         .into_iter()
@@ -304,6 +310,7 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         dummy_hash,
         config,
         data_root,
+        quarantine_dir,
         users,
         tls,
         ssh,

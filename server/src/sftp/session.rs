@@ -656,6 +656,17 @@ impl Sftp {
                 Replace::Never
             },
         };
+        let scanned = self.env.snapshot.borrow().config.scanning.is_some();
+        if scanned && !(how.atomic && how.create && how.truncate && !how.append) {
+            // Appends, resumes and read-write opens write into the published file: nothing
+            // could be scanned before it is visible.
+            return Ok(codec::status(
+                id,
+                StatusCode::OpUnsupported,
+                "uploads are scanned (scanning): open for writing with create and truncate \
+                 only; append, resume and read-write are not available",
+            ));
+        }
         let slot = self.reserve_handle(id)?;
         let opened = fs
             .open_write(&path, how)
@@ -800,6 +811,38 @@ impl Sftp {
             );
             return Vec::new();
         }
+        let mut scan = None;
+        if let Some(temp) = write.temp.as_deref() {
+            match self.scan(temp, outcome.size, &write.path).await {
+                Ok(note) => scan = note,
+                Err(refusal) => {
+                    let message = refusal.client_message();
+                    let mut fields = extra(None);
+                    fields["error"] = message.clone().into();
+                    self.transfer_audit(
+                        "upload",
+                        &write.path,
+                        outcome.written,
+                        write.started,
+                        "failed",
+                        fields,
+                    );
+                    let sha256 = outcome.sha256.as_deref();
+                    self.audit(
+                        "upload_rejected",
+                        refusal.audit_fields(&write.path, outcome.size, sha256),
+                    );
+                    let detail = Detail {
+                        size: Some(outcome.size),
+                        sha256,
+                        signature: refusal.signature(),
+                        ..Detail::refused(refusal.reason.as_str())
+                    };
+                    self.event(Kind::UploadRefused, &write.path, detail).await;
+                    return codec::status(id, StatusCode::Failure, &message);
+                }
+            }
+        }
         if let Some(temp) = write.temp.clone()
             && let Err(error) = self
                 .env
@@ -819,13 +862,17 @@ impl Sftp {
             );
             return self.fs_error(id, &error);
         }
+        let mut fields = extra(outcome.sha256.as_ref());
+        if let Some(scan) = scan {
+            fields["scan"] = scan.as_str().into();
+        }
         self.transfer_audit(
             "upload",
             &write.path,
             outcome.written,
             write.started,
             "ok",
-            extra(outcome.sha256.as_ref()),
+            fields,
         );
         // Published under its final name (committed above): now, and only now, the event.
         let detail = Detail {
@@ -834,6 +881,29 @@ impl Sftp {
         };
         self.event(Kind::Uploaded, &write.path, detail).await;
         codec::ok(id)
+    }
+
+    /// Has a complete atomic upload's temporary file scanned before it is published, when
+    /// scanning is configured (`crate::scan`): `Ok(None)` without scanning.
+    async fn scan(
+        &self,
+        temp: &str,
+        size: u64,
+        path: &VirtualPath,
+    ) -> Result<Option<crate::scan::ScanNote>, crate::scan::Refusal> {
+        let (scanning, dir) = {
+            let snapshot = self.env.snapshot.borrow();
+            match (&snapshot.config.scanning, &snapshot.quarantine_dir) {
+                (Some(scanning), Some(dir)) => (scanning.clone(), dir.clone()),
+                _ => return Ok(None),
+            }
+        };
+        let user = self.env.user.username.as_str();
+        let metrics = &self.env.metrics.scan;
+        let fs = &self.env.fs;
+        crate::scan::gate(&scanning, &dir, metrics, fs, temp, size, user, path)
+            .await
+            .map(Some)
     }
 
     /// At session end: uploads still open are abandoned (an atomic temporary file is removed;
