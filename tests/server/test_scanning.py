@@ -428,3 +428,11 @@ def test_check_config_refuses_scanning_with_non_atomic_uploads_and_a_quarantine_
     assert result.returncode == 1
     assert "scanning.quarantineDir: must be outside dataRoot" in result.stderr, result.stderr
     assert "scanning.clamd: " in result.stderr and "tcp://host:port" in result.stderr
+    # Compared resolved too: a relative dataRoot that holds an absolute quarantineDir.
+    config["scanning"]["clamd"] = "unix:/run/clamav/clamd.sock"
+    config["dataRoot"] = "data"
+    config["scanning"]["quarantineDir"] = str(srv.dir / "data" / "quarantine")
+    srv.write_config(config)
+    result = check_config(srv)
+    assert result.returncode == 1
+    assert "scanning.quarantineDir: " in result.stderr and "must be outside dataRoot" in result.stderr
