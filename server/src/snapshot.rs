@@ -302,15 +302,17 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         // The config crate compares the fields as written; this compares them resolved (a
         // relative quarantineDir may still land inside an absolute dataRoot).
         if dir.starts_with(&data_root) || data_root.starts_with(dir) {
-            return Err(LoadError::Config(ConfigError::Invalid(vec![FieldError::new(
-                &name_of(config_path),
-                "scanning.quarantineDir",
-                format!(
-                    "{} must be outside dataRoot ({}): users could reach quarantined files",
-                    dir.display(),
-                    data_root.display()
+            return Err(LoadError::Config(ConfigError::Invalid(vec![
+                FieldError::new(
+                    &name_of(config_path),
+                    "scanning.quarantineDir",
+                    format!(
+                        "{} must be outside dataRoot ({}): users could reach quarantined files",
+                        dir.display(),
+                        data_root.display()
+                    ),
                 ),
-            )])));
+            ])));
         }
     }
     let users: HashMap<String, Arc<User>> = users
