@@ -360,7 +360,7 @@ pub struct ScanningSpec {
     /// `tcp://clamd.antivirus.svc:3310`) or `unix:/path` of a socket mounted into the pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 300))]
-    #[x_kube(validation = Rule::new("self.matches('^(tcp://[^/]+:[0-9]{1,5}|unix:/.+)$')").message("spec.scanning.clamd must be tcp://host:port or unix:/absolute/path"))]
+    #[x_kube(validation = Rule::new("self.matches('^(tcp://[^/]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])|unix:/[^/].*)$')").message("spec.scanning.clamd must be tcp://host:port or unix:/absolute/path"))]
     pub clamd: Option<String>,
     /// A clamd container in every server pod, reached over a Unix socket on a shared
     /// `emptyDir` (`unix:/run/clamav/clamd.sock`).

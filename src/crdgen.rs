@@ -137,6 +137,7 @@ mod tests {
             server_error(&spec("    clamd: unix:/run/clamd/clamd.sock\n")),
             None
         );
+        assert_eq!(server_error(&spec("    clamd: tcp://[::1]:65535\n")), None);
         assert_eq!(
             server_error(&spec(
                 "    sidecar:\n      image: registry.example/clamd:1\n"
