@@ -404,6 +404,24 @@ fn scanning_config(scanning: &crate::crd::ScanningSpec) -> config::ScanningConfi
     rendered
 }
 
+/// A container's share of restricted Pod Security: non-root, no privilege escalation, every
+/// capability dropped, the runtime's default seccomp profile.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
 /// The quarantine volume and, with a sidecar, clamd's container and socket volume: what
 /// `spec.scanning` adds to the pod. The server container gets `mounts`.
 fn scanning_pod_parts(
@@ -441,20 +459,9 @@ fn scanning_pod_parts(
         volume_mounts: Some(vec![mount("clamd-socket", CLAMD_SOCKET_DIR, false)]),
         resources: sidecar.resources.clone(),
         // Restricted Pod Security like the server, except the root file system: clamd and
-        // freshclam write their database and temporary files into the image.
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        // freshclam write their database and temporary files into the image, whose user
+        // (non-root) the image chooses.
+        security_context: Some(restricted_security_context()),
         ..Container::default()
     })
 }
@@ -885,20 +892,10 @@ pub fn stateful_set(
         liveness_probe: Some(http_probe("/healthz", 10)),
         resources: spec.pod.resources.clone(),
         security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
             run_as_user: Some(SERVER_UID),
             run_as_group: Some(SERVER_UID),
             read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
+            ..restricted_security_context()
         }),
         ..Container::default()
     };

@@ -17,7 +17,7 @@
 //! reading the verdict ourselves ([`parse_reply`]): the crate's `clean()` treats any reply
 //! containing "OK" as clean, which a signature name could contain.
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -346,18 +346,8 @@ pub async fn scan_temp(
         loop {
             let read = work
                 .run(move || {
-                    let mut buffer = vec![0u8; CHUNK_BYTES];
-                    let mut filled = 0;
-                    while filled < buffer.len() {
-                        match file.read(&mut buffer[filled..]) {
-                            Ok(0) => break,
-                            Ok(n) => filled += n,
-                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => return (file, Err(e)),
-                        }
-                    }
-                    buffer.truncate(filled);
-                    (file, Ok(buffer))
+                    let chunk = crate::userfs::read_chunk(&mut file);
+                    (file, chunk)
                 })
                 .await;
             let (back, chunk) = match read {

@@ -86,6 +86,23 @@ fn sha_extensions() -> bool {
     false
 }
 
+/// Reads the next chunk of up to [`CHUNK_BYTES`] (blocking), filling it whole unless the file
+/// ends, so that the network side sees few, large writes; empty at the end of the file.
+pub fn read_chunk(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut filled = 0;
+    while filled < CHUNK_BYTES {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buffer.truncate(filled);
+    Ok(buffer)
+}
+
 /// Prefix of atomic-upload temporary files; hidden from listings.
 pub const TEMP_PREFIX: &str = ".sluice-upload-";
 
@@ -468,19 +485,8 @@ impl UserFs {
             loop {
                 let read = work
                     .run(move || {
-                        let mut buffer = vec![0u8; CHUNK_BYTES];
-                        let mut filled = 0;
-                        // Fill whole chunks so that the network side sees few, large writes.
-                        while filled < CHUNK_BYTES {
-                            match file.read(&mut buffer[filled..]) {
-                                Ok(0) => break,
-                                Ok(n) => filled += n,
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                                Err(e) => return (file, Err(e)),
-                            }
-                        }
-                        buffer.truncate(filled);
-                        (file, Ok(buffer))
+                        let chunk = read_chunk(&mut file);
+                        (file, chunk)
                     })
                     .await;
                 let buffer = match read {

@@ -778,12 +778,9 @@ impl Sftp {
         let first_offset = write.worker.first_offset.unwrap_or(0);
         let outcome = write.worker.finish().await;
         let extra = |sha: Option<&String>| json!({"sha256": sha, "mode": write.mode, "offset": first_offset, "size": outcome.size});
-        if let Some(error) = &outcome.error {
-            if let Some(temp) = write.temp.clone() {
-                self.env.fs.remove_temp(temp).await;
-            }
+        let failed = |error: String| {
             let mut fields = extra(None);
-            fields["error"] = error.to_string().into();
+            fields["error"] = error.into();
             self.transfer_audit(
                 "upload",
                 &write.path,
@@ -792,6 +789,12 @@ impl Sftp {
                 "failed",
                 fields,
             );
+        };
+        if let Some(error) = &outcome.error {
+            if let Some(temp) = write.temp.clone() {
+                self.env.fs.remove_temp(temp).await;
+            }
+            failed(error.to_string());
             return io_failure(id, error);
         }
         if !commit {
@@ -817,16 +820,7 @@ impl Sftp {
                 Ok(note) => scan = note,
                 Err(refusal) => {
                     let message = refusal.client_message();
-                    let mut fields = extra(None);
-                    fields["error"] = message.clone().into();
-                    self.transfer_audit(
-                        "upload",
-                        &write.path,
-                        outcome.written,
-                        write.started,
-                        "failed",
-                        fields,
-                    );
+                    failed(message.clone());
                     let sha256 = outcome.sha256.as_deref();
                     self.audit(
                         "upload_rejected",
@@ -850,16 +844,7 @@ impl Sftp {
                 .commit_temp(temp, &write.path, write.replace)
                 .await
         {
-            let mut fields = extra(None);
-            fields["error"] = error.to_string().into();
-            self.transfer_audit(
-                "upload",
-                &write.path,
-                outcome.written,
-                write.started,
-                "failed",
-                fields,
-            );
+            failed(error.to_string());
             return self.fs_error(id, &error);
         }
         let mut fields = extra(outcome.sha256.as_ref());
