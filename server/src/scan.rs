@@ -405,74 +405,94 @@ pub async fn scan_temp(
     }
 }
 
-/// The publish gate both protocols call with a complete upload's temporary file (`temp`,
-/// relative to the home) of `size` bytes, before renaming it to `path`. `Ok` means publish;
-/// `Err` means the file is already quarantined or deleted and the upload must be refused.
-/// `quarantine_dir` is `scanning.quarantineDir`, resolved.
-#[allow(clippy::too_many_arguments)]
-pub async fn gate(
-    config: &ScanningConfig,
-    quarantine_dir: &Path,
-    metrics: &ScanMetrics,
-    fs: &UserFs,
-    temp: &str,
-    size: u64,
-    user: &str,
-    path: &VirtualPath,
-) -> Result<ScanNote, Refusal> {
-    let started = Instant::now();
-    let outcome = if size > config.max_file_bytes {
-        metrics.count("too_large");
-        None
-    } else {
-        let result = match config.address() {
-            Ok(address) => {
-                // One scan per file-work slot of the user: the user's other scans wait here.
-                let _slot = fs.work().scan_slot().await;
-                let timeout = Duration::from_secs(config.timeout_seconds);
-                scan_temp(&address, fs, temp, timeout).await
-            }
-            Err(message) => Err(ScanError::Address(message)),
+/// A complete upload, not yet published: its temporary file (`temp`, relative to the home of
+/// `fs`) of `size` bytes, to be renamed to `path`.
+pub struct Upload<'a> {
+    pub fs: &'a UserFs,
+    pub temp: &'a str,
+    pub size: u64,
+    pub user: &'a str,
+    pub path: &'a VirtualPath,
+}
+
+/// The publish gate both protocols call: `scanning` of the configuration in force, its
+/// quarantine directory resolved, and the metrics.
+pub struct Scanner<'a> {
+    pub config: &'a ScanningConfig,
+    pub quarantine_dir: &'a Path,
+    pub metrics: &'a ScanMetrics,
+}
+
+impl Scanner<'_> {
+    /// Decides on `upload` before it is renamed to its name. `Ok` means publish; `Err` means
+    /// the file is already quarantined or deleted and the upload must be refused.
+    pub async fn gate(&self, upload: Upload<'_>) -> Result<ScanNote, Refusal> {
+        let Scanner {
+            config,
+            quarantine_dir,
+            metrics,
+        } = self;
+        let Upload {
+            fs,
+            temp,
+            size,
+            user,
+            path,
+        } = upload;
+        let started = Instant::now();
+        let outcome = if size > config.max_file_bytes {
+            metrics.count("too_large");
+            None
+        } else {
+            let result = match config.address() {
+                Ok(address) => {
+                    // One scan per file-work slot of the user: the user's other scans wait here.
+                    let _slot = fs.work().scan_slot().await;
+                    let timeout = Duration::from_secs(config.timeout_seconds);
+                    scan_temp(&address, fs, temp, timeout).await
+                }
+                Err(message) => Err(ScanError::Address(message)),
+            };
+            metrics.duration.observe(started.elapsed().as_secs_f64());
+            metrics.count(match &result {
+                Ok(Verdict::Clean) => "clean",
+                Ok(Verdict::Infected(_)) => "infected",
+                Err(_) => "scanner_error",
+            });
+            Some(result)
         };
-        metrics.duration.observe(started.elapsed().as_secs_f64());
-        metrics.count(match &result {
-            Ok(Verdict::Clean) => "clean",
-            Ok(Verdict::Infected(_)) => "infected",
-            Err(_) => "scanner_error",
-        });
-        Some(result)
-    };
-    if let Some(Err(error)) = &outcome {
-        let allowed = config.on_scanner_error == OnScannerError::Allow;
-        tracing::warn!(%error, path = %path, user, allowed, "upload scan failed");
-    }
-    let decision = decide(config, size, outcome.as_ref());
-    let scan_ms = started.elapsed().as_millis() as u64;
-    let (reason, quarantine) = match decision {
-        Decision::Publish(note) => return Ok(note),
-        Decision::Refuse { reason, quarantine } => (reason, quarantine),
-    };
-    let disposal = if quarantine {
-        let name = quarantine_name(jiff::Timestamp::now(), rand::random(), user, path);
-        match fs
-            .quarantine_temp(temp.to_string(), quarantine_dir.to_path_buf(), name.clone())
-            .await
-        {
-            Ok(()) => Disposal::Quarantined(name),
-            Err(error) => {
-                tracing::error!(%error, path = %path, user, "cannot quarantine a refused upload; deleted it");
-                Disposal::QuarantineFailed(error.to_string())
-            }
+        if let Some(Err(error)) = &outcome {
+            let allowed = config.on_scanner_error == OnScannerError::Allow;
+            tracing::warn!(%error, path = %path, user, allowed, "upload scan failed");
         }
-    } else {
-        fs.remove_temp(temp.to_string()).await;
-        Disposal::Deleted
-    };
-    Err(Refusal {
-        reason,
-        disposal,
-        scan_ms,
-    })
+        let decision = decide(config, size, outcome.as_ref());
+        let scan_ms = started.elapsed().as_millis() as u64;
+        let (reason, quarantine) = match decision {
+            Decision::Publish(note) => return Ok(note),
+            Decision::Refuse { reason, quarantine } => (reason, quarantine),
+        };
+        let disposal = if quarantine {
+            let name = quarantine_name(jiff::Timestamp::now(), rand::random(), user, path);
+            match fs
+                .quarantine_temp(temp.to_string(), quarantine_dir.to_path_buf(), name.clone())
+                .await
+            {
+                Ok(()) => Disposal::Quarantined(name),
+                Err(error) => {
+                    tracing::error!(%error, path = %path, user, "cannot quarantine a refused upload; deleted it");
+                    Disposal::QuarantineFailed(error.to_string())
+                }
+            }
+        } else {
+            fs.remove_temp(temp.to_string()).await;
+            Disposal::Deleted
+        };
+        Err(Refusal {
+            reason,
+            disposal,
+            scan_ms,
+        })
+    }
 }
 
 #[cfg(test)]

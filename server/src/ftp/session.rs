@@ -1714,16 +1714,25 @@ impl Session {
             self.snapshot.quarantine_dir.as_ref(),
             finished.temp_name(),
         ) {
-            let user = self.user().map_or("", |u| u.username.as_str());
-            let metrics = &self.context.metrics.scan;
-            let size = finished.written;
-            match crate::scan::gate(scanning, dir, metrics, fs, temp, size, user, path).await {
+            let scanner = crate::scan::Scanner {
+                config: scanning,
+                quarantine_dir: dir,
+                metrics: &self.context.metrics.scan,
+            };
+            let upload = crate::scan::Upload {
+                fs,
+                temp,
+                size: finished.written,
+                user: self.user().map_or("", |u| u.username.as_str()),
+                path,
+            };
+            match scanner.gate(upload).await {
                 Ok(note) => scan = Some(note),
                 Err(refusal) => {
                     return Published::Refused {
                         refusal,
                         sha256: finished.sha256,
-                        written: size,
+                        written: finished.written,
                     };
                 }
             }

@@ -883,12 +883,19 @@ impl Sftp {
                 _ => return Ok(None),
             }
         };
-        let user = self.env.user.username.as_str();
-        let metrics = &self.env.metrics.scan;
-        let fs = &self.env.fs;
-        crate::scan::gate(&scanning, &dir, metrics, fs, temp, size, user, path)
-            .await
-            .map(Some)
+        let scanner = crate::scan::Scanner {
+            config: &scanning,
+            quarantine_dir: &dir,
+            metrics: &self.env.metrics.scan,
+        };
+        let upload = crate::scan::Upload {
+            fs: &self.env.fs,
+            temp,
+            size,
+            user: self.env.user.username.as_str(),
+            path,
+        };
+        scanner.gate(upload).await.map(Some)
     }
 
     /// At session end: uploads still open are abandoned (an atomic temporary file is removed;
