@@ -76,6 +76,10 @@ pub struct FileTransferServerSpec {
     /// Timeouts, limits and password policy.
     #[serde(default)]
     pub security: SecuritySpec,
+    /// Malware scanning of every upload by clamd before it is published (docs/scanning.md).
+    /// Absent: uploads are not scanned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanning: Option<ScanningSpec>,
     /// Server image; defaults to the operator's matching sluice-server image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -377,6 +381,66 @@ pub struct ProxyProtocolSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 100, max = 60000))]
     pub header_timeout_ms: Option<i64>,
+}
+
+/// Scanning of uploads by clamd (server.yaml `scanning`): each upload is scanned after its last
+/// byte and before it is published under its name; infected files are quarantined (or
+/// deleted), and when clamd gives no verdict the upload is refused (fail closed).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.clamd) != has(self.sidecar)").message("spec.scanning: set exactly one of clamd (the address of a clamd) or sidecar (a clamd container in each pod)"))]
+pub struct ScanningSpec {
+    /// Address of a clamd the pods reach: `tcp://host:port` (e.g. a clamd Service,
+    /// `tcp://clamd.antivirus.svc:3310`) or `unix:/path` of a socket mounted into the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 300))]
+    #[x_kube(validation = Rule::new("self.matches('^(tcp://[^/]+:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])|unix:/[^/].*)$')").message("spec.scanning.clamd must be tcp://host:port or unix:/absolute/path"))]
+    pub clamd: Option<String>,
+    /// A clamd container in every server pod, reached over a Unix socket on a shared
+    /// `emptyDir` (`unix:/run/clamav/clamd.sock`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sidecar: Option<ClamdSidecarSpec>,
+    /// `quarantine` (default): infected files are moved to the quarantine volume; `delete`.
+    #[serde(default)]
+    pub on_infected: sluice_config::OnInfected,
+    /// `refuse` (default, fail closed): while clamd is unreachable, times out or fails, uploads
+    /// are refused and kept in quarantine; `allow` publishes them unscanned (insecure opt-in).
+    #[serde(default)]
+    pub on_scanner_error: sluice_config::OnScannerError,
+    /// Limit on one scan in seconds (default 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+    /// Uploads larger than this many bytes are not sent to clamd (default 26214400, clamd's own
+    /// default `StreamMaxLength`; raise both together); `onTooLarge` decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 4294967295_i64))]
+    pub max_file_bytes: Option<i64>,
+    /// `refuse` (default): larger uploads are refused and deleted; `skip` publishes them
+    /// unscanned (insecure opt-in).
+    #[serde(default)]
+    pub on_too_large: sluice_config::OnTooLarge,
+    /// An existing PersistentVolumeClaim for the quarantine, kept across pod restarts.
+    /// Default: an `emptyDir` per pod, lost when the pod is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine_claim: Option<String>,
+}
+
+/// The clamd sidecar container.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClamdSidecarSpec {
+    /// clamd image. It must run clamd as a non-root user with a signature database of its own
+    /// (an image that runs freshclam, or one with the database built in) and listen on
+    /// `LocalSocket /run/clamav/clamd.sock`.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// Arguments of the container (the image's defaults when absent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Resources of the clamd container (clamd with the full database needs ~1.5 GiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 /// Security policy enforced by the operator and the server.

@@ -127,6 +127,45 @@ mod tests {
     }
 
     #[test]
+    fn cel_checks_scanning() {
+        let spec = |scanning: &str| format!("  protocols: [sftp]\n  scanning:\n{scanning}");
+        assert_eq!(
+            server_error(&spec("    clamd: tcp://clamd.antivirus.svc:3310\n")),
+            None
+        );
+        assert_eq!(
+            server_error(&spec("    clamd: unix:/run/clamd/clamd.sock\n")),
+            None
+        );
+        assert_eq!(server_error(&spec("    clamd: tcp://[::1]:65535\n")), None);
+        assert_eq!(
+            server_error(&spec(
+                "    sidecar:\n      image: registry.example/clamd:1\n"
+            )),
+            None
+        );
+        let neither = server_error(&spec("    onInfected: delete\n")).unwrap();
+        assert!(neither.contains("exactly one of clamd"), "{neither}");
+        let both = server_error(&spec(
+            "    clamd: tcp://c:3310\n    sidecar:\n      image: registry.example/clamd:1\n",
+        ))
+        .unwrap();
+        assert!(both.contains("exactly one of clamd"), "{both}");
+        for bad in [
+            "clamd:3310",
+            "tcp://c",
+            "unix:relative.sock",
+            "http://c:3310",
+        ] {
+            let error = server_error(&spec(&format!("    clamd: \"{bad}\"\n"))).unwrap();
+            assert!(
+                error.contains("spec.scanning.clamd must be"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn cel_checks_proxy_protocol() {
         let spec = |proxy: &str| {
             format!("  protocols: [ftpsExplicit]\n  exposure:\n    proxyProtocol:\n{proxy}")

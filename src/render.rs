@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, HTTPGetAction, KeyToPath, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
     ProjectedVolumeSource, ResourceRequirements, SeccompProfile, Secret, SecretProjection,
     SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
@@ -45,6 +45,12 @@ const TLS_DIR: &str = "/etc/sluice/tls";
 const DATA_DIR: &str = "/data";
 const SSH_DIR: &str = "/etc/sluice/ssh";
 const BAN_SYNC_DIR: &str = "/etc/sluice/ban-sync";
+/// The quarantine of refused uploads: its own volume, outside dataRoot (no user reaches it).
+pub const QUARANTINE_DIR: &str = "/var/lib/sluice/quarantine";
+/// Where the clamd sidecar and the server share clamd's socket (an `emptyDir`).
+const CLAMD_SOCKET_DIR: &str = "/run/clamav";
+/// The clamd sidecar's socket, as the server's `scanning.clamd` names it.
+pub const CLAMD_SIDECAR_ADDRESS: &str = "unix:/run/clamav/clamd.sock";
 /// Key of the bearer token in the ban-sync Secret (bans across replicas, docs/bans.md).
 pub const BAN_SYNC_TOKEN: &str = "token";
 /// Key of a users.yaml shard in its Secret.
@@ -212,8 +218,15 @@ pub fn security_settings(fts: &FileTransferServer) -> Result<(), RenderError> {
     let fields: Vec<String> = rendered
         .validate("server.yaml")
         .into_iter()
-        .filter(|e| e.field.starts_with("budgets.") || e.field.starts_with("limits."))
-        .map(|e| format!("spec.security.{}: {}", e.field, e.message))
+        .filter(|e| {
+            ["budgets.", "limits.", "scanning."]
+                .iter()
+                .any(|prefix| e.field.starts_with(prefix))
+        })
+        .map(|e| match e.field.strip_prefix("scanning.") {
+            Some(field) => format!("spec.scanning.{field}: {}", e.message),
+            None => format!("spec.security.{}: {}", e.field, e.message),
+        })
         .collect();
     if fields.is_empty() {
         Ok(())
@@ -371,7 +384,86 @@ pub fn server_config(
             .unwrap_or_default(),
         // `spec.events` is not rendered yet (issue 18): no outbox, no sinks.
         events: None,
+        scanning: spec.scanning.as_ref().map(scanning_config),
     }
+}
+
+/// server.yaml `scanning` from `spec.scanning`: the sidecar's socket or the given address, the
+/// quarantine volume, and the policy fields (unset ones keep the server's defaults).
+fn scanning_config(scanning: &crate::crd::ScanningSpec) -> config::ScanningConfig {
+    let clamd = match (&scanning.clamd, &scanning.sidecar) {
+        (Some(address), _) => address.clone(),
+        (None, _) => CLAMD_SIDECAR_ADDRESS.to_string(),
+    };
+    let mut rendered = config::ScanningConfig::new(&clamd, QUARANTINE_DIR);
+    rendered.on_infected = scanning.on_infected;
+    rendered.on_scanner_error = scanning.on_scanner_error;
+    rendered.on_too_large = scanning.on_too_large;
+    set(&mut rendered.timeout_seconds, scanning.timeout_seconds);
+    set(&mut rendered.max_file_bytes, scanning.max_file_bytes);
+    rendered
+}
+
+/// A container's share of restricted Pod Security: non-root, no privilege escalation, every
+/// capability dropped, the runtime's default seccomp profile.
+fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_string(),
+            localhost_profile: None,
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The quarantine volume and, with a sidecar, clamd's container and socket volume: what
+/// `spec.scanning` adds to the pod. The server container gets `mounts`.
+fn scanning_pod_parts(
+    scanning: &crate::crd::ScanningSpec,
+    volumes: &mut Vec<Volume>,
+    mounts: &mut Vec<VolumeMount>,
+) -> Option<Container> {
+    volumes.push(match &scanning.quarantine_claim {
+        Some(claim) => Volume {
+            name: "quarantine".to_string(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: claim.clone(),
+                read_only: Some(false),
+            }),
+            ..Volume::default()
+        },
+        None => Volume {
+            name: "quarantine".to_string(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    });
+    mounts.push(mount("quarantine", QUARANTINE_DIR, false));
+    let sidecar = scanning.sidecar.as_ref()?;
+    volumes.push(Volume {
+        name: "clamd-socket".to_string(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    });
+    mounts.push(mount("clamd-socket", CLAMD_SOCKET_DIR, false));
+    Some(Container {
+        name: "clamd".to_string(),
+        image: Some(sidecar.image.clone()),
+        args: (!sidecar.args.is_empty()).then(|| sidecar.args.clone()),
+        volume_mounts: Some(vec![mount("clamd-socket", CLAMD_SOCKET_DIR, false)]),
+        resources: sidecar.resources.clone(),
+        // Restricted Pod Security like the server, except the root file system: clamd and
+        // freshclam write their database and temporary files into the image, whose user
+        // (non-root) the image chooses.
+        security_context: Some(restricted_security_context()),
+        ..Container::default()
+    })
 }
 
 /// An address from a Service's `status.loadBalancer.ingress`.
@@ -741,6 +833,10 @@ pub fn stateful_set(
         volumes.push(secret_volume("client-ca", ca.clone()));
         mounts.push(mount("client-ca", "/etc/sluice/client-ca", true));
     }
+    let clamd = spec
+        .scanning
+        .as_ref()
+        .and_then(|scanning| scanning_pod_parts(scanning, &mut volumes, &mut mounts));
     let mut claim_templates = None;
     match &spec.storage.existing_claim {
         Some(claim) => volumes.push(Volume {
@@ -796,20 +892,10 @@ pub fn stateful_set(
         liveness_probe: Some(http_probe("/healthz", 10)),
         resources: Some(spec.pod.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
             run_as_user: Some(SERVER_UID),
             run_as_group: Some(SERVER_UID),
             read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".to_string(),
-                localhost_profile: None,
-            }),
-            ..SecurityContext::default()
+            ..restricted_security_context()
         }),
         ..Container::default()
     };
@@ -842,7 +928,7 @@ pub fn stateful_set(
                 spec: Some(PodSpec {
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    containers: vec![container],
+                    containers: std::iter::once(container).chain(clamd).collect(),
                     volumes: Some(volumes),
                     node_selector: (!spec.pod.node_selector.is_empty())
                         .then(|| spec.pod.node_selector.clone()),
@@ -1249,6 +1335,109 @@ spec:
             .ports
             .unwrap();
         assert!(ports.iter().all(|p| p.node_port.is_none()));
+    fn scanning_through_an_address_renders_the_section_and_a_quarantine_volume() {
+        let fts = fixture(&format!(
+            "{BASIC}  scanning:\n    clamd: tcp://clamd.antivirus.svc:3310\n    onScannerError: allow\n    maxFileBytes: 104857600\n    timeoutSeconds: 30\n"
+        ));
+        let rendered =
+            to_yaml("server.yaml", &server_config(&fts, None, &BTreeMap::new())).unwrap();
+        let parsed = config::ServerConfig::parse("server.yaml", &rendered).unwrap();
+        let scanning = parsed.scanning.clone().unwrap();
+        assert_eq!(scanning.clamd, "tcp://clamd.antivirus.svc:3310");
+        assert_eq!(scanning.quarantine_dir, QUARANTINE_DIR);
+        assert_eq!(scanning.on_scanner_error, config::OnScannerError::Allow);
+        assert_eq!(scanning.on_infected, config::OnInfected::Quarantine);
+        assert_eq!(scanning.max_file_bytes, 104_857_600);
+        assert_eq!(scanning.timeout_seconds, 30);
+        assert!(parsed.uploads.atomic, "scanning needs atomic uploads");
+        assert_eq!(parsed.insecure_opt_ins().len(), 1);
+        let pod = stateful_set(&fts, "d")
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(
+            pod.containers.len(),
+            1,
+            "no sidecar without spec.scanning.sidecar"
+        );
+        let quarantine = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "quarantine")
+            .unwrap();
+        assert!(quarantine.empty_dir.is_some());
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        assert!(
+            mounts
+                .iter()
+                .any(|m| m.mount_path == QUARANTINE_DIR && m.read_only == Some(false))
+        );
+        assert!(security_settings(&fts).is_ok());
+        // No scanning: no section, no volume.
+        assert!(
+            server_config(&fixture(BASIC), None, &BTreeMap::new())
+                .scanning
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_clamd_sidecar_shares_its_socket_and_a_claim_keeps_the_quarantine() {
+        let fts = fixture(&format!(
+            "{BASIC}  scanning:\n    sidecar:\n      image: registry.example/clamd:1.4\n    onInfected: delete\n    quarantineClaim: quarantine-pvc\n"
+        ));
+        let scanning = server_config(&fts, None, &BTreeMap::new())
+            .scanning
+            .unwrap();
+        assert_eq!(scanning.clamd, CLAMD_SIDECAR_ADDRESS);
+        assert_eq!(scanning.on_infected, config::OnInfected::Delete);
+        let pod = stateful_set(&fts, "d")
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        assert_eq!(pod.containers.len(), 2);
+        let clamd = &pod.containers[1];
+        assert_eq!(clamd.image.as_deref(), Some("registry.example/clamd:1.4"));
+        let context = clamd.security_context.as_ref().unwrap();
+        assert_eq!(context.run_as_non_root, Some(true));
+        assert_eq!(context.allow_privilege_escalation, Some(false));
+        let shared = |c: &Container| {
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "clamd-socket" && m.mount_path == "/run/clamav")
+        };
+        assert!(shared(&pod.containers[0]) && shared(clamd));
+        let volumes = pod.volumes.unwrap();
+        let quarantine = volumes.iter().find(|v| v.name == "quarantine").unwrap();
+        assert_eq!(
+            quarantine
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "quarantine-pvc"
+        );
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v.name == "clamd-socket" && v.empty_dir.is_some())
+        );
+    }
+
+    #[test]
+    fn a_bad_clamd_address_past_admission_is_named() {
+        let fts = fixture(&format!("{BASIC}  scanning:\n    clamd: clamd:3310\n"));
+        let message = security_settings(&fts).unwrap_err().to_string();
+        assert!(message.contains("spec.scanning.clamd"), "{message}");
     }
 
     #[test]

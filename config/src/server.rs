@@ -91,6 +91,10 @@ pub struct ServerConfig {
     /// File events and their delivery; see [`crate::EventsConfig`]. Absent: no events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events: Option<crate::EventsConfig>,
+    /// Malware scanning of uploads before they are published; see [`crate::ScanningConfig`].
+    /// Absent: no scanning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scanning: Option<crate::ScanningConfig>,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -612,6 +616,18 @@ impl ServerConfig {
         if let Some(events) = &self.events {
             events.validate(file, &self.data_root, &mut errors);
         }
+        if let Some(scanning) = &self.scanning {
+            scanning.validate(file, &self.data_root, &mut errors);
+            if !self.uploads.atomic {
+                errors.push(FieldError::new(
+                    file,
+                    "uploads.atomic",
+                    "must be true when scanning is set: a non-atomic upload is visible under \
+                     its name before it could be scanned (remove scanning or set \
+                     uploads.atomic: true)",
+                ));
+            }
+        }
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(
                 file,
@@ -651,6 +667,9 @@ impl ServerConfig {
             warnings.push(
                 "uploads.atomic is false: a broken upload can leave a truncated file".to_string(),
             );
+        }
+        if let Some(scanning) = &self.scanning {
+            warnings.extend(scanning.insecure_opt_ins());
         }
         warnings
     }
@@ -758,6 +777,24 @@ tls:
             format!("{MINIMAL}  requireSessionResumption: false\nactiveMode:\n  enabled: true\n");
         let config = ServerConfig::parse("server.yaml", &text).unwrap();
         assert_eq!(config.insecure_opt_ins().len(), 2);
+    }
+
+    #[test]
+    fn scanning_is_parsed_and_refused_with_non_atomic_uploads() {
+        let section = "scanning:\n  clamd: tcp://127.0.0.1:3310\n  quarantineDir: /q\n";
+        let config = ServerConfig::parse("server.yaml", &format!("{MINIMAL}{section}")).unwrap();
+        let scanning = config.scanning.unwrap();
+        assert_eq!(scanning.on_infected, crate::OnInfected::Quarantine);
+        assert_eq!(scanning.max_file_bytes, crate::DEFAULT_SCAN_MAX_FILE_BYTES);
+        let text = format!("{MINIMAL}{section}uploads:\n  atomic: false\n");
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(error.field_errors()[0].field, "uploads.atomic");
+        assert!(error.to_string().contains("scanning"), "{error}");
+        let text = format!("{MINIMAL}{section}  onScannerError: allow\n");
+        let config = ServerConfig::parse("server.yaml", &text).unwrap();
+        assert_eq!(config.insecure_opt_ins().len(), 1);
+        let text = format!("{MINIMAL}{section}  onInfected: keep\n");
+        assert!(ServerConfig::parse("server.yaml", &text).is_err());
     }
 
     #[test]

@@ -34,6 +34,9 @@ struct PerUser {
     slots: Semaphore,
     /// SFTP handles open over all the user's sessions (`budgets.maxOpenHandlesPerUser`).
     handles: AtomicUsize,
+    /// Uploads of the user being scanned by clamd at once (as many as file-work slots): one
+    /// user's uploads cannot take all of clamd's threads (`crate::scan`).
+    scans: Semaphore,
 }
 
 /// One user's handle on the budget; cheap to clone, shared by all the user's sessions.
@@ -129,6 +132,7 @@ impl FileWork {
         let user = Arc::new(PerUser {
             slots: Semaphore::new(per_user.max(1) as usize),
             handles: AtomicUsize::new(0),
+            scans: Semaphore::new(per_user.max(1) as usize),
         });
         users.insert(username.to_string(), Arc::downgrade(&user));
         UserWork {
@@ -150,6 +154,7 @@ impl UserWork {
             user: Arc::new(PerUser {
                 slots: Semaphore::new(slots.max(1) as usize),
                 handles: AtomicUsize::new(0),
+                scans: Semaphore::new(slots.max(1) as usize),
             }),
             global: Arc::new(Semaphore::new(slots.max(1) as usize)),
         }
@@ -173,6 +178,12 @@ impl UserWork {
             user: self.user.clone(),
             connection: connection.clone(),
         })
+    }
+
+    /// A turn to have one upload scanned (held while clamd scans it); waits, without a
+    /// thread, while the user's other uploads hold every turn. `None` only if closed.
+    pub async fn scan_slot(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.user.scans.acquire().await.ok()
     }
 
     /// Runs `work` on the blocking pool once a slot of the user and one of the process are

@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod pqkx;
 pub mod proxy;
 pub mod reload;
+pub mod scan;
 pub mod sftp;
 pub mod snapshot;
 pub mod tls;

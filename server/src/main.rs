@@ -208,6 +208,11 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&snapshot.data_root)
         .with_context(|| format!("dataRoot: cannot create {}", snapshot.data_root.display()))?;
+    if let Some(dir) = &snapshot.quarantine_dir {
+        sluice_server::scan::create_quarantine_dir(dir)
+            .with_context(|| format!("scanning.quarantineDir: cannot create {}", dir.display()))?;
+        tracing::info!(quarantine = %dir.display(), "uploads are scanned before they are published");
+    }
     let sweep_root = snapshot.data_root.clone();
     tokio::task::spawn_blocking(move || {
         let removed = leftovers::sweep(&sweep_root);

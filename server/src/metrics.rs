@@ -39,6 +39,7 @@ pub struct Metrics {
     pub ban_sync_requests: Family<Labels, Counter>,
     pub budget_exceeded: Family<Labels, Counter>,
     pub events: crate::events::EventMetrics,
+    pub scan: crate::scan::ScanMetrics,
     registry: std::sync::OnceLock<Registry>,
 }
 
@@ -123,6 +124,7 @@ impl Metrics {
             metrics.reloads.clone(),
         );
         metrics.events.register(&mut registry);
+        metrics.scan.register(&mut registry);
         let _ = metrics.registry.set(registry);
         metrics.zero_known_series();
         Arc::new(metrics)

@@ -32,6 +32,8 @@ pub enum LoadError {
 pub struct Snapshot {
     pub config: ServerConfig,
     pub data_root: PathBuf,
+    /// `scanning.quarantineDir`, resolved (when scanning is configured).
+    pub quarantine_dir: Option<PathBuf>,
     pub users: HashMap<String, Arc<User>>,
     pub tls: Arc<rustls::ServerConfig>,
     /// Host keys and algorithms of the SFTP listener (when `listeners.sftp` is set).
@@ -306,6 +308,27 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
     };
 
     let data_root = resolve_relative(config_path, &config.data_root);
+    let quarantine_dir = config
+        .scanning
+        .as_ref()
+        .map(|s| resolve_relative(config_path, &s.quarantine_dir));
+    if let Some(dir) = &quarantine_dir {
+        // The config crate compares the fields as written; this compares them resolved (a
+        // relative quarantineDir may still land inside an absolute dataRoot).
+        if dir.starts_with(&data_root) || data_root.starts_with(dir) {
+            return Err(LoadError::Config(ConfigError::Invalid(vec![
+                FieldError::new(
+                    &name_of(config_path),
+                    "scanning.quarantineDir",
+                    format!(
+                        "{} must be outside dataRoot ({}): users could reach quarantined files",
+                        dir.display(),
+                        data_root.display()
+                    ),
+                ),
+            ])));
+        }
+    }
     let users: HashMap<String, Arc<User>> = users
         .users
         .into_iter()
@@ -318,6 +341,7 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         dummy_hash,
         config,
         data_root,
+        quarantine_dir,
         users,
         tls,
         ssh,

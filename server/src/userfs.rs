@@ -86,6 +86,23 @@ fn sha_extensions() -> bool {
     false
 }
 
+/// Reads the next chunk of up to [`CHUNK_BYTES`] (blocking), filling it whole unless the file
+/// ends, so that the network side sees few, large writes; empty at the end of the file.
+pub fn read_chunk(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
+    let mut buffer = vec![0u8; CHUNK_BYTES];
+    let mut filled = 0;
+    while filled < CHUNK_BYTES {
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    buffer.truncate(filled);
+    Ok(buffer)
+}
+
 /// Prefix of atomic-upload temporary files; hidden from listings.
 pub const TEMP_PREFIX: &str = ".sluice-upload-";
 
@@ -468,19 +485,8 @@ impl UserFs {
             loop {
                 let read = work
                     .run(move || {
-                        let mut buffer = vec![0u8; CHUNK_BYTES];
-                        let mut filled = 0;
-                        // Fill whole chunks so that the network side sees few, large writes.
-                        while filled < CHUNK_BYTES {
-                            match file.read(&mut buffer[filled..]) {
-                                Ok(0) => break,
-                                Ok(n) => filled += n,
-                                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                                Err(e) => return (file, Err(e)),
-                            }
-                        }
-                        buffer.truncate(filled);
-                        (file, Ok(buffer))
+                        let chunk = read_chunk(&mut file);
+                        (file, chunk)
                     })
                     .await;
                 let buffer = match read {
@@ -597,6 +603,23 @@ pub enum Replace {
     #[default]
     Allowed,
     Never,
+}
+
+/// Moves `temp` (relative to `home`) to `dir/name`, copying across file systems.
+fn move_out(home: &Dir, temp: &str, dir: &std::path::Path, name: &str) -> io::Result<()> {
+    // Created here too: a reload may have added scanning after start-up.
+    crate::scan::create_quarantine_dir(dir)?;
+    let target = Dir::open_ambient_dir(dir, ambient_authority())?;
+    match home.rename(temp, &target, name) {
+        Err(e) if e.raw_os_error() == Some(18) => {} // EXDEV: another file system
+        other => return other,
+    }
+    let mut from = home.open(temp)?;
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    let mut to = target.open_with(name, &options)?;
+    io::copy(&mut from, &mut to)?;
+    to.sync_all()
 }
 
 /// Renames `from` to `to` (both relative to `home`); with [`Replace::Never`] fails with
@@ -757,7 +780,14 @@ impl UploadSink {
 
     /// Finishes a complete upload: waits for the writes and fsync, then renames an atomic
     /// temporary file over the final name. Returns (sha256 hex, bytes written).
-    pub async fn commit(mut self) -> Result<(String, u64), FsError> {
+    pub async fn commit(self) -> Result<(String, u64), FsError> {
+        self.finish().await?.publish().await
+    }
+
+    /// Waits for the writes and the fsync of a complete upload without publishing it: the
+    /// scanner reads the temporary file between this and [`Finished::publish`]. A failed
+    /// upload is cleaned up as by [`UploadSink::abort`].
+    pub async fn finish(mut self) -> Result<Finished, FsError> {
         self.tx = None;
         let result = match (&mut self.worker).await {
             Ok(result) => result,
@@ -767,22 +797,15 @@ impl UploadSink {
             }),
         };
         match result {
-            Ok(done) => {
-                if let Some(temp) = self.temp_name.take() {
-                    let home = self.home.clone();
-                    let target = self.target.clone();
-                    let replace = self.replace;
-                    let renamed = budgeted(&self.work, move || {
-                        rename_within(&home, &temp, &target.relative(), replace).map_err(|e| {
-                            let _ = home.remove_file(&temp);
-                            FsError::from_io(&target, e)
-                        })
-                    })
-                    .await;
-                    renamed?;
-                }
-                Ok(done)
-            }
+            Ok((sha256, written)) => Ok(Finished {
+                home: self.home.clone(),
+                work: self.work.clone(),
+                replace: self.replace,
+                target: self.target.clone(),
+                temp_name: self.temp_name.take(),
+                sha256,
+                written,
+            }),
             Err(error) => {
                 self.cleanup().await;
                 Err(error)
@@ -816,6 +839,43 @@ impl UploadSink {
             })
             .await;
         }
+    }
+}
+
+/// A complete upload, written and fsync'd, not yet published under its final name (an atomic
+/// upload still has its temporary name).
+pub struct Finished {
+    home: Arc<Dir>,
+    work: UserWork,
+    replace: Replace,
+    target: VirtualPath,
+    temp_name: Option<String>,
+    pub sha256: String,
+    pub written: u64,
+}
+
+impl Finished {
+    /// The temporary name (relative to the home) of an atomic upload.
+    pub fn temp_name(&self) -> Option<&str> {
+        self.temp_name.as_deref()
+    }
+
+    /// Renames an atomic temporary file over the final name. Returns (sha256 hex, bytes
+    /// written).
+    pub async fn publish(self) -> Result<(String, u64), FsError> {
+        if let Some(temp) = self.temp_name {
+            let home = self.home.clone();
+            let target = self.target.clone();
+            let replace = self.replace;
+            budgeted(&self.work, move || {
+                rename_within(&home, &temp, &target.relative(), replace).map_err(|e| {
+                    let _ = home.remove_file(&temp);
+                    FsError::from_io(&target, e)
+                })
+            })
+            .await?;
+        }
+        Ok((self.sha256, self.written))
     }
 }
 
@@ -1065,6 +1125,43 @@ impl UserFs {
             rename_within(&home, &temp, &target.relative(), replace).map_err(|e| {
                 let _ = home.remove_file(&temp);
                 FsError::from_io(&target, e)
+            })
+        })
+        .await
+    }
+
+    /// Opens an atomic upload's temporary file (relative to the home) for reading: the
+    /// scanner streams it to clamd before it is published.
+    pub async fn open_temp(&self, temp: &str) -> Result<std::fs::File, FsError> {
+        let home = self.home.clone();
+        let temp = temp.to_string();
+        budgeted(&self.work, move || {
+            home.open(&temp)
+                .map(|f| f.into_std())
+                .map_err(|e| FsError::Io {
+                    path: temp.clone(),
+                    source: e,
+                })
+        })
+        .await
+    }
+
+    /// Moves a refused upload's temporary file into the quarantine directory `dir` (outside
+    /// every home) as `name`: a rename when both are on one file system, else a copy, fsync
+    /// and delete. On failure the temporary file is removed, so it is never published.
+    pub async fn quarantine_temp(
+        &self,
+        temp: String,
+        dir: std::path::PathBuf,
+        name: String,
+    ) -> Result<(), FsError> {
+        let home = self.home.clone();
+        budgeted(&self.work, move || {
+            let moved = move_out(&home, &temp, &dir, &name);
+            let _ = home.remove_file(&temp);
+            moved.map_err(|source| FsError::Io {
+                path: dir.join(&name).display().to_string(),
+                source,
             })
         })
         .await

@@ -17,10 +17,11 @@ each one as a local `sluice-server` process:
   every Pod that mounts the claim, kept when a Pod is recreated); emptyDir a directory per Pod.
 - The container's ports cannot be bound on 127.0.0.1 by every Pod, so the kubelet writes a local
   copy of the `server.yaml` that the Pod's args name (`run --config /etc/sluice/config/server.yaml`)
-  with listeners and the passive range mapped to free loopback ports, `dataRoot`, `usersFile`
-  and TLS paths mapped to the materialised directories, and the advertised passive address
-  removed (PASV then answers with 127.0.0.1, the control connection's local address). The copy
-  is rewritten, atomically, whenever the ConfigMap changes. `ports(pod)` gives the mapping
+  with listeners and the passive range mapped to free loopback ports, `dataRoot`, `usersFile`,
+  TLS paths and `scanning.quarantineDir` mapped to the materialised directories, and the
+  advertised passive address removed (PASV then answers with 127.0.0.1, the control
+  connection's local address). The copy is rewritten, atomically, whenever the ConfigMap
+  changes. `ports(pod)` gives the mapping
   (container port name → local port), `passive_range(pod)` the local passive range.
 - It starts the server with the Pod's args and env (plus HOSTNAME = Pod name, as a kubelet
   sets it), stdout (the JSON audit log) to `audit_log(pod)` and stderr to `server_log(pod)`;
@@ -719,6 +720,8 @@ class ProcessKubelet:
             local["bans"]["sync"]["tokenFile"] = p.container_path(cfg["bans"]["sync"]["tokenFile"])
         if (local.get("audit") or {}).get("file"):
             local["audit"]["file"] = p.container_path(cfg["audit"]["file"])
+        if (cfg.get("scanning") or {}).get("quarantineDir"):
+            local["scanning"]["quarantineDir"] = p.container_path(cfg["scanning"]["quarantineDir"])
         Path(local["dataRoot"]).mkdir(parents=True, exist_ok=True)
         p.config_path = p.root / "config" / "server.yaml"
         p.config_path.parent.mkdir(parents=True, exist_ok=True)

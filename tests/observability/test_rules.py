@@ -96,6 +96,16 @@ CASES = {
         [series("sluice_budget_exceeded_total", dict(POD0, budget="maxOpenHandlesPerUser"), "0+1x30"),
          series("sluice_budget_exceeded_total", dict(POD1, budget="maxOpenHandlesPerUser"), "0+0.2x30")],
         "20m", dict(pick(POD0, "namespace", "server", "pod"), budget="maxOpenHandlesPerUser"), "10", None),
+    "SluiceScannerFailing": (
+        [series("sluice_scans_total", dict(POD0, result="scanner_error"), "0 0 0 1 2 2 2 2 2 2"),
+         series("sluice_scans_total", dict(POD1, result="scanner_error"), "0x9"),
+         series("sluice_scans_total", dict(POD1, result="clean"), "0+5x9")],
+        "5m", pick(POD0, "namespace", "server", "pod"), "2", None),
+    "SluiceInfectedUploads": (
+        [series("sluice_scans_total", dict(POD0, result="infected"), "0 0 0 1 1 1 1 1 1 1"),
+         series("sluice_scans_total", dict(POD1, result="infected"), "0x9"),
+         series("sluice_scans_total", dict(POD1, result="clean"), "0+5x9")],
+        "5m", pick(POD0, "namespace", "server", "pod"), "1", None),
     "SluiceOperatorDown": (
         [series("up", OPERATOR, "0x30"), series("up", POD0, "0x30")],
         "15m", OPERATOR, None, "5m"),

@@ -91,6 +91,8 @@ pub struct Detail<'a> {
     pub to: Option<&'a VirtualPath>,
     /// Why an upload was refused.
     pub reason: Option<&'a str>,
+    /// The malware signature clamd found (a refused upload with reason `infected`).
+    pub signature: Option<&'a str>,
 }
 
 impl<'a> Detail<'a> {
@@ -260,6 +262,9 @@ pub fn cloud_event(
     }
     if let Some(reason) = detail.reason {
         data["reason"] = reason.into();
+    }
+    if let Some(signature) = detail.signature {
+        data["signature"] = signature.into();
     }
     json!({
         "specversion": "1.0",

@@ -170,6 +170,24 @@ pub async fn run(
     drop(guard);
 }
 
+/// How a complete upload ended.
+enum Published {
+    /// Under its final name; `scan` says how it passed the scanner, when scanning is on.
+    Ok {
+        sha256: String,
+        written: u64,
+        scan: Option<crate::scan::ScanNote>,
+    },
+    /// Refused by the scanner: already quarantined or deleted, never published.
+    Refused {
+        refusal: crate::scan::Refusal,
+        sha256: String,
+        written: u64,
+    },
+    /// Storage failed (the write, the fsync or the rename).
+    Failed(FsError),
+}
+
 fn fs_reply(error: &FsError) -> (u16, String) {
     match error {
         FsError::NoSpace(_) => (452, error.to_string()),
@@ -1536,6 +1554,17 @@ impl Session {
             (false, 0) => WriteMode::Replace,
             (false, offset) => WriteMode::At(offset),
         };
+        if self.config().scanning.is_some() && mode != WriteMode::Replace {
+            // APPE and REST+STOR write into the published file: nothing to scan before.
+            self.drop_data();
+            return self
+                .done(
+                    550,
+                    "APPE and restarted uploads are not available while uploads are scanned \
+                     (scanning): send the whole file with STOR",
+                )
+                .await;
+        }
         let atomic = self.config().uploads.atomic;
         // Without `overwrite`, the file is created exclusively (or its temporary published
         // without replacing): the existence check above alone lets two sessions race.
@@ -1574,22 +1603,50 @@ impl Session {
             WriteMode::At(_) => "resume",
         };
         match outcome {
-            Some(Ok(clean_close)) => match sink.commit().await {
-                Ok((sha256, written)) => {
+            Some(Ok(clean_close)) => match self.scan_and_publish(&fs, &path, sink).await {
+                Published::Refused {
+                    refusal,
+                    sha256,
+                    written,
+                } => {
+                    let message = refusal.client_message();
                     self.transfer_audit(
                         "upload",
                         &path,
                         written,
                         started,
-                        "ok",
-                        json!({"sha256": sha256, "mode": mode_name, "offset": offset, "tls_close_notify": clean_close}),
+                        "failed",
+                        json!({"error": message, "mode": mode_name}),
                     );
+                    self.audit(
+                        "upload_rejected",
+                        refusal.audit_fields(&path, written, Some(&sha256)),
+                    );
+                    let detail = Detail {
+                        size: Some(written),
+                        sha256: Some(&sha256),
+                        signature: refusal.signature(),
+                        ..Detail::refused(refusal.reason.as_str())
+                    };
+                    self.event(Kind::UploadRefused, &path, detail).await;
+                    self.done(refusal.ftp_code(), &message).await
+                }
+                Published::Ok {
+                    sha256,
+                    written,
+                    scan,
+                } => {
+                    let mut extra = json!({"sha256": sha256, "mode": mode_name, "offset": offset, "tls_close_notify": clean_close});
+                    if let Some(scan) = scan {
+                        extra["scan"] = scan.as_str().into();
+                    }
+                    self.transfer_audit("upload", &path, written, started, "ok", extra);
                     // Published under its final name: now, and only now, the event.
                     self.event(Kind::Uploaded, &path, Detail::upload(written, &sha256))
                         .await;
                     self.done(226, "transfer complete").await
                 }
-                Err(error) => {
+                Published::Failed(error) => {
                     self.transfer_audit(
                         "upload",
                         &path,
@@ -1636,6 +1693,57 @@ impl Session {
                 self.reply(426, "transfer aborted").await;
                 self.done(226, "ABOR successful").await
             }
+        }
+    }
+
+    /// Finishes a complete upload and, when scanning is configured, has it scanned before the
+    /// rename that publishes it (`crate::scan`).
+    async fn scan_and_publish(
+        &self,
+        fs: &UserFs,
+        path: &VirtualPath,
+        sink: crate::userfs::UploadSink,
+    ) -> Published {
+        let finished = match sink.finish().await {
+            Ok(finished) => finished,
+            Err(error) => return Published::Failed(error),
+        };
+        let mut scan = None;
+        if let (Some(scanning), Some(dir), Some(temp)) = (
+            self.config().scanning.as_ref(),
+            self.snapshot.quarantine_dir.as_ref(),
+            finished.temp_name(),
+        ) {
+            let scanner = crate::scan::Scanner {
+                config: scanning,
+                quarantine_dir: dir,
+                metrics: &self.context.metrics.scan,
+            };
+            let upload = crate::scan::Upload {
+                fs,
+                temp,
+                size: finished.written,
+                user: self.user().map_or("", |u| u.username.as_str()),
+                path,
+            };
+            match scanner.gate(upload).await {
+                Ok(note) => scan = Some(note),
+                Err(refusal) => {
+                    return Published::Refused {
+                        refusal,
+                        sha256: finished.sha256,
+                        written: finished.written,
+                    };
+                }
+            }
+        }
+        match finished.publish().await {
+            Ok((sha256, written)) => Published::Ok {
+                sha256,
+                written,
+                scan,
+            },
+            Err(error) => Published::Failed(error),
         }
     }
 

@@ -656,6 +656,17 @@ impl Sftp {
                 Replace::Never
             },
         };
+        let scanned = self.env.snapshot.borrow().config.scanning.is_some();
+        if scanned && !(how.atomic && how.create && how.truncate && !how.append) {
+            // Appends, resumes and read-write opens write into the published file: nothing
+            // could be scanned before it is visible.
+            return Ok(codec::status(
+                id,
+                StatusCode::OpUnsupported,
+                "uploads are scanned (scanning): open for writing with create and truncate \
+                 only; append, resume and read-write are not available",
+            ));
+        }
         let slot = self.reserve_handle(id)?;
         let opened = fs
             .open_write(&path, how)
@@ -767,12 +778,9 @@ impl Sftp {
         let first_offset = write.worker.first_offset.unwrap_or(0);
         let outcome = write.worker.finish().await;
         let extra = |sha: Option<&String>| json!({"sha256": sha, "mode": write.mode, "offset": first_offset, "size": outcome.size});
-        if let Some(error) = &outcome.error {
-            if let Some(temp) = write.temp.clone() {
-                self.env.fs.remove_temp(temp).await;
-            }
+        let failed = |error: String| {
             let mut fields = extra(None);
-            fields["error"] = error.to_string().into();
+            fields["error"] = error.into();
             self.transfer_audit(
                 "upload",
                 &write.path,
@@ -781,6 +789,12 @@ impl Sftp {
                 "failed",
                 fields,
             );
+        };
+        if let Some(error) = &outcome.error {
+            if let Some(temp) = write.temp.clone() {
+                self.env.fs.remove_temp(temp).await;
+            }
+            failed(error.to_string());
             return io_failure(id, error);
         }
         if !commit {
@@ -800,6 +814,29 @@ impl Sftp {
             );
             return Vec::new();
         }
+        let mut scan = None;
+        if let Some(temp) = write.temp.as_deref() {
+            match self.scan(temp, outcome.size, &write.path).await {
+                Ok(note) => scan = note,
+                Err(refusal) => {
+                    let message = refusal.client_message();
+                    failed(message.clone());
+                    let sha256 = outcome.sha256.as_deref();
+                    self.audit(
+                        "upload_rejected",
+                        refusal.audit_fields(&write.path, outcome.size, sha256),
+                    );
+                    let detail = Detail {
+                        size: Some(outcome.size),
+                        sha256,
+                        signature: refusal.signature(),
+                        ..Detail::refused(refusal.reason.as_str())
+                    };
+                    self.event(Kind::UploadRefused, &write.path, detail).await;
+                    return codec::status(id, StatusCode::Failure, &message);
+                }
+            }
+        }
         if let Some(temp) = write.temp.clone()
             && let Err(error) = self
                 .env
@@ -807,17 +844,12 @@ impl Sftp {
                 .commit_temp(temp, &write.path, write.replace)
                 .await
         {
-            let mut fields = extra(None);
-            fields["error"] = error.to_string().into();
-            self.transfer_audit(
-                "upload",
-                &write.path,
-                outcome.written,
-                write.started,
-                "failed",
-                fields,
-            );
+            failed(error.to_string());
             return self.fs_error(id, &error);
+        }
+        let mut fields = extra(outcome.sha256.as_ref());
+        if let Some(scan) = scan {
+            fields["scan"] = scan.as_str().into();
         }
         self.transfer_audit(
             "upload",
@@ -825,7 +857,7 @@ impl Sftp {
             outcome.written,
             write.started,
             "ok",
-            extra(outcome.sha256.as_ref()),
+            fields,
         );
         // Published under its final name (committed above): now, and only now, the event.
         let detail = Detail {
@@ -834,6 +866,36 @@ impl Sftp {
         };
         self.event(Kind::Uploaded, &write.path, detail).await;
         codec::ok(id)
+    }
+
+    /// Has a complete atomic upload's temporary file scanned before it is published, when
+    /// scanning is configured (`crate::scan`): `Ok(None)` without scanning.
+    async fn scan(
+        &self,
+        temp: &str,
+        size: u64,
+        path: &VirtualPath,
+    ) -> Result<Option<crate::scan::ScanNote>, crate::scan::Refusal> {
+        let (scanning, dir) = {
+            let snapshot = self.env.snapshot.borrow();
+            match (&snapshot.config.scanning, &snapshot.quarantine_dir) {
+                (Some(scanning), Some(dir)) => (scanning.clone(), dir.clone()),
+                _ => return Ok(None),
+            }
+        };
+        let scanner = crate::scan::Scanner {
+            config: &scanning,
+            quarantine_dir: &dir,
+            metrics: &self.env.metrics.scan,
+        };
+        let upload = crate::scan::Upload {
+            fs: &self.env.fs,
+            temp,
+            size,
+            user: self.env.user.username.as_str(),
+            path,
+        };
+        scanner.gate(upload).await.map(Some)
     }
 
     /// At session end: uploads still open are abandoned (an atomic temporary file is removed;
