@@ -1335,6 +1335,9 @@ spec:
             .ports
             .unwrap();
         assert!(ports.iter().all(|p| p.node_port.is_none()));
+    }
+
+    #[test]
     fn scanning_through_an_address_renders_the_section_and_a_quarantine_volume() {
         let fts = fixture(&format!(
             "{BASIC}  scanning:\n    clamd: tcp://clamd.antivirus.svc:3310\n    onScannerError: allow\n    maxFileBytes: 104857600\n    timeoutSeconds: 30\n"
