@@ -56,6 +56,7 @@ USER_READY_FALSE = {
     "SecretNotFound": "Progressing",
     "ServerNotFound": "Progressing",
     "HashingFailed": "Progressing",
+    "WaitingForPods": "Progressing",
 }
 READY_TRUE = {"FileTransferServer": {"Ready"}, "TransferUser": {"Provisioned", "PasswordExpiresSoon"}}
 # Reasons of other conditions (CertificateReady, EndpointsReady, UsersSynced, Stalled,

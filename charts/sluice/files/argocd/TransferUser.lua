@@ -21,7 +21,7 @@ local degraded = {
 local suspended = { Disabled = true }
 -- Any other Ready=False reason is Progressing: SecretNotFound (SealedSecrets or External Secrets
 -- create it after the sync), ServerNotFound (the server comes in the same sync), HashingFailed
--- (retried).
+-- (retried), WaitingForPods (the pods load the new users.yaml within about a minute).
 
 -- Each argocd-cm key holds one self-contained script: this lookup and the generation check
 -- are in both scripts on purpose.
