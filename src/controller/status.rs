@@ -500,6 +500,25 @@ pub fn forget(context: &Context, namespace: Option<&str>, name: &str) {
     context.metrics.certificate_expiry.remove(&labels);
 }
 
+/// kstatus for a user (Flux and `kubectl wait` read `Stalled`/`Reconciling`, not `Ready=False`):
+/// a refusal only a change to the object, its Secret or the server fixes is `Stalled`; a state
+/// that resolves itself (a Secret or server still to come, pods still loading) is
+/// `Reconciling`. `Disabled` is neither: a deliberate state, not a failure or a step.
+pub fn user_kstatus(verdict: &users::Verdict) -> (Option<(Reason, &str)>, Option<(Reason, &str)>) {
+    if verdict.ready {
+        return (None, None);
+    }
+    let this = Some((verdict.reason, verdict.message.as_str()));
+    match verdict.reason {
+        Reason::SecretNotFound
+        | Reason::ServerNotFound
+        | Reason::HashingFailed
+        | Reason::WaitingForPods => (None, this),
+        Reason::Disabled => (None, None),
+        _ => (this, None),
+    }
+}
+
 pub async fn update_user_status(
     api: &Api<TransferUser>,
     user: &TransferUser,
@@ -517,9 +536,17 @@ pub async fn update_user_status(
         user.metadata.generation,
         now,
     );
+    let (stalled, reconciling) = user_kstatus(verdict);
+    let [stalled, reconciling] = crate::conditions::kstatus(
+        &previous.conditions,
+        stalled,
+        reconciling,
+        user.metadata.generation,
+        now,
+    );
     let status = crate::crd::TransferUserStatus {
         observed_generation: user.metadata.generation,
-        conditions: vec![ready.clone()],
+        conditions: vec![ready.clone(), stalled, reconciling],
         password_source_digest: verdict
             .password_source_digest
             .clone()
@@ -650,6 +677,21 @@ mod tests {
             "apiVersion: sluice.dev/v1alpha1\nkind: FileTransferServer\nmetadata:\n  name: partners\n  namespace: transfer\n  generation: 2\nspec:\n  protocols: {protocols}\n"
         ))
         .unwrap()
+    }
+
+    #[test]
+    fn a_refused_user_is_stalled_and_a_pending_one_reconciling() {
+        let refused = users::Verdict::refused(Reason::PasswordPolicyViolation, "too short");
+        let (stalled, reconciling) = user_kstatus(&refused);
+        assert_eq!(stalled.map(|s| s.0), Some(Reason::PasswordPolicyViolation));
+        assert!(reconciling.is_none());
+        let waiting = users::Verdict::refused(Reason::WaitingForPods, "files-0");
+        assert_eq!(
+            user_kstatus(&waiting),
+            (None, Some((Reason::WaitingForPods, "files-0")))
+        );
+        let disabled = users::Verdict::refused(Reason::Disabled, "spec.disabled");
+        assert_eq!(user_kstatus(&disabled), (None, None));
     }
 
     #[test]

@@ -309,10 +309,9 @@ def test_weak_password_is_refused_by_policy_and_never_shown(ftps):
         return ready if ready and ready["status"] == "False" else None
     ready = cluster.wait_for(refused, 60, "TransferUser weak to be Ready=False")
     assert ready["reason"] == "PasswordPolicyViolation", ready
-    # Argo CD: Degraded (only a new password fixes it). kstatus: a TransferUser has no Stalled
-    # condition, so its Ready=False reads as InProgress, never Failed (docs/gitops.md).
+    # Argo CD: Degraded (only a new password fixes it). kstatus: Failed (Stalled=True).
     by_argocd, by_kstatus = expect(cluster.kubectl_json("get", "tu", "weak", "-n", ns),
-                                   "user-refused", "Degraded", "InProgress")
+                                   "user-refused", "Degraded", "Failed")
     assert by_argocd.message == by_kstatus.message == ready["message"], (by_argocd, by_kstatus)
     assert ftps.curl("weak", weak).returncode == CURL_LOGIN_DENIED
     shown = cluster.kubectl("get", "tu", "weak", "-n", ns, "-o", "yaml").stdout

@@ -27,8 +27,8 @@ EXPECTED = {
     "server-generation-not-observed": ("Progressing", "InProgress"),
     "server-reconciling": ("Progressing", "InProgress"),
     "user-ready": ("Healthy", "Current"),
-    # A TransferUser has no Stalled condition: kstatus reads its Ready=False as InProgress.
-    "user-refused": ("Degraded", "InProgress"),
+    # A refused TransferUser is Stalled: kstatus reads it as Failed.
+    "user-refused": ("Degraded", "Failed"),
     "user-server-not-found": ("Progressing", "InProgress"),
     "user-disabled": ("Suspended", "InProgress"),
 }

@@ -1,7 +1,7 @@
 -- Argo CD health check for sluice.dev/TransferUser
 -- (argocd-cm key resource.customizations.health.sluice.dev_TransferUser).
 -- Lua 5.1, as Argo CD runs it (gopher-lua). Reads what the operator writes: status.observedGeneration
--- and Ready (a TransferUser has no Stalled or Reconciling). docs/gitops.md gives the mapping and why.
+-- and Ready (its Stalled and Reconciling are for kstatus). docs/gitops.md gives the mapping and why.
 local hs = { status = "Progressing", message = "Waiting for the operator to write a status" }
 
 -- Ready=False reasons that only a change to the object, its Secret or the server fixes. The
