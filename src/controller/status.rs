@@ -500,11 +500,14 @@ pub fn forget(context: &Context, namespace: Option<&str>, name: &str) {
     context.metrics.certificate_expiry.remove(&labels);
 }
 
+/// Why `Stalled` or `Reconciling` is `True`, when it is.
+pub type KstatusCause<'a> = Option<(Reason, &'a str)>;
+
 /// kstatus for a user (Flux and `kubectl wait` read `Stalled`/`Reconciling`, not `Ready=False`):
 /// a refusal only a change to the object, its Secret or the server fixes is `Stalled`; a state
 /// that resolves itself (a Secret or server still to come, pods still loading) is
 /// `Reconciling`. `Disabled` is neither: a deliberate state, not a failure or a step.
-pub fn user_kstatus(verdict: &users::Verdict) -> (Option<(Reason, &str)>, Option<(Reason, &str)>) {
+pub fn user_kstatus(verdict: &users::Verdict) -> (KstatusCause<'_>, KstatusCause<'_>) {
     if verdict.ready {
         return (None, None);
     }
