@@ -337,6 +337,13 @@ pub fn server_config(
         audit: config::AuditConfig::default(),
         reload: config::ReloadConfig::default(),
         bans: ban_config(fts),
+        // Pods of the StatefulSet are <name>-0, <name>-1, ...: only the first runs retention,
+        // so replicas on a shared volume never race to delete the same files.
+        quotas: config::QuotaConfig::default(),
+        retention: config::RetentionConfig {
+            replica: config::RetentionReplica::OrdinalZero,
+            ..config::RetentionConfig::default()
+        },
         passwords: config::PasswordsConfig {
             max_age_days: spec
                 .security

@@ -310,6 +310,16 @@ fn resolve_one(
         login_windows: spec.login_windows.clone(),
         password_changed_at,
         ftps_data_binding: spec.ftps_data_binding.unwrap_or_default(),
+        quota: resolve_quota(spec)?,
+        retention: spec
+            .retention
+            .iter()
+            .map(|rule| config::RetentionRule {
+                path: rule.path.clone(),
+                max_age: rule.max_age.clone(),
+                after_download: rule.after_download.unwrap_or(false),
+            })
+            .collect(),
     };
     // Field-level validation with the server's own rules, so the server never rejects a file
     // the operator wrote.
@@ -375,6 +385,48 @@ fn secret_value(
         ));
     };
     Ok((key, bytes))
+}
+
+/// `spec.quota` as users.yaml carries it: `maxBytes` parsed into bytes with the server's own
+/// quantity parser, so the two can never disagree.
+fn resolve_quota(spec: &crate::crd::TransferUserSpec) -> Result<Option<config::Quota>, Verdict> {
+    let Some(quota) = &spec.quota else {
+        return Ok(None);
+    };
+    let max_bytes = match &quota.max_bytes {
+        Some(text) => Some(config::ByteSize(
+            config::parse_byte_quantity(&text.0).map_err(|message| {
+                Verdict::refused(
+                    Reason::InvalidSpec,
+                    format!("spec.quota.maxBytes: {message}"),
+                )
+            })?,
+        )),
+        None => None,
+    };
+    let max_files = match quota.max_files {
+        Some(files) => Some(u64::try_from(files).map_err(|_| {
+            Verdict::refused(
+                Reason::InvalidSpec,
+                format!("spec.quota.maxFiles: {files} is negative"),
+            )
+        })?),
+        None => None,
+    };
+    let warn_at_percent = match quota.warn_at_percent {
+        Some(percent) => u8::try_from(percent).map_err(|_| {
+            Verdict::refused(
+                Reason::InvalidSpec,
+                format!("spec.quota.warnAtPercent: {percent} is not 1-100"),
+            )
+        })?,
+        None => config::DEFAULT_QUOTA_WARN_PERCENT,
+    };
+    Ok(Some(config::Quota {
+        max_bytes,
+        max_files,
+        warn_at_percent,
+    }))
 }
 
 /// The user's TOTP setting with the base32 secret read from `spec.totp.secretRef`.

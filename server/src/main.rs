@@ -277,6 +277,7 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             bans,
         ));
     }
+    tokio::spawn(sluice_server::retention::run(context.clone()));
     tokio::spawn(reload::watch_files(
         config_path.clone(),
         sender,

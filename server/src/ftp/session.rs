@@ -173,6 +173,8 @@ pub async fn run(
 fn fs_reply(error: &FsError) -> (u16, String) {
     match error {
         FsError::NoSpace(_) => (452, error.to_string()),
+        // RFC 959: 552 "requested file action aborted, exceeded storage allocation".
+        FsError::Quota { .. } => (552, error.to_string()),
         FsError::ListingTooLarge { .. } => (451, error.to_string()),
         FsError::Io { .. } => (451, error.to_string()),
         _ => (550, error.to_string()),
@@ -820,7 +822,7 @@ impl Session {
         )
         .await
         {
-            Ok(fs) => fs,
+            Ok(fs) => crate::quota::attach(&self.context, &user, &self.tag, fs).await,
             Err(error) => {
                 tracing::error!(user = %user.username, %error, "cannot open home directory");
                 self.audit("login", json!({"result": "failure", "method": "password", "reason": format!("home directory unavailable: {error}")}));
@@ -1478,6 +1480,7 @@ impl Session {
                 return self.fs_error(error).await;
             }
         };
+        let in_use = crate::retention::InUse::hold(fs.home_key(), &path);
         let what = format!("{path} ({} bytes)", size - offset);
         let Some(mut stream) = self.open_data(&what).await else {
             return Flow::Continue;
@@ -1496,6 +1499,16 @@ impl Session {
             let bytes = progress.load(Ordering::Relaxed);
             self.event(Kind::Downloaded, &path, Detail::size(bytes))
                 .await;
+            drop(in_use);
+            if let Some(user) = self.user().cloned() {
+                let sinks = crate::retention::Sinks {
+                    audit: &self.context.audit,
+                    metrics: &self.context.metrics,
+                    events: &self.context.events,
+                };
+                let whole = offset == 0 && bytes >= size;
+                crate::retention::after_download(sinks, &self.tag, &user, &fs, &path, whole).await;
+            }
         }
         flow
     }
@@ -1544,6 +1557,7 @@ impl Session {
         } else {
             Replace::Never
         };
+        let _in_use = crate::retention::InUse::hold(fs.home_key(), &path);
         let mut sink = match fs.write_stream(&path, mode, atomic, replace).await {
             Ok(sink) => sink,
             Err(error) => {
