@@ -1318,6 +1318,13 @@ spec:
         );
         assert!(parsed.tls.require_session_resumption);
         assert!(parsed.insecure_opt_ins().is_empty());
+        // Pods are <name>-0, <name>-1, ...: retention runs on the first only.
+        assert_eq!(
+            parsed.retention.replica,
+            config::RetentionReplica::OrdinalZero
+        );
+        assert!(parsed.retention.runs_on("partners-0"));
+        assert!(!parsed.retention.runs_on("partners-1"));
     }
 
     #[test]

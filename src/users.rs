@@ -575,6 +575,59 @@ mod tests {
     }
 
     #[test]
+    fn quota_and_retention_are_rendered_in_bytes_and_invalid_ones_refused() {
+        let extra = "  quota: {maxBytes: 10Gi, maxFiles: 500}\n  retention:\n    - {path: outbox/, maxAge: 30d}\n    - {path: inbox, afterDownload: true}\n";
+        let integer = "  quota: {maxBytes: 1048576, warnAtPercent: 90}\n";
+        let bad = "  quota: {maxBytes: 1.5Gi}\n";
+        let bad_rule = "  retention: [{path: ../up, maxAge: 3 days}]\n";
+        let users = [
+            user("alice", "alice", 1, extra),
+            user("bob", "bob", 2, integer),
+            user("carol", "carol", 3, bad),
+            user("dave", "dave", 4, bad_rule),
+        ];
+        let secrets = BTreeMap::from([
+            secret("alice-pw", "Orbit-Kettle-2026", "1"),
+            secret("bob-pw", "Orbit-Kettle-2026", "1"),
+            secret("carol-pw", "Orbit-Kettle-2026", "1"),
+            secret("dave-pw", "Orbit-Kettle-2026", "1"),
+        ]);
+        let resolved = run(&users, &secrets, None);
+        let alice = resolved.list.find("alice").unwrap();
+        let quota = alice.quota.as_ref().unwrap();
+        assert_eq!(quota.max_bytes, Some(config::ByteSize(10 << 30)));
+        assert_eq!((quota.max_files, quota.warn_at_percent), (Some(500), 80));
+        assert_eq!(alice.retention.len(), 2);
+        assert!(alice.retention[1].after_download);
+        let bob = resolved.list.find("bob").unwrap().quota.clone().unwrap();
+        assert_eq!(
+            (bob.max_bytes, bob.warn_at_percent),
+            (Some(config::ByteSize(1 << 20)), 90)
+        );
+        assert!(resolved.list.find("carol").is_none());
+        assert!(
+            resolved.verdicts["carol"]
+                .message
+                .contains("spec.quota.maxBytes"),
+            "{}",
+            resolved.verdicts["carol"].message
+        );
+        assert!(resolved.list.find("dave").is_none());
+        assert!(
+            resolved.verdicts["dave"]
+                .message
+                .contains("spec.retention[0]."),
+            "{}",
+            resolved.verdicts["dave"].message
+        );
+        // What the operator renders, the server parses back unchanged.
+        let yaml = serde_saphyr::to_string(&resolved.list).unwrap();
+        assert!(yaml.contains("maxBytes: 10737418240"), "{yaml}");
+        let parsed = config::UserList::parse("users.yaml", &yaml).unwrap();
+        assert_eq!(parsed.find("alice"), Some(alice));
+    }
+
+    #[test]
     fn totp_secret_and_client_certificates_are_rendered() {
         let extra = "  totp:\n    secretRef: {name: alice-totp}\n    digits: 8\n  clientCertificates:\n    - subject: CN=alice,O=Partner\n    - sha256: '00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff'\n  ftpsAuth: certificateAndPassword\n";
         let users = [user("alice", "alice", 1, extra)];

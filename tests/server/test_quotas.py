@@ -11,18 +11,9 @@ from __future__ import annotations
 import ftplib
 import io
 
-import paramiko
 import pytest
 
 KIB = 1024
-
-
-def sftp_client(srv, user: str = "alice") -> tuple[paramiko.Transport, paramiko.SFTPClient]:
-    t = paramiko.Transport(("127.0.0.1", srv.sftp_port))
-    t.banner_timeout = 10
-    t.start_client(timeout=10)
-    t.auth_password(user, srv.passwords[user])
-    return t, paramiko.SFTPClient.from_transport(t)
 
 
 def visible(home) -> list[str]:
@@ -70,7 +61,7 @@ def test_ftps_upload_crossing_the_quota_fails_at_the_quota_and_publishes_nothing
 
 def test_sftp_write_crossing_the_quota_fails_with_a_message_naming_it(quota_server):
     srv = quota_server
-    t, sftp = sftp_client(srv)
+    t, sftp = srv.sftp()
     sftp.putfo(io.BytesIO(b"a" * (700 * KIB)), "/first.bin")
     # Unpipelined writes: the WRITE that would cross the quota is answered with the failure.
     f = sftp.open("/second.bin", "wb")
@@ -113,7 +104,7 @@ def test_usage_survives_a_restart_and_overwrite_delete_rename_free_space(quota_s
     ftp.upload("/b.bin", b"b" * (900 * KIB))
     ftp.quit()
     # Over SFTP too: an overwrite frees the old size.
-    t, sftp = sftp_client(srv)
+    t, sftp = srv.sftp()
     sftp.putfo(io.BytesIO(b"B" * (1000 * KIB)), "/b.bin")
     with pytest.raises(IOError):
         sftp.putfo(io.BytesIO(b"c" * (100 * KIB)), "/c.bin")

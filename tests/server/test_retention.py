@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import ftplib
 import io
+import os
 import time
 
-import paramiko
 import pytest
 
 OFFSET_ENV = "SLUICE_TEST_ONLY_CLOCK_OFFSET_SECONDS"
 DAY = 86_400
-
-
-def sftp_client(srv, user: str = "alice") -> tuple[paramiko.Transport, paramiko.SFTPClient]:
-    t = paramiko.Transport(("127.0.0.1", srv.sftp_port))
-    t.banner_timeout = 10
-    t.start_client(timeout=10)
-    t.auth_password(user, srv.passwords[user])
-    return t, paramiko.SFTPClient.from_transport(t)
 
 
 def wait_passes(srv, count: int, timeout: float = 30) -> dict:
@@ -67,7 +59,7 @@ def test_old_files_are_deleted_and_audited_but_not_one_held_open(retention_serve
     srv.config["retention"]["intervalSeconds"] = 3
     srv.write_config(srv.config)
     srv.start()
-    t, sftp = sftp_client(srv)
+    t, sftp = srv.sftp()
     handle = sftp.open("/outbox/busy.csv", "r")
     passes_before = len(srv.events("retention_pass"))
     wait_passes(srv, passes_before + 2)
@@ -97,7 +89,7 @@ def test_a_file_being_uploaded_is_not_deleted(retention_server, monkeypatch):
     srv.start()
     # An append in place (non-atomic: APPE writes the file itself) keeps the file busy; the
     # old file is not deleted while the client is still writing to it.
-    t, sftp = sftp_client(srv)
+    t, sftp = srv.sftp()
     before = len(srv.events("retention_pass"))
     f = sftp.open("/outbox/growing.log", "a")
     f.write(b"more")
@@ -105,8 +97,7 @@ def test_a_file_being_uploaded_is_not_deleted(retention_server, monkeypatch):
     assert srv.home("alice").joinpath("outbox/growing.log").exists()
     f.close()
     t.close()
-    # Written just now: no longer 30 days old even at the shifted clock? The shifted clock is
-    # 31 days ahead, so the rewritten file is due again once nothing holds it.
+    # Once nothing holds it, the file is due (the shifted clock is 31 days ahead of its mtime).
     srv.wait_event("retention_deleted", path="/outbox/growing.log", timeout=15)
 
 
@@ -125,7 +116,7 @@ def test_after_download_deletes_only_after_a_complete_download(retention_server)
     assert event["reason"] == "after_download" and event["protocol"] == "ftps"
     assert not (home / "inbox/report.csv").exists()
     # Over SFTP: a complete get deletes; an opened-and-closed handle that read nothing does not.
-    t, sftp = sftp_client(srv)
+    t, sftp = srv.sftp()
     sftp.open("/inbox/other.csv", "r").close()
     assert (home / "inbox/other.csv").exists()
     buf = io.BytesIO()
@@ -147,7 +138,6 @@ def test_only_ordinal_zero_runs_retention_when_configured(make_server, user_entr
     home = srv.make_home("alice")
     (home / "stale.txt").write_bytes(b"x")
     old = time.time() - 2 * 3600
-    import os
     os.utime(home / "stale.txt", (old, old))
     srv.start()
     if deletes:

@@ -417,14 +417,14 @@ impl WriteBehind {
     /// not published.
     pub fn charge_to(&mut self, new_end: u64) -> Result<(), QuotaError> {
         if new_end > self.end {
-            if let Some(charge) = self.charge.as_mut() {
-                if let Err(error) = charge.grow(new_end - self.end) {
-                    if let Ok(mut slot) = self.failed.lock() {
-                        slot.get_or_insert_with(|| error.to_string());
-                    }
-                    self.refused = Some(error.clone());
-                    return Err(error);
+            if let Some(charge) = self.charge.as_mut()
+                && let Err(error) = charge.grow(new_end - self.end)
+            {
+                if let Ok(mut slot) = self.failed.lock() {
+                    slot.get_or_insert_with(|| error.to_string());
                 }
+                self.refused = Some(error.clone());
+                return Err(error);
             }
             self.end = new_end;
         }
