@@ -844,8 +844,8 @@ pub struct UserQuota {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self > 0").message("spec.quota.maxFiles must be greater than 0"))]
     pub max_files: Option<i64>,
-    /// Percentage of either limit at which the server audits `quota_threshold` and the
-    /// operator records a Warning Event (1-100, default 80).
+    /// Percentage of either limit at which the server audits `quota_threshold` and logs a
+    /// warning (1-100, default 80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.quota.warnAtPercent must be 1-100"))]
     pub warn_at_percent: Option<i32>,
@@ -863,6 +863,7 @@ pub struct UserRetention {
     /// Files older than this (by modification time) are deleted: `30d`, `12h`, `90m`, `2w`,
     /// `1d12h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhdw])+$')").message("spec.retention[].maxAge must be an age such as 30d, 12h or 1d12h"))]
     pub max_age: Option<String>,
     /// Delete a file once a download of it completed.
