@@ -51,19 +51,21 @@ def test_old_files_are_deleted_and_audited_but_not_one_held_open(retention_serve
     # Fresh files survive passes at the real clock.
     wait_passes(srv, 2)
     assert not srv.events("retention_deleted")
-    # 31 days later (the server's clock), the files under outbox/ are due.
+    # 31 days later (the server's clock), the files under outbox/ are due. busy.csv is dated
+    # into the future until a client holds it open, so no pass can take it before that.
+    home = srv.home("alice")
+    future = time.time() + 10 * DAY
+    os.utime(home / "outbox/busy.csv", (future, future))
     srv.stop()
     monkeypatch.setenv(OFFSET_ENV, str(31 * DAY))
     monkeypatch.setenv("HOSTNAME", "retention-test")
-    # Hold busy.csv open before the first pass: start, open, then look at the passes.
-    srv.config["retention"]["intervalSeconds"] = 3
-    srv.write_config(srv.config)
     srv.start()
     t, sftp = srv.sftp()
     handle = sftp.open("/outbox/busy.csv", "r")
+    now = time.time()
+    os.utime(home / "outbox/busy.csv", (now, now))  # due from now on, but held open
     passes_before = len(srv.events("retention_pass"))
     wait_passes(srv, passes_before + 2)
-    home = srv.home("alice")
     assert not (home / "outbox/old.csv").exists()
     assert (home / "outbox/busy.csv").exists(), "a file held open was deleted"
     assert (home / "keep/other.csv").exists(), "a file no rule covers was deleted"
@@ -84,15 +86,21 @@ def test_old_files_are_deleted_and_audited_but_not_one_held_open(retention_serve
 def test_a_file_being_uploaded_is_not_deleted(retention_server, monkeypatch):
     srv = retention_server
     upload_files(srv, ["/outbox/growing.log"])
+    # Dated into the future until the client has it open (no pass can take it before that).
+    path = srv.home("alice") / "outbox/growing.log"
+    future = time.time() + 10 * DAY
+    os.utime(path, (future, future))
     srv.stop()
     monkeypatch.setenv(OFFSET_ENV, str(31 * DAY))
     srv.start()
-    # An append in place (non-atomic: APPE writes the file itself) keeps the file busy; the
-    # old file is not deleted while the client is still writing to it.
+    # An append in place (SFTP APPEND writes the file itself) keeps the file busy: it is due
+    # (its write just set its mtime, 31 days old at the server's clock) but not deleted while
+    # the client is still writing to it.
     t, sftp = srv.sftp()
-    before = len(srv.events("retention_pass"))
     f = sftp.open("/outbox/growing.log", "a")
     f.write(b"more")
+    f.flush()
+    before = len(srv.events("retention_pass"))
     wait_passes(srv, before + 2)
     assert srv.home("alice").joinpath("outbox/growing.log").exists()
     f.close()
