@@ -9,9 +9,11 @@ import uuid
 
 import pytest
 
-from test_operator_ftps import CURL_UPLOAD_FAILED, SERVER, Ftps, server_manifest, strong_password, user_manifests
+from test_operator_ftps import SERVER, Ftps, server_manifest, strong_password, user_manifests
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("rbac_guard")]
+
+CURL_DISK_FULL = 70
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -54,7 +56,9 @@ def test_quota_reaches_the_server_and_stops_the_upload_that_crosses_it(crds, ope
         second = tmp_path / "second.bin"
         second.write_bytes(b"b" * 600 * 1024)
         refused = ftps.upload("alice", password, second, "second.bin")
-        assert refused.returncode == CURL_UPLOAD_FAILED, (refused.returncode, refused.stderr)
+        # 552: curl's CURLE_REMOTE_DISK_FULL.
+        assert refused.returncode == CURL_DISK_FULL, (refused.returncode, refused.stderr)
+        assert "Exceeded storage allocation" in refused.stderr
         listing = ftps.curl("alice", password, "/", "--list-only")
         assert listing.stdout.split() == ["first.bin"], listing.stdout
         events = ftps.audit_events()
