@@ -96,6 +96,12 @@ CASES = {
         [series("sluice_budget_exceeded_total", dict(POD0, budget="maxOpenHandlesPerUser"), "0+1x30"),
          series("sluice_budget_exceeded_total", dict(POD1, budget="maxOpenHandlesPerUser"), "0+0.2x30")],
         "20m", dict(pick(POD0, "namespace", "server", "pod"), budget="maxOpenHandlesPerUser"), "10", None),
+    "SluiceQuotaNearlyFull": (
+        [series("sluice_quota_used_bytes", dict(POD0, user="acme"), "950x30"),
+         series("sluice_quota_max_bytes", dict(POD0, user="acme"), "1000x30"),
+         series("sluice_quota_used_bytes", dict(POD1, user="beta"), "100x30"),
+         series("sluice_quota_max_bytes", dict(POD1, user="beta"), "1000x30")],
+        "20m", dict(pick(POD0, "namespace", "server"), user="acme"), "95%", "5m"),
     "SluiceOperatorDown": (
         [series("up", OPERATOR, "0x30"), series("up", POD0, "0x30")],
         "15m", OPERATOR, None, "5m"),
