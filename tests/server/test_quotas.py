@@ -162,3 +162,24 @@ def test_invalid_quotas_are_refused_naming_the_field(quota_server, user_entry):
                                 expect="rejected")
     assert "users[0].quota.maxBytes" in rejected["error"]
     assert "users[0].quota.warnAtPercent" in rejected["error"]
+
+
+def test_sftp_setstat_and_sparse_writes_are_charged(quota_server):
+    srv = quota_server
+    t, sftp = srv.sftp()
+    sftp.putfo(io.BytesIO(b"a" * 1024), "/small.bin")
+    # Growing a file by SETSTAT size (a hole costs nothing on disk but counts) is refused...
+    with pytest.raises(IOError) as refused:
+        sftp.truncate("/small.bin", 2 << 20)
+    assert "quota.maxBytes" in str(refused.value), str(refused.value)
+    assert srv.home("alice").joinpath("small.bin").stat().st_size == 1024
+    # ...shrinking it frees space, and a WRITE far beyond the end is charged for the hole.
+    sftp.truncate("/small.bin", 0)
+    f = sftp.open("/sparse.bin", "wb")
+    with pytest.raises(IOError, match="quota.maxBytes"):
+        f.seek(4 << 20)
+        f.write(b"x")
+        f.flush()
+    f.close()
+    t.close()
+    assert not srv.home("alice").joinpath("sparse.bin").exists()

@@ -163,3 +163,25 @@ def test_invalid_rules_are_refused_naming_the_field(retention_server, user_entry
                                 expect="rejected")
     assert "users[0].retention[0].path" in rejected["error"]
     assert "users[0].retention[0].maxAge" in rejected["error"]
+
+
+def test_retention_deletions_free_quota(make_server, user_entry, monkeypatch):
+    srv = make_server(
+        users=[user_entry("alice", quota={"maxBytes": "1Mi"},
+                          retention=[{"path": "outbox", "maxAge": "30d"}])],
+        config={"retention": {"intervalSeconds": 1}},
+    )
+    ftp = srv.ftp("alice")
+    ftp.mkd("outbox")
+    ftp.upload("/outbox/old.bin", b"o" * (900 * 1024))
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        ftp.upload("/new.bin", b"n" * (200 * 1024))
+    ftp.quit()
+    srv.stop()
+    monkeypatch.setenv(OFFSET_ENV, str(31 * DAY))
+    srv.start()
+    ftp = srv.ftp("alice")  # the login scans the home: old.bin still counts
+    srv.wait_event("retention_deleted", path="/outbox/old.bin")
+    # The deletion freed the 900 KiB in this process's usage at once (no rescan needed).
+    ftp.upload("/new.bin", b"n" * (200 * 1024))
+    ftp.quit()
