@@ -41,6 +41,8 @@ pub enum Reason {
     // TransferUser
     Provisioned,
     PasswordExpiresSoon,
+    /// A user's quota usage reached `spec.quota.warnAtPercent` (a Warning Event).
+    QuotaThreshold,
     PasswordExpired,
     PasswordPolicyViolation,
     SecretNotFound,
@@ -84,6 +86,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Provisioned => "Provisioned",
             Reason::PasswordExpiresSoon => "PasswordExpiresSoon",
+            Reason::QuotaThreshold => "QuotaThreshold",
             Reason::PasswordExpired => "PasswordExpired",
             Reason::PasswordPolicyViolation => "PasswordPolicyViolation",
             Reason::SecretNotFound => "SecretNotFound",

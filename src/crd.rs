@@ -845,7 +845,7 @@ pub struct UserQuota {
     #[x_kube(validation = Rule::new("self > 0").message("spec.quota.maxFiles must be greater than 0"))]
     pub max_files: Option<i64>,
     /// Percentage of either limit at which the server audits `quota_threshold` and logs a
-    /// warning (1-100, default 80).
+    /// warning, and the operator records a `QuotaThreshold` Warning Event (1-100, default 80).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.quota.warnAtPercent must be 1-100"))]
     pub warn_at_percent: Option<i32>,
@@ -960,4 +960,20 @@ pub struct TransferUserStatus {
     /// (`addressAndLease`: FTPS data connections without TLS session resumption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ftps_data_binding: Option<sluice_config::FtpsDataBinding>,
+    /// Quota usage as the server pods report it (users with `spec.quota` only; the largest
+    /// value any replica reports), refreshed about every 30 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaStatus>,
+}
+
+/// A TransferUser's quota usage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaStatus {
+    /// Bytes in the home (published files and uploads in flight).
+    pub used_bytes: i64,
+    /// Regular files in the home (including uploads in flight).
+    pub used_files: i64,
+    /// How full the fuller limit is, in whole percent.
+    pub percent: i64,
 }

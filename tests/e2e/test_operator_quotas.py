@@ -1,7 +1,8 @@
 """Issue 19 through the operator: a TransferUser's `spec.quota` and `spec.retention` reach the
 server's users.yaml (maxBytes as a quantity converted to bytes), the upload that crosses the
-quota fails with 552 and publishes nothing, the server pod runs retention as ordinal 0, and the
-API server rejects invalid quotas and rules with the CRD's CEL messages."""
+quota fails with 552 and publishes nothing, the usage reaches `status.quota` with a Warning
+Event at `warnAtPercent`, the server pod runs retention as ordinal 0, and the API server
+rejects invalid quotas and rules with the CRD's CEL messages."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import uuid
 
 import pytest
 
+from test_operator_password_aging import _events
 from test_operator_ftps import SERVER, Ftps, server_manifest, strong_password, user_manifests
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("rbac_guard")]
 
 CURL_DISK_FULL = 70
+
+
+def _quota(cluster, ns: str, name: str) -> dict:
+    return (cluster.kubectl_json("get", "tu", name, "-n", ns).get("status") or {}).get("quota") or {}
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -64,6 +70,20 @@ def test_quota_reaches_the_server_and_stops_the_upload_that_crosses_it(crds, ope
         events = ftps.audit_events()
         exceeded = [e for e in events if e.get("event") == "quota_exceeded"]
         assert exceeded and exceeded[0]["max_bytes"] == 1 << 20, exceeded
+        # 600 KiB of 1 MiB: the status shows the usage the pod reports.
+        cluster.wait_for(lambda: _quota(cluster, ns, "alice").get("usedBytes") == 600 * 1024, 90,
+                         "status.quota.usedBytes of alice")
+        assert not _events(cluster, ns, "QuotaThreshold")
+        # 850 KiB: past warnAtPercent (80): the status follows and a Warning Event is recorded.
+        third = tmp_path / "third.bin"
+        third.write_bytes(b"c" * 250 * 1024)
+        assert ftps.upload("alice", password, third, "third.bin").returncode == 0
+        quota = cluster.wait_for(lambda: (q := _quota(cluster, ns, "alice")).get("percent", 0) >= 80 and q,
+                                 90, "status.quota.percent of alice past 80")
+        assert quota["usedBytes"] == 850 * 1024 and quota["usedFiles"] == 2, quota
+        (event,) = cluster.wait_for(lambda: _events(cluster, ns, "QuotaThreshold"), 30, "a QuotaThreshold event")
+        assert event["type"] == "Warning" and event["involvedObject"]["name"] == "alice", event
+        assert "83%" in event["message"], event
         # The pod is <server>-0: it runs retention (the operator renders replica: ordinalZero).
         config = cluster.kubectl_json("get", "configmap", f"{SERVER}-config", "-n", ns)
         assert "ordinalZero" in str(config.get("data")), config.get("data")
