@@ -500,11 +500,14 @@ pub fn forget(context: &Context, namespace: Option<&str>, name: &str) {
     context.metrics.certificate_expiry.remove(&labels);
 }
 
+/// One kstatus condition to set: its reason and message (None: the condition is absent).
+pub type KstatusCondition<'a> = Option<(Reason, &'a str)>;
+
 /// kstatus for a user (Flux and `kubectl wait` read `Stalled`/`Reconciling`, not `Ready=False`):
 /// a refusal only a change to the object, its Secret or the server fixes is `Stalled`; a state
 /// that resolves itself (a Secret or server still to come, pods still loading) is
 /// `Reconciling`. `Disabled` is neither: a deliberate state, not a failure or a step.
-pub fn user_kstatus(verdict: &users::Verdict) -> (Option<(Reason, &str)>, Option<(Reason, &str)>) {
+pub fn user_kstatus(verdict: &users::Verdict) -> (KstatusCondition<'_>, KstatusCondition<'_>) {
     if verdict.ready {
         return (None, None);
     }
@@ -557,6 +560,8 @@ pub async fn update_user_status(
             .or(previous.password_changed_at.clone()),
         password_expires_at: verdict.password_expires_at.clone(),
         ftps_data_binding: verdict.ftps_data_binding,
+        // Written by `crate::quota_status`, never by this patch (not in USER_STATUS_FIELDS).
+        quota: previous.quota.clone(),
     };
     if user.status.as_ref() == Some(&status) {
         return Ok(());
