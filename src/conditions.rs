@@ -41,6 +41,8 @@ pub enum Reason {
     // TransferUser
     Provisioned,
     PasswordExpiresSoon,
+    /// A user's quota usage reached `spec.quota.warnAtPercent` (a Warning Event).
+    QuotaThreshold,
     PasswordExpired,
     PasswordPolicyViolation,
     SecretNotFound,
@@ -86,6 +88,7 @@ impl Reason {
             Reason::InvalidSpec => "InvalidSpec",
             Reason::Provisioned => "Provisioned",
             Reason::PasswordExpiresSoon => "PasswordExpiresSoon",
+            Reason::QuotaThreshold => "QuotaThreshold",
             Reason::PasswordExpired => "PasswordExpired",
             Reason::PasswordPolicyViolation => "PasswordPolicyViolation",
             Reason::SecretNotFound => "SecretNotFound",

@@ -899,6 +899,94 @@ pub struct TransferUserSpec {
     /// in `status.ftpsDataBinding` and logged as a warning by the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ftps_data_binding: Option<sluice_config::FtpsDataBinding>,
+    /// Limits on the bytes and files the user may store under its home, enforced during the
+    /// write: the upload that would cross a limit stops there and is not published (FTPS 552,
+    /// SFTP failure naming the quota). See docs/quotas-and-retention.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<UserQuota>,
+    /// Retention rules per directory of the home, e.g.
+    /// `{path: outbox/, maxAge: 30d}` or `{path: inbox/, afterDownload: true}`; deletions are
+    /// audited and emitted as file events. At most 16 rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub retention: Vec<UserRetention>,
+}
+
+/// A byte count: a number of bytes or a Kubernetes quantity string (`10Gi`, `500M`).
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(transparent)]
+pub struct ByteQuantity(pub String);
+
+impl<'de> Deserialize<'de> for ByteQuantity {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ByteQuantity;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a number of bytes or a quantity such as 10Gi")
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<ByteQuantity, E> {
+                Ok(ByteQuantity(value.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<ByteQuantity, E> {
+                Ok(ByteQuantity(value.to_string()))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ByteQuantity, E> {
+                Ok(ByteQuantity(text.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+fn byte_quantity_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Bytes the home may hold: a number of bytes or a quantity such as 10Gi or 500M (binary Ki Mi Gi Ti Pi Ei, decimal k M G T P E; whole numbers only).",
+        "x-kubernetes-int-or-string": true,
+        "x-kubernetes-validations": [{
+            "rule": "type(self) == int ? self > 0 : (self.matches('^[0-9]+(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$') && !self.matches('^0+[A-Za-z]*$'))",
+            "message": "spec.quota.maxBytes must be a positive number of bytes or a quantity such as 10Gi"
+        }]
+    })
+}
+
+/// Quota of a TransferUser.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.maxBytes) || has(self.maxFiles)").message("spec.quota: set maxBytes, maxFiles or both"))]
+pub struct UserQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "byte_quantity_schema")]
+    pub max_bytes: Option<ByteQuantity>,
+    /// Regular files the home may hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self > 0").message("spec.quota.maxFiles must be greater than 0"))]
+    pub max_files: Option<i64>,
+    /// Percentage of either limit at which the server audits `quota_threshold` and logs a
+    /// warning, and the operator records a `QuotaThreshold` Warning Event (1-100, default 80).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 100").message("spec.quota.warnAtPercent must be 1-100"))]
+    pub warn_at_percent: Option<i32>,
+}
+
+/// One retention rule of a TransferUser.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.maxAge) || (has(self.afterDownload) && self.afterDownload)").message("spec.retention[]: set maxAge, afterDownload: true, or both"))]
+pub struct UserRetention {
+    /// Directory relative to the home (`outbox/`; `/` for the whole home).
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = Rule::new("!self.matches('(^|/)[.][.](/|$)')").message("spec.retention[].path must not contain '..'"))]
+    pub path: String,
+    /// Files older than this (by modification time) are deleted: `30d`, `12h`, `90m`, `2w`,
+    /// `1d12h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^([0-9]+[smhdw])+$')").message("spec.retention[].maxAge must be an age such as 30d, 12h or 1d12h"))]
+    pub max_age: Option<String>,
+    /// Delete a file once a download of it completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_download: Option<bool>,
 }
 
 /// A user's TOTP setting; the shared secret stays in a Secret.
@@ -990,4 +1078,20 @@ pub struct TransferUserStatus {
     /// (`addressAndLease`: FTPS data connections without TLS session resumption).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ftps_data_binding: Option<sluice_config::FtpsDataBinding>,
+    /// Quota usage as the server pods report it (users with `spec.quota` only; the largest
+    /// value any replica reports), refreshed about every 30 seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaStatus>,
+}
+
+/// A TransferUser's quota usage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaStatus {
+    /// Bytes in the home (published files and uploads in flight).
+    pub used_bytes: i64,
+    /// Regular files in the home (including uploads in flight).
+    pub used_files: i64,
+    /// How full the fuller limit is, in whole percent.
+    pub percent: i64,
 }

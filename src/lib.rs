@@ -15,6 +15,7 @@ pub mod crdgen;
 pub mod lenient;
 pub mod metrics;
 pub mod policy;
+pub mod quota_status;
 pub mod render;
 pub mod shards;
 pub mod users;

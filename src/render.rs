@@ -350,6 +350,13 @@ pub fn server_config(
         audit: config::AuditConfig::default(),
         reload: config::ReloadConfig::default(),
         bans: ban_config(fts),
+        // Pods of the StatefulSet are <name>-0, <name>-1, ...: only the first runs retention,
+        // so replicas on a shared volume never race to delete the same files.
+        quotas: config::QuotaConfig::default(),
+        retention: config::RetentionConfig {
+            replica: config::RetentionReplica::OrdinalZero,
+            ..config::RetentionConfig::default()
+        },
         passwords: config::PasswordsConfig {
             max_age_days: spec
                 .security
@@ -1623,6 +1630,13 @@ spec:
         );
         assert!(parsed.tls.require_session_resumption);
         assert!(parsed.insecure_opt_ins().is_empty());
+        // Pods are <name>-0, <name>-1, ...: retention runs on the first only.
+        assert_eq!(
+            parsed.retention.replica,
+            config::RetentionReplica::OrdinalZero
+        );
+        assert!(parsed.retention.runs_on("partners-0"));
+        assert!(!parsed.retention.runs_on("partners-1"));
     }
 
     #[test]

@@ -151,6 +151,8 @@ mod tests {
             login_windows: Vec::new(),
             password_changed_at: None,
             ftps_data_binding: Default::default(),
+            quota: None,
+            retention: Vec::new(),
         }
     }
 

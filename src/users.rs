@@ -310,6 +310,16 @@ fn resolve_one(
         login_windows: spec.login_windows.clone(),
         password_changed_at,
         ftps_data_binding: spec.ftps_data_binding.unwrap_or_default(),
+        quota: resolve_quota(spec)?,
+        retention: spec
+            .retention
+            .iter()
+            .map(|rule| config::RetentionRule {
+                path: rule.path.clone(),
+                max_age: rule.max_age.clone(),
+                after_download: rule.after_download.unwrap_or(false),
+            })
+            .collect(),
     };
     // Field-level validation with the server's own rules, so the server never rejects a file
     // the operator wrote.
@@ -375,6 +385,48 @@ fn secret_value(
         ));
     };
     Ok((key, bytes))
+}
+
+/// `spec.quota` as users.yaml carries it: `maxBytes` parsed into bytes with the server's own
+/// quantity parser, so the two can never disagree.
+fn resolve_quota(spec: &crate::crd::TransferUserSpec) -> Result<Option<config::Quota>, Verdict> {
+    let Some(quota) = &spec.quota else {
+        return Ok(None);
+    };
+    let max_bytes = match &quota.max_bytes {
+        Some(text) => Some(config::ByteSize(
+            config::parse_byte_quantity(&text.0).map_err(|message| {
+                Verdict::refused(
+                    Reason::InvalidSpec,
+                    format!("spec.quota.maxBytes: {message}"),
+                )
+            })?,
+        )),
+        None => None,
+    };
+    let max_files = match quota.max_files {
+        Some(files) => Some(u64::try_from(files).map_err(|_| {
+            Verdict::refused(
+                Reason::InvalidSpec,
+                format!("spec.quota.maxFiles: {files} is negative"),
+            )
+        })?),
+        None => None,
+    };
+    let warn_at_percent = match quota.warn_at_percent {
+        Some(percent) => u8::try_from(percent).map_err(|_| {
+            Verdict::refused(
+                Reason::InvalidSpec,
+                format!("spec.quota.warnAtPercent: {percent} is not 1-100"),
+            )
+        })?,
+        None => config::DEFAULT_QUOTA_WARN_PERCENT,
+    };
+    Ok(Some(config::Quota {
+        max_bytes,
+        max_files,
+        warn_at_percent,
+    }))
 }
 
 /// The user's TOTP setting with the base32 secret read from `spec.totp.secretRef`.
@@ -520,6 +572,59 @@ mod tests {
         );
         let parsed = config::UserList::parse("users.yaml", &yaml).unwrap();
         assert_eq!(parsed.insecure_opt_ins().len(), 1);
+    }
+
+    #[test]
+    fn quota_and_retention_are_rendered_in_bytes_and_invalid_ones_refused() {
+        let extra = "  quota: {maxBytes: 10Gi, maxFiles: 500}\n  retention:\n    - {path: outbox/, maxAge: 30d}\n    - {path: inbox, afterDownload: true}\n";
+        let integer = "  quota: {maxBytes: 1048576, warnAtPercent: 90}\n";
+        let bad = "  quota: {maxBytes: 1.5Gi}\n";
+        let bad_rule = "  retention: [{path: ../up, maxAge: 3 days}]\n";
+        let users = [
+            user("alice", "alice", 1, extra),
+            user("bob", "bob", 2, integer),
+            user("carol", "carol", 3, bad),
+            user("dave", "dave", 4, bad_rule),
+        ];
+        let secrets = BTreeMap::from([
+            secret("alice-pw", "Orbit-Kettle-2026", "1"),
+            secret("bob-pw", "Orbit-Kettle-2026", "1"),
+            secret("carol-pw", "Orbit-Kettle-2026", "1"),
+            secret("dave-pw", "Orbit-Kettle-2026", "1"),
+        ]);
+        let resolved = run(&users, &secrets, None);
+        let alice = resolved.list.find("alice").unwrap();
+        let quota = alice.quota.as_ref().unwrap();
+        assert_eq!(quota.max_bytes, Some(config::ByteSize(10 << 30)));
+        assert_eq!((quota.max_files, quota.warn_at_percent), (Some(500), 80));
+        assert_eq!(alice.retention.len(), 2);
+        assert!(alice.retention[1].after_download);
+        let bob = resolved.list.find("bob").unwrap().quota.clone().unwrap();
+        assert_eq!(
+            (bob.max_bytes, bob.warn_at_percent),
+            (Some(config::ByteSize(1 << 20)), 90)
+        );
+        assert!(resolved.list.find("carol").is_none());
+        assert!(
+            resolved.verdicts["carol"]
+                .message
+                .contains("spec.quota.maxBytes"),
+            "{}",
+            resolved.verdicts["carol"].message
+        );
+        assert!(resolved.list.find("dave").is_none());
+        assert!(
+            resolved.verdicts["dave"]
+                .message
+                .contains("spec.retention[0]."),
+            "{}",
+            resolved.verdicts["dave"].message
+        );
+        // What the operator renders, the server parses back unchanged.
+        let yaml = serde_saphyr::to_string(&resolved.list).unwrap();
+        assert!(yaml.contains("maxBytes: 10737418240"), "{yaml}");
+        let parsed = config::UserList::parse("users.yaml", &yaml).unwrap();
+        assert_eq!(parsed.find("alice"), Some(alice));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "dev.sluice.dir.created",
     "dev.sluice.dir.removed",
     "dev.sluice.upload.refused",
+    "dev.sluice.file.expired",
 ];
 
 /// Smallest outbox we accept: a few thousand events.

@@ -95,6 +95,12 @@ pub struct ServerConfig {
     /// Absent: no scanning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scanning: Option<crate::ScanningConfig>,
+    /// How long quota usage is trusted before a rescan; see [`crate::QuotaConfig`].
+    #[serde(default, skip_serializing_if = "crate::QuotaConfig::is_default")]
+    pub quotas: crate::QuotaConfig,
+    /// When and where retention runs; see [`crate::RetentionConfig`].
+    #[serde(default, skip_serializing_if = "crate::RetentionConfig::is_default")]
+    pub retention: crate::RetentionConfig,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -327,6 +333,10 @@ impl Default for ReloadConfig {
             interval_ms: default_reload_interval_ms(),
         }
     }
+}
+
+fn err_push(errors: &mut Vec<FieldError>, file: &str, field: &str, message: String) {
+    errors.push(FieldError::new(file, field, message));
 }
 
 fn yes() -> bool {
@@ -627,6 +637,22 @@ impl ServerConfig {
                      uploads.atomic: true)",
                 ));
             }
+        }
+        if !(1..=86_400).contains(&self.retention.interval_seconds) {
+            err_push(
+                &mut errors,
+                file,
+                "retention.intervalSeconds",
+                format!("{} is not 1-86400", self.retention.interval_seconds),
+            );
+        }
+        if !(5..=86_400).contains(&self.quotas.rescan_seconds) {
+            err_push(
+                &mut errors,
+                file,
+                "quotas.rescanSeconds",
+                format!("{} is not 5-86400", self.quotas.rescan_seconds),
+            );
         }
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(

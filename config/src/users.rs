@@ -6,11 +6,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::FtpsDataBinding;
 use crate::second_factor::{self, ClientCertificate, FtpsAuth, TotpConfig};
 use crate::{
     ConfigError, FieldError, LoginWindow, SshAuthMethod, check_header, parse_yaml, validate_window,
 };
+use crate::{FtpsDataBinding, MAX_RETENTION_RULES, Quota, RetentionRule};
 
 /// What a user may do. Each FTP/SFTP verb needs exactly one of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -138,6 +138,12 @@ pub struct User {
     /// `addressAndLease` for clients that cannot resume TLS sessions; see [`FtpsDataBinding`].
     #[serde(default, skip_serializing_if = "is_default")]
     pub ftps_data_binding: FtpsDataBinding,
+    /// Limits on the bytes and files under the home; see [`Quota`]. Absent: no quota.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
+    /// Retention rules per directory of the home; see [`RetentionRule`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retention: Vec<RetentionRule>,
 }
 
 fn is_default<T: Default + PartialEq>(value: &T) -> bool {
@@ -463,6 +469,35 @@ impl UserList {
                 );
             }
             validate_second_factor(user, &mut err);
+            if let Some(quota) = &user.quota {
+                for (field, message) in quota.validate() {
+                    let path = if field.is_empty() {
+                        "quota".to_string()
+                    } else {
+                        format!("quota.{field}")
+                    };
+                    err(&path, message);
+                }
+            }
+            if user.retention.len() > MAX_RETENTION_RULES {
+                err(
+                    "retention",
+                    format!(
+                        "has {} rules; at most {MAX_RETENTION_RULES}",
+                        user.retention.len()
+                    ),
+                );
+            }
+            for (rule_index, rule) in user.retention.iter().enumerate() {
+                for (field, message) in rule.validate() {
+                    let path = if field.is_empty() {
+                        format!("retention[{rule_index}]")
+                    } else {
+                        format!("retention[{rule_index}].{field}")
+                    };
+                    err(&path, message);
+                }
+            }
             let mut seen = HashSet::new();
             for permission in &user.permissions {
                 if !seen.insert(permission) {
@@ -666,6 +701,43 @@ mod tests {
         );
         let error = UserList::parse("users.yaml", &text).unwrap_err();
         assert!(error.to_string().contains("Monday"), "{error}");
+    }
+
+    #[test]
+    fn quota_and_retention_parse_and_errors_name_them() {
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    quota: {maxBytes: 10Mi, maxFiles: 100}\n    retention: [{path: outbox/, maxAge: 30d}, {path: inbox, afterDownload: true}]\n",
+        );
+        let users = UserList::parse("users.yaml", &text).unwrap();
+        let bob = &users.users[0];
+        let quota = bob.quota.as_ref().unwrap();
+        assert_eq!(quota.max_bytes, Some(crate::ByteSize(10 << 20)));
+        assert_eq!((quota.max_files, quota.warn_at_percent), (Some(100), 80));
+        assert_eq!(bob.retention.len(), 2);
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    quota: {maxBytes: 0, warnAtPercent: 101}\n    retention: [{path: ../x, maxAge: soon}, {path: y}]\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        let fields: Vec<_> = error
+            .field_errors()
+            .iter()
+            .map(|e| e.field.as_str())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "users[0].quota.maxBytes",
+                "users[0].quota.warnAtPercent",
+                "users[0].retention[0].path",
+                "users[0].retention[0].maxAge",
+                "users[0].retention[1]"
+            ]
+        );
+        let text = list(
+            "  - username: bob\n    home: bob\n    permissions: [list]\n    quota: {maxBytes: 10 apples}\n",
+        );
+        let error = UserList::parse("users.yaml", &text).unwrap_err();
+        assert!(error.to_string().contains("10 apples"), "{error}");
     }
 
     #[test]

@@ -209,7 +209,11 @@ async fn run(fixture: &Fixture, fs: &UserFs, ops: &[Op]) {
                         drop(opened.file);
                         match opened.temp_name {
                             Some(temp) => {
-                                if fs.commit_temp(temp, &path, Replace::Never).await.is_ok() {
+                                if fs
+                                    .commit_temp(temp, &path, Replace::Never, opened.charge)
+                                    .await
+                                    .is_ok()
+                                {
                                     check_reached(fixture, &path);
                                 }
                             }

@@ -283,6 +283,7 @@ async fn serve(config_path: PathBuf) -> anyhow::Result<()> {
             context.snapshot.clone(),
         ));
     }
+    tokio::spawn(sluice_server::retention::run(context.clone()));
     tokio::spawn(reload::watch_files(
         config_path.clone(),
         sender,

@@ -38,6 +38,14 @@ pub struct Metrics {
     pub bans_active: Family<Labels, Gauge>,
     pub ban_sync_requests: Family<Labels, Counter>,
     pub budget_exceeded: Family<Labels, Counter>,
+    /// Quota usage per user with a quota (see `crate::quota`); labels are usernames from
+    /// users.yaml, never client input.
+    pub quota_used_bytes: Family<Labels, Gauge>,
+    pub quota_used_files: Family<Labels, Gauge>,
+    pub quota_max_bytes: Family<Labels, Gauge>,
+    pub quota_refusals: Family<Labels, Counter>,
+    /// Files deleted by retention (see `crate::retention`), by reason.
+    pub retention_deleted: Family<Labels, Counter>,
     pub events: crate::events::EventMetrics,
     pub scan: crate::scan::ScanMetrics,
     registry: std::sync::OnceLock<Registry>,
@@ -76,6 +84,31 @@ impl Metrics {
             "budget_exceeded",
             "Requests refused or sessions ended by a tenant budget (budgets.*), by budget",
             metrics.budget_exceeded.clone(),
+        );
+        registry.register(
+            "quota_used_bytes",
+            "Bytes in the home of a user with a quota (published files and uploads in flight)",
+            metrics.quota_used_bytes.clone(),
+        );
+        registry.register(
+            "quota_used_files",
+            "Regular files in the home of a user with a quota (including uploads in flight)",
+            metrics.quota_used_files.clone(),
+        );
+        registry.register(
+            "quota_max_bytes",
+            "quota.maxBytes of a user",
+            metrics.quota_max_bytes.clone(),
+        );
+        registry.register(
+            "quota_refusals",
+            "Writes refused by a quota, by limit",
+            metrics.quota_refusals.clone(),
+        );
+        registry.register(
+            "retention_deleted",
+            "Files deleted by retention rules, by reason (max_age, after_download)",
+            metrics.retention_deleted.clone(),
         );
         registry.register(
             "logins",

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::filework::UserWork;
+use crate::quota::{Charge, Quota, QuotaError};
 use crate::vpath::VirtualPath;
 
 /// Size of the chunks moved between disk and network.
@@ -122,6 +123,8 @@ pub enum FsError {
     IsADirectory(String),
     #[error("insufficient storage space writing {0}")]
     NoSpace(String),
+    #[error("{source} (writing {path})")]
+    Quota { path: String, source: QuotaError },
     #[error("i/o error on {path}: {source}")]
     Io { path: String, source: io::Error },
     #[error(
@@ -216,6 +219,34 @@ fn share_home(dir: Dir) -> io::Result<Arc<Dir>> {
 pub struct UserFs {
     home: Arc<Dir>,
     work: UserWork,
+    /// The home relative to dataRoot (`partners/acme`), as quota and retention name it.
+    home_key: Arc<str>,
+    /// The user's quota, when it has one (see `crate::quota`).
+    quota: Option<Arc<Quota>>,
+}
+
+/// Shared by an upload's network side and its write-behind worker: the worker charges each
+/// chunk, the sink publishes or discards what was charged.
+type SharedCharge = Arc<Mutex<Option<Charge>>>;
+
+fn quota_error(path: &VirtualPath, source: QuotaError) -> FsError {
+    FsError::Quota {
+        path: path.to_string(),
+        source,
+    }
+}
+
+/// Charges `bytes` more to an upload's quota account (if it has one).
+fn charge_growth(charge: &SharedCharge, path: &VirtualPath, bytes: u64) -> Result<(), FsError> {
+    let mut slot = charge.lock().unwrap_or_else(|p| p.into_inner());
+    match slot.as_mut() {
+        Some(charge) => charge.grow(bytes).map_err(|e| quota_error(path, e)),
+        None => Ok(()),
+    }
+}
+
+fn take_charge(charge: &SharedCharge) -> Option<Charge> {
+    charge.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 /// Runs `f` on the blocking pool outside any user's budget: only for the home open at login,
@@ -296,6 +327,8 @@ impl UserFs {
             Ok(UserFs {
                 home: share_home(dir).map_err(|e| FsError::from_io(&home_path, e))?,
                 work,
+                home_key: Arc::from(home_path.relative().as_str()),
+                quota: None,
             })
         })
         .await
@@ -304,6 +337,37 @@ impl UserFs {
     /// The user's file-work budget (shared by all the user's sessions).
     pub fn work(&self) -> &UserWork {
         &self.work
+    }
+
+    /// This view with `quota` enforced; its usage is scanned now if it is not known yet. A
+    /// failed scan is logged and refuses writes (fail closed) until a later scan succeeds;
+    /// reading and deleting still work.
+    pub async fn with_quota(mut self, quota: Option<Arc<Quota>>) -> UserFs {
+        if let Some(quota) = &quota {
+            let _ = quota.refresh(&self.home, &self.work, false).await;
+        }
+        self.quota = quota;
+        self
+    }
+
+    /// The home relative to dataRoot.
+    pub fn home_key(&self) -> &str {
+        &self.home_key
+    }
+
+    pub fn quota(&self) -> Option<&Arc<Quota>> {
+        self.quota.as_ref()
+    }
+
+    /// Rescans the home's usage if it is older than `quotas.rescanSeconds`.
+    async fn fresh_quota(&self) -> Result<(), FsError> {
+        if let Some(quota) = &self.quota {
+            quota
+                .refresh(&self.home, &self.work, false)
+                .await
+                .map_err(|e| quota_error(&VirtualPath::root(), e))?;
+        }
+        Ok(())
     }
 
     /// `stat` following symlinks (that stay inside).
@@ -389,6 +453,7 @@ impl UserFs {
     pub async fn remove_file(&self, path: &VirtualPath) -> Result<(), FsError> {
         let home = self.home.clone();
         let path = path.clone();
+        let quota = self.quota.clone();
         budgeted(&self.work, move || {
             let meta = home
                 .symlink_metadata(path.relative())
@@ -397,7 +462,13 @@ impl UserFs {
                 return Err(FsError::IsADirectory(path.to_string()));
             }
             home.remove_file(path.relative())
-                .map_err(|e| FsError::from_io(&path, e))
+                .map_err(|e| FsError::from_io(&path, e))?;
+            if meta.is_file()
+                && let Some(quota) = &quota
+            {
+                quota.removed(meta.len());
+            }
+            Ok(())
         })
         .await
     }
@@ -412,10 +483,24 @@ impl UserFs {
             return Err(FsError::Denied(from.to_string()));
         }
         let home = self.home.clone();
+        let quota = self.quota.clone();
         let (from, to) = (from.clone(), to.clone());
         budgeted(&self.work, move || {
+            // A rename over a regular file frees the file it replaces.
+            let replaced = match (&quota, replace) {
+                (Some(_), Replace::Allowed) if from != to => home
+                    .symlink_metadata(to.relative())
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len()),
+                _ => None,
+            };
             rename_within(&home, &from.relative(), &to.relative(), replace)
-                .map_err(|e| FsError::from_io(&to, e))
+                .map_err(|e| FsError::from_io(&to, e))?;
+            if let (Some(quota), Some(size)) = (&quota, replaced) {
+                quota.removed(size);
+            }
+            Ok(())
         })
         .await
     }
@@ -519,14 +604,18 @@ impl UserFs {
         atomic: bool,
         replace: Replace,
     ) -> Result<UploadSink, FsError> {
+        self.fresh_quota().await?;
         let home = self.home.clone();
         let path = path.clone();
-        let (file, temp_name, existed) = budgeted(&self.work, {
+        let quota = self.quota.clone();
+        let (file, temp_name, existed, charge) = budgeted(&self.work, {
             let home = home.clone();
             let path = path.clone();
-            move || open_upload_target(&home, &path, mode, atomic, replace)
+            move || open_upload_target(&home, &path, mode, atomic, replace, quota.as_ref())
         })
         .await?;
+        let charge: SharedCharge = Arc::new(Mutex::new(charge));
+        let worker_charge = charge.clone();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_QUEUE_CHUNKS);
         // Written chunks go back to the sink for the next reads: an upload allocates (and
         // zeroes) at most UPLOAD_BATCH_CHUNKS + UPLOAD_QUEUE_CHUNKS + 1 buffers, not one per
@@ -553,10 +642,14 @@ impl UserFs {
                 }
                 let (file, mut hasher, mut written) = state;
                 let path = path.clone();
+                let charge = worker_charge.clone();
                 let outcome = work
                     .run(move || {
                         let mut file = file;
                         for chunk in &batch {
+                            // Charged before it is written: the chunk that would cross the
+                            // quota is never on disk.
+                            charge_growth(&charge, &path, chunk.len() as u64)?;
                             hasher.update(chunk);
                             if let Err(e) = file.write_all(chunk) {
                                 return Err(FsError::from_io(&path, e));
@@ -582,6 +675,7 @@ impl UserFs {
         });
         Ok(UploadSink {
             free: free_rx,
+            charge,
             home,
             work: self.work.clone(),
             replace,
@@ -651,6 +745,32 @@ fn rename_within(home: &Dir, from: &str, to: &str, replace: Replace) -> io::Resu
     .map_err(io::Error::from)
 }
 
+/// Renames an atomic upload's temporary over its target and settles its quota account: the file
+/// the rename replaced (if any) is freed. A failed rename removes the temporary.
+fn publish_temp(
+    home: &Dir,
+    temp: &str,
+    target: &VirtualPath,
+    replace: Replace,
+    charge: Option<Charge>,
+) -> Result<(), FsError> {
+    let replaced = match &charge {
+        Some(_) => match home.symlink_metadata(target.relative()) {
+            Ok(meta) if meta.is_file() => Some(meta.len()),
+            _ => None,
+        },
+        None => None,
+    };
+    rename_within(home, temp, &target.relative(), replace).map_err(|e| {
+        let _ = home.remove_file(temp);
+        FsError::from_io(target, e)
+    })?;
+    if let Some(charge) = charge {
+        charge.publish(replaced);
+    }
+    Ok(())
+}
+
 fn open_regular_file(home: &Dir, path: &VirtualPath) -> Result<std::fs::File, FsError> {
     let file = home
         .open(path.relative())
@@ -672,21 +792,36 @@ fn temp_name_for(path: &VirtualPath) -> String {
     }
 }
 
+/// An upload target opened: the file, its atomic temporary name, whether the target existed,
+/// and its quota account.
+type OpenedUpload = (std::fs::File, Option<String>, bool, Option<Charge>);
+
 fn open_upload_target(
     home: &Dir,
     path: &VirtualPath,
     mode: WriteMode,
     atomic: bool,
     replace: Replace,
-) -> Result<(std::fs::File, Option<String>, bool), FsError> {
+    quota: Option<&Arc<Quota>>,
+) -> Result<OpenedUpload, FsError> {
     if path.is_root() {
         return Err(FsError::IsADirectory(path.to_string()));
     }
-    let existed = match home.metadata(path.relative()) {
+    let existing_len = match home.metadata(path.relative()) {
         Ok(meta) if meta.is_dir() => return Err(FsError::IsADirectory(path.to_string())),
-        Ok(_) => true,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Ok(meta) => Some(meta.len()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(FsError::from_io(path, e)),
+    };
+    let existed = existing_len.is_some();
+    let staged = mode == WriteMode::Replace && atomic;
+    let charge = match quota {
+        Some(quota) => Some(
+            quota
+                .begin(&path.to_string(), staged, existing_len, !existed)
+                .map_err(|e| quota_error(path, e))?,
+        ),
+        None => None,
     };
     let mut options = OpenOptions::new();
     match mode {
@@ -696,7 +831,7 @@ fn open_upload_target(
             let file = home
                 .open_with(&temp, &options)
                 .map_err(|e| FsError::from_io(path, e))?;
-            return Ok((file.into_std(), Some(temp), existed));
+            return Ok((file.into_std(), Some(temp), existed, charge));
         }
         WriteMode::Replace if replace == Replace::Never => {
             options.write(true).create_new(true);
@@ -714,10 +849,25 @@ fn open_upload_target(
             options.write(true).create(true);
         }
     }
-    let file = home
-        .open_with(path.relative(), &options)
-        .map_err(|e| FsError::from_io(path, e))?;
+    let file = match home.open_with(path.relative(), &options) {
+        Ok(file) => file,
+        Err(e) => {
+            if let Some(charge) = charge {
+                charge.discard(true);
+            }
+            return Err(FsError::from_io(path, e));
+        }
+    };
     let mut file = file.into_std();
+    // What the open cut off an existing file is free again.
+    let kept = match mode {
+        WriteMode::Replace => 0,
+        WriteMode::Append => existing_len.unwrap_or(0),
+        WriteMode::At(offset) => offset.min(existing_len.unwrap_or(0)),
+    };
+    if let Some(quota) = quota {
+        quota.truncated(existing_len.unwrap_or(0).saturating_sub(kept));
+    }
     if let WriteMode::At(offset) = mode {
         let size = file
             .metadata()
@@ -737,11 +887,13 @@ fn open_upload_target(
         file.seek(SeekFrom::Start(offset))
             .map_err(|e| FsError::from_io(path, e))?;
     }
-    Ok((file, None, existed))
+    Ok((file, None, existed, charge))
 }
 
 /// An upload in progress: chunks go to a write-behind worker that hashes and writes them.
 pub struct UploadSink {
+    /// The upload's quota account (shared with the worker that charges it).
+    charge: SharedCharge,
     home: Arc<Dir>,
     work: UserWork,
     replace: Replace,
@@ -803,6 +955,7 @@ impl UploadSink {
                 replace: self.replace,
                 target: self.target.clone(),
                 temp_name: self.temp_name.take(),
+                charge: take_charge(&self.charge),
                 sha256,
                 written,
             }),
@@ -832,12 +985,16 @@ impl UploadSink {
             None if self.created && self.mode == WriteMode::Replace => Some(self.target.relative()),
             None => None,
         };
+        let removed = remove.is_some();
         if let Some(name) = remove {
             let _ = budgeted(&self.work, move || {
                 home.remove_file(&name).ok();
                 Ok(())
             })
             .await;
+        }
+        if let Some(charge) = take_charge(&self.charge) {
+            charge.discard(removed);
         }
     }
 }
@@ -850,6 +1007,9 @@ pub struct Finished {
     replace: Replace,
     target: VirtualPath,
     temp_name: Option<String>,
+    /// The upload's quota account: settled by [`Finished::publish`]; a refused upload drops
+    /// it (or calls [`Finished::discard`]) and what it reserved is given back.
+    charge: Option<Charge>,
     pub sha256: String,
     pub written: u64,
 }
@@ -863,19 +1023,28 @@ impl Finished {
     /// Renames an atomic temporary file over the final name. Returns (sha256 hex, bytes
     /// written).
     pub async fn publish(self) -> Result<(String, u64), FsError> {
+        let charge = self.charge;
         if let Some(temp) = self.temp_name {
             let home = self.home.clone();
             let target = self.target.clone();
             let replace = self.replace;
             budgeted(&self.work, move || {
-                rename_within(&home, &temp, &target.relative(), replace).map_err(|e| {
-                    let _ = home.remove_file(&temp);
-                    FsError::from_io(&target, e)
-                })
+                publish_temp(&home, &temp, &target, replace, charge)
             })
             .await?;
+        } else if let Some(charge) = charge {
+            charge.publish(None);
         }
         Ok((self.sha256, self.written))
+    }
+
+    /// Gives back what a refused upload reserved against the quota. The caller has already
+    /// removed or quarantined the temporary file (quarantine is outside the home), so nothing
+    /// of the upload stays in the home.
+    pub fn discard(mut self) {
+        if let Some(charge) = self.charge.take() {
+            charge.discard(true);
+        }
     }
 }
 
@@ -961,6 +1130,8 @@ pub struct OpenedForWrite {
     pub file: std::fs::File,
     pub existed: bool,
     pub temp_name: Option<String>,
+    /// The upload's quota account, charged by the write-behind worker as the file grows.
+    pub charge: Option<Charge>,
 }
 
 impl UserFs {
@@ -1048,26 +1219,38 @@ impl UserFs {
         if path.is_root() {
             return Err(FsError::IsADirectory(path.to_string()));
         }
+        self.fresh_quota().await?;
         let home = self.home.clone();
         let path = path.clone();
+        let quota = self.quota.clone();
         budgeted(&self.work, move || {
-            let existed = match home.metadata(path.relative()) {
+            let existing_len = match home.metadata(path.relative()) {
                 Ok(meta) if meta.is_dir() => return Err(FsError::IsADirectory(path.to_string())),
-                Ok(_) => true,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                Ok(meta) => Some(meta.len()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
                 Err(e) => return Err(FsError::from_io(&path, e)),
             };
+            let existed = existing_len.is_some();
             if existed && (how.exclusive || how.replace == Replace::Never) {
                 return Err(FsError::Exists(path.to_string()));
             }
             if !existed && !how.create {
                 return Err(FsError::NotFound(path.to_string()));
             }
+            let staged = how.atomic && how.truncate && how.create && !how.append;
+            let charge = match &quota {
+                Some(quota) => Some(
+                    quota
+                        .begin(&path.to_string(), staged, existing_len, !existed)
+                        .map_err(|e| quota_error(&path, e))?,
+                ),
+                None => None,
+            };
             // Always readable by the worker: it hashes the final file when writes were not
             // sequential. Whether the client may READ is decided by the handle.
             let mut options = OpenOptions::new();
             options.read(true);
-            if how.atomic && how.truncate && how.create && !how.append {
+            if staged {
                 let temp = temp_name_for(&path);
                 options.write(true).create_new(true);
                 let file = home
@@ -1077,6 +1260,7 @@ impl UserFs {
                     file: file.into_std(),
                     existed,
                     temp_name: Some(temp),
+                    charge,
                 });
             }
             if how.append {
@@ -1092,10 +1276,15 @@ impl UserFs {
             if how.truncate {
                 options.truncate(true);
             }
-            let file = home
-                .open_with(path.relative(), &options)
-                .map_err(|e| FsError::from_io(&path, e))?;
-            let file = file.into_std();
+            let file = match home.open_with(path.relative(), &options) {
+                Ok(file) => file.into_std(),
+                Err(e) => {
+                    if let Some(charge) = charge {
+                        charge.discard(true);
+                    }
+                    return Err(FsError::from_io(&path, e));
+                }
+            };
             if file
                 .metadata()
                 .map_err(|e| FsError::from_io(&path, e))?
@@ -1103,10 +1292,16 @@ impl UserFs {
             {
                 return Err(FsError::IsADirectory(path.to_string()));
             }
+            if how.truncate
+                && let Some(quota) = &quota
+            {
+                quota.truncated(existing_len.unwrap_or(0));
+            }
             Ok(OpenedForWrite {
                 file,
                 existed,
                 temp_name: None,
+                charge,
             })
         })
         .await
@@ -1118,14 +1313,12 @@ impl UserFs {
         temp: String,
         target: &VirtualPath,
         replace: Replace,
+        charge: Option<Charge>,
     ) -> Result<(), FsError> {
         let home = self.home.clone();
         let target = target.clone();
         budgeted(&self.work, move || {
-            rename_within(&home, &temp, &target.relative(), replace).map_err(|e| {
-                let _ = home.remove_file(&temp);
-                FsError::from_io(&target, e)
-            })
+            publish_temp(&home, &temp, &target, replace, charge)
         })
         .await
     }
@@ -1206,15 +1399,34 @@ impl UserFs {
 
     /// Truncates or extends a regular file.
     pub async fn set_len(&self, path: &VirtualPath, len: u64) -> Result<(), FsError> {
+        self.fresh_quota().await?;
         let home = self.home.clone();
         let path = path.clone();
+        let quota = self.quota.clone();
         budgeted(&self.work, move || {
             let mut options = OpenOptions::new();
             options.write(true);
             let file = home
                 .open_with(path.relative(), &options)
                 .map_err(|e| FsError::from_io(&path, e))?;
-            file.set_len(len).map_err(|e| FsError::from_io(&path, e))
+            let old = file
+                .metadata()
+                .map_err(|e| FsError::from_io(&path, e))?
+                .len();
+            if let Some(quota) = &quota
+                && len > old
+            {
+                quota
+                    .grow_in_place(&path.to_string(), len - old)
+                    .map_err(|e| quota_error(&path, e))?;
+            }
+            file.set_len(len).map_err(|e| FsError::from_io(&path, e))?;
+            if let Some(quota) = &quota
+                && len < old
+            {
+                quota.truncated(old - len);
+            }
+            Ok(())
         })
         .await
     }

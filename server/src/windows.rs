@@ -147,6 +147,8 @@ mod tests {
             client_certificates: vec![],
             ftps_auth: Default::default(),
             ftps_data_binding: Default::default(),
+            quota: None,
+            retention: Vec::new(),
         }
     }
 

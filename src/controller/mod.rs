@@ -237,6 +237,7 @@ async fn run_scope(
     });
     let secret_store = store.clone();
     let ban_sync = crate::ban_sync::run(client.clone(), store.clone(), context.metrics.clone());
+    let quota_status = crate::quota_status::run(client.clone(), store.clone(), context.clone());
     // Owned Secrets (users.yaml shards, certificates, keys) as metadata only.
     let owned_secrets = watcher(
         scoped::<PartialObjectMeta<Secret>>(&client, ns),
@@ -318,7 +319,14 @@ async fn run_scope(
                 Err(error) => warn!(%error, "user reconcile failed"),
             }
         });
-    futures::join!(user_watch, secret_watch, server_loop, user_loop, ban_sync);
+    futures::join!(
+        user_watch,
+        secret_watch,
+        server_loop,
+        user_loop,
+        ban_sync,
+        quota_status
+    );
 }
 
 /// The server a user names.

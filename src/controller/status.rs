@@ -560,6 +560,8 @@ pub async fn update_user_status(
             .or(previous.password_changed_at.clone()),
         password_expires_at: verdict.password_expires_at.clone(),
         ftps_data_binding: verdict.ftps_data_binding,
+        // Written by `crate::quota_status`, never by this patch (not in USER_STATUS_FIELDS).
+        quota: previous.quota.clone(),
     };
     if user.status.as_ref() == Some(&status) {
         return Ok(());

@@ -65,7 +65,7 @@ NOT_IN_READY = {
     "Issued", "Valid", "CertificateExpiringSoon", "CertificatePending", "CertManagerMissing",
     "InvalidCertificate", "NamesNotCovered", "CARotated", "CertificateIssued", "PodsReady",
     "PodsNotReady", "LoadBalancerPending", "Rendered", "Applied", "Progressing", "Reconciled",
-    "ReconcileError",
+    "ReconcileError", "QuotaThreshold",
 }
 
 

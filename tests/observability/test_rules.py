@@ -106,6 +106,12 @@ CASES = {
          series("sluice_scans_total", dict(POD1, result="infected"), "0x9"),
          series("sluice_scans_total", dict(POD1, result="clean"), "0+5x9")],
         "5m", pick(POD0, "namespace", "server", "pod"), "1", None),
+    "SluiceQuotaNearlyFull": (
+        [series("sluice_quota_used_bytes", dict(POD0, user="acme"), "950x30"),
+         series("sluice_quota_max_bytes", dict(POD0, user="acme"), "1000x30"),
+         series("sluice_quota_used_bytes", dict(POD1, user="beta"), "100x30"),
+         series("sluice_quota_max_bytes", dict(POD1, user="beta"), "1000x30")],
+        "20m", dict(pick(POD0, "namespace", "server"), user="acme"), "95%", "5m"),
     "SluiceOperatorDown": (
         [series("up", OPERATOR, "0x30"), series("up", POD0, "0x30")],
         "15m", OPERATOR, None, "5m"),

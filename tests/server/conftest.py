@@ -601,6 +601,16 @@ class SluiceServer:
                 ftp.prot_p()
         return ftp
 
+    def sftp(self, user: str = "alice"):
+        """(transport, paramiko SFTPClient) logged in with `user`'s password; close the transport."""
+        import paramiko
+
+        t = paramiko.Transport(("127.0.0.1", self.sftp_port))
+        t.banner_timeout = 10
+        t.start_client(timeout=10)
+        t.auth_password(user, self.passwords[user])
+        return t, paramiko.SFTPClient.from_transport(t)
+
     def plain_control(self, source: str | None = None, timeout: float = 10):
         """A plain TCP connection to the explicit listener, with its greeting read."""
         sock = socket.create_connection(("127.0.0.1", self.explicit_port), timeout,

@@ -226,6 +226,32 @@ def test_on_infected_delete_leaves_nothing(make_server, clamd, tmp_path):
     assert rejected["disposition"] == "deleted" and "quarantine_file" not in rejected
 
 
+def test_a_refused_upload_gives_back_its_quota_charge(make_server, clamd, tmp_path, user_entry):
+    """Quotas charge an upload while it is written (issue 19): one the scanner refuses is not in
+    the home any more (quarantine is outside it), so nothing of it may stay charged."""
+    srv = make_server(
+        users=[user_entry("alice", quota={"maxBytes": 1000, "maxFiles": 1})],
+        config=scanning_config(tmp_path, clamd.tcp))
+    with srv.ftp() as ftp:
+        for n in range(3):
+            with pytest.raises(ftplib.error_perm, match="^550"):
+                ftp.upload(f"/eicar-{n}.com", EICAR)
+    t, sftp = sftp_client(srv)
+    try:
+        for n in range(3):
+            assert upload_and_close(sftp, f"/eicar-sftp-{n}.com", EICAR) is not None
+    finally:
+        t.close()
+    assert home_names(srv) == []
+    assert len(quarantined(tmp_path)) == 6
+    # The whole quota (bytes and the one file) is still free.
+    with srv.ftp() as ftp:
+        assert ftp.upload("/full.bin", os.urandom(1000)).startswith("226")
+        with pytest.raises(ftplib.error_perm, match="^552"):
+            ftp.upload("/over.bin", b"z")
+    assert home_names(srv) == ["full.bin"]
+
+
 def test_a_file_above_max_file_bytes_is_refused_and_not_sent(make_server, clamd, tmp_path):
     srv = make_server(config=scanning_config(tmp_path, clamd.tcp, maxFileBytes=1000))
     with srv.ftp() as ftp:

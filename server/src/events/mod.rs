@@ -66,6 +66,8 @@ pub enum Kind {
     DirCreated,
     DirRemoved,
     UploadRefused,
+    /// Deleted by a retention rule (`data.reason`: `max_age` or `after_download`).
+    Expired,
 }
 
 impl Kind {
@@ -78,6 +80,7 @@ impl Kind {
             Kind::DirCreated => "dev.sluice.dir.created",
             Kind::DirRemoved => "dev.sluice.dir.removed",
             Kind::UploadRefused => "dev.sluice.upload.refused",
+            Kind::Expired => "dev.sluice.file.expired",
         }
     }
 }
@@ -382,6 +385,7 @@ mod tests {
             Kind::DirCreated,
             Kind::DirRemoved,
             Kind::UploadRefused,
+            Kind::Expired,
         ] {
             assert!(sluice_config::EVENT_TYPES.contains(&kind.type_name()));
         }

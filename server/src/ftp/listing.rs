@@ -107,6 +107,8 @@ mod tests {
             login_windows: vec![],
             password_changed_at: None,
             ftps_data_binding: Default::default(),
+            quota: None,
+            retention: Vec::new(),
         }
     }
 

@@ -191,6 +191,8 @@ enum Published {
 fn fs_reply(error: &FsError) -> (u16, String) {
     match error {
         FsError::NoSpace(_) => (452, error.to_string()),
+        // RFC 959: 552 "requested file action aborted, exceeded storage allocation".
+        FsError::Quota { .. } => (552, error.to_string()),
         FsError::ListingTooLarge { .. } => (451, error.to_string()),
         FsError::Io { .. } => (451, error.to_string()),
         _ => (550, error.to_string()),
@@ -838,7 +840,7 @@ impl Session {
         )
         .await
         {
-            Ok(fs) => fs,
+            Ok(fs) => crate::quota::attach(&self.context, &user, &self.tag, fs).await,
             Err(error) => {
                 tracing::error!(user = %user.username, %error, "cannot open home directory");
                 self.audit("login", json!({"result": "failure", "method": "password", "reason": format!("home directory unavailable: {error}")}));
@@ -1496,6 +1498,7 @@ impl Session {
                 return self.fs_error(error).await;
             }
         };
+        let in_use = crate::retention::InUse::hold(fs.home_key(), &path);
         let what = format!("{path} ({} bytes)", size - offset);
         let Some(mut stream) = self.open_data(&what).await else {
             return Flow::Continue;
@@ -1514,6 +1517,16 @@ impl Session {
             let bytes = progress.load(Ordering::Relaxed);
             self.event(Kind::Downloaded, &path, Detail::size(bytes))
                 .await;
+            drop(in_use);
+            if let Some(user) = self.user().cloned() {
+                let sinks = crate::retention::Sinks {
+                    audit: &self.context.audit,
+                    metrics: &self.context.metrics,
+                    events: &self.context.events,
+                };
+                let whole = offset == 0 && bytes >= size;
+                crate::retention::after_download(sinks, &self.tag, &user, &fs, &path, whole).await;
+            }
         }
         flow
     }
@@ -1573,6 +1586,7 @@ impl Session {
         } else {
             Replace::Never
         };
+        let _in_use = crate::retention::InUse::hold(fs.home_key(), &path);
         let mut sink = match fs.write_stream(&path, mode, atomic, replace).await {
             Ok(sink) => sink,
             Err(error) => {
@@ -1729,10 +1743,13 @@ impl Session {
             match scanner.gate(upload).await {
                 Ok(note) => scan = Some(note),
                 Err(refusal) => {
+                    // The gate removed or quarantined the file: give back its quota charge.
+                    let (sha256, written) = (finished.sha256.clone(), finished.written);
+                    finished.discard();
                     return Published::Refused {
                         refusal,
-                        sha256: finished.sha256,
-                        written: finished.written,
+                        sha256,
+                        written,
                     };
                 }
             }

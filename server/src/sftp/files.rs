@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::filework::UserWork;
+use crate::quota::{Charge, QuotaError};
 use crate::userfs::{self, CHUNK_BYTES, FileStat, UploadHasher};
 
 /// Chunks the read-ahead worker may hold ready (so at most ~1.25 MiB ahead per handle).
@@ -207,6 +208,8 @@ pub struct WriteOutcome {
     /// Size of the file at close.
     pub size: u64,
     pub error: Option<io::Error>,
+    /// The upload's quota account, to publish or discard with the file.
+    pub charge: Option<Charge>,
 }
 
 /// Whether a file whose writes were not sequential is hashed at close. Not when it grew by
@@ -231,18 +234,21 @@ struct WriterState {
 }
 
 impl WriterState {
+    fn fail(&mut self, error: io::Error) {
+        if let Ok(mut slot) = self.failed.lock() {
+            *slot = Some(error.to_string());
+        }
+        self.error = Some(error);
+    }
+
     fn apply(&mut self, command: WriteCommand) {
-        let file = &self.file;
         match command {
             WriteCommand::Write { offset, data, .. } => {
                 if self.error.is_some() {
                     return;
                 }
-                if let Err(e) = file.write_all_at(&data, offset) {
-                    if let Ok(mut slot) = self.failed.lock() {
-                        *slot = Some(e.to_string());
-                    }
-                    self.error = Some(e);
+                if let Err(e) = self.file.write_all_at(&data, offset) {
+                    self.fail(e);
                     return;
                 }
                 if self.sequential && offset == self.next {
@@ -254,21 +260,21 @@ impl WriterState {
                 self.written += data.len() as u64;
             }
             WriteCommand::Fsync(reply) => {
-                let _ = reply.send(file.sync_all());
+                let _ = reply.send(self.file.sync_all());
             }
             WriteCommand::Stat(reply) => {
-                let _ = reply.send(file.metadata().map(|m| userfs::stat_of_std(&m)));
+                let _ = reply.send(self.file.metadata().map(|m| userfs::stat_of_std(&m)));
             }
             WriteCommand::SetLen(len, reply) => {
                 self.sequential = false;
-                let _ = reply.send(file.set_len(len));
+                let _ = reply.send(self.file.set_len(len));
             }
             WriteCommand::SetTimes(atime, mtime, reply) => {
-                let _ = reply.send(userfs::set_file_times(file, atime, mtime));
+                let _ = reply.send(userfs::set_file_times(&self.file, atime, mtime));
             }
             WriteCommand::Read { offset, len, reply } => {
                 let mut buffer = vec![0u8; len];
-                let result = file.read_at(&mut buffer, offset).map(|n| {
+                let result = self.file.read_at(&mut buffer, offset).map(|n| {
                     buffer.truncate(n);
                     buffer
                 });
@@ -300,6 +306,7 @@ impl WriterState {
             written: self.written,
             size,
             error: self.error,
+            charge: None,
         }
     }
 }
@@ -310,6 +317,7 @@ fn stopped(error: impl std::fmt::Display) -> WriteOutcome {
         written: 0,
         size: 0,
         error: Some(io::Error::other(error.to_string())),
+        charge: None,
     }
 }
 
@@ -324,10 +332,25 @@ pub struct WriteBehind {
     pending: Arc<Semaphore>,
     pending_limit: u32,
     pub first_offset: Option<u64>,
+    /// The upload's quota account, charged as requests make the file longer.
+    charge: Option<Charge>,
+    /// The file's length as far as the quota knows.
+    end: u64,
+    /// The quota refused a request of this upload.
+    refused: Option<QuotaError>,
 }
 
 impl WriteBehind {
-    pub fn new(file: std::fs::File, work: UserWork, max_pending_bytes: u32) -> Self {
+    pub fn new(
+        file: std::fs::File,
+        work: UserWork,
+        max_pending_bytes: u32,
+        charge: Option<Charge>,
+    ) -> Self {
+        // Where the file ends as far as the quota knows: a WRITE or SETSTAT past it is charged
+        // here, when the request arrives, so that the reply to the WRITE that would cross the
+        // quota is the failure (clients such as paramiko ignore errors at CLOSE).
+        let end = file.metadata().map(|m| m.len()).unwrap_or(0);
         let (tx, mut rx) = mpsc::unbounded_channel::<WriteCommand>();
         let failed = Arc::new(Mutex::new(None));
         let worker_failed = failed.clone();
@@ -383,7 +406,29 @@ impl WriteBehind {
             pending: Arc::new(Semaphore::new(pending_limit as usize)),
             pending_limit,
             first_offset: None,
+            charge,
+            end,
+            refused: None,
         }
+    }
+
+    /// Charges the file's growth to `new_end` to the quota (nothing without a quota).
+    /// A refusal fails the whole upload: later WRITEs and the CLOSE report it, and the file is
+    /// not published.
+    pub fn charge_to(&mut self, new_end: u64) -> Result<(), QuotaError> {
+        if new_end > self.end {
+            if let Some(charge) = self.charge.as_mut()
+                && let Err(error) = charge.grow(new_end - self.end)
+            {
+                if let Ok(mut slot) = self.failed.lock() {
+                    slot.get_or_insert_with(|| error.to_string());
+                }
+                self.refused = Some(error.clone());
+                return Err(error);
+            }
+            self.end = new_end;
+        }
+        Ok(())
     }
 
     /// The first write error, if any.
@@ -436,8 +481,16 @@ impl WriteBehind {
         self.ask(WriteCommand::Stat).await
     }
 
-    pub async fn set_len(&self, len: u64) -> io::Result<()> {
-        self.ask(|reply| WriteCommand::SetLen(len, reply)).await
+    pub async fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.charge_to(len).map_err(io::Error::other)?;
+        self.ask(|reply| WriteCommand::SetLen(len, reply)).await?;
+        if len < self.end {
+            if let Some(charge) = self.charge.as_mut() {
+                charge.shrink(self.end - len);
+            }
+            self.end = len;
+        }
+        Ok(())
     }
 
     pub async fn set_times(&self, atime: u64, mtime: u64) -> io::Result<()> {
@@ -453,13 +506,23 @@ impl WriteBehind {
     /// Waits for every queued write and the final fsync.
     pub async fn finish(mut self) -> WriteOutcome {
         self.tx = None;
+        let charge = self.charge.take();
+        let refused = self.refused.take();
         match (&mut self.worker).await {
-            Ok(outcome) => outcome,
+            Ok(mut outcome) => {
+                if let Some(error) = refused
+                    && outcome.error.is_none()
+                {
+                    outcome.error = Some(io::Error::other(error));
+                }
+                WriteOutcome { charge, ..outcome }
+            }
             Err(join) => WriteOutcome {
                 sha256: None,
                 written: 0,
                 size: 0,
                 error: Some(io::Error::other(join.to_string())),
+                charge: None,
             },
         }
     }
@@ -479,7 +542,7 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("up.bin"))
             .unwrap();
-        let mut worker = WriteBehind::new(file, UserWork::unshared(4), 2 << 20);
+        let mut worker = WriteBehind::new(file, UserWork::unshared(4), 2 << 20, None);
         for (offset, data) in writes {
             assert!(worker.write(*offset, data.to_vec()).await);
         }
@@ -515,7 +578,7 @@ mod tests {
             .set_len(0x7d_0000_0000)
             .unwrap();
         let file = std::fs::File::options().write(true).open(&path).unwrap();
-        let mut worker = WriteBehind::new(file, UserWork::unshared(4), 2 << 20);
+        let mut worker = WriteBehind::new(file, UserWork::unshared(4), 2 << 20, None);
         assert!(worker.write(3, b"new".to_vec()).await);
         let started = std::time::Instant::now();
         let outcome = worker.finish().await;

@@ -401,7 +401,7 @@ impl SshHandler {
         )
         .await
         {
-            Ok(fs) => fs,
+            Ok(fs) => crate::quota::attach(&self.context, &user, &self.tag, fs).await,
             Err(error) => {
                 tracing::error!(user = %user.username, %error, "cannot open home directory");
                 return self

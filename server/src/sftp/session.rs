@@ -21,6 +21,7 @@ use crate::audit::{Audit, SessionTag};
 use crate::events::{Detail, Events, Kind};
 use crate::filework::HandleSlot;
 use crate::metrics::Metrics;
+use crate::retention::InUse;
 use crate::snapshot::Snapshot;
 use crate::userfs::{self, EntryKind, FsError, OpenForWrite, Replace, UserFs};
 use crate::vpath::VirtualPath;
@@ -70,6 +71,10 @@ struct ReadHandle {
     path: VirtualPath,
     ahead: ReadAhead,
     started: Instant,
+    /// Size at open: a download that read this much is complete (for `afterDownload`).
+    size: u64,
+    /// Keeps retention away from the file while the handle is open.
+    _in_use: InUse,
 }
 
 struct WriteHandle {
@@ -81,6 +86,8 @@ struct WriteHandle {
     mode: &'static str,
     readable: bool,
     started: Instant,
+    /// Keeps retention away from the file while the handle is open.
+    _in_use: InUse,
 }
 
 struct DirHandle {
@@ -609,10 +616,14 @@ impl Sftp {
                 .open_read(&path)
                 .await
                 .map_err(|e| self.fs_error(id, &e))?;
+            let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            let in_use = InUse::hold(fs.home_key(), &path);
             let handle = OpenHandle::Read(ReadHandle {
                 path,
                 ahead: ReadAhead::new(file, fs.work().clone()),
                 started: Instant::now(),
+                size,
+                _in_use: in_use,
             });
             return Ok(codec::handle(id, &self.new_handle(handle, slot)));
         }
@@ -679,7 +690,9 @@ impl Sftp {
         } else {
             "resume"
         };
+        let in_use = InUse::hold(fs.home_key(), &path);
         let handle = OpenHandle::Write(Box::new(WriteHandle {
+            _in_use: in_use,
             path,
             worker: WriteBehind::new(
                 opened.file,
@@ -690,6 +703,7 @@ impl Sftp {
                     .config
                     .budgets
                     .max_pending_write_bytes,
+                opened.charge,
             ),
             temp: opened.temp_name,
             replace: how.replace,
@@ -766,6 +780,19 @@ impl Sftp {
                 let bytes = read.ahead.bytes;
                 self.event(Kind::Downloaded, &read.path, Detail::size(bytes))
                     .await;
+                let complete = bytes >= read.size;
+                let path = read.path.clone();
+                drop(read);
+                let env = &self.env;
+                let sinks = crate::retention::Sinks {
+                    audit: &env.audit,
+                    metrics: &env.metrics,
+                    events: &env.events,
+                };
+                crate::retention::after_download(
+                    sinks, &env.tag, &env.user, &env.fs, &path, complete,
+                )
+                .await;
                 Ok(codec::ok(id))
             }
             OpenHandle::Write(write) => Ok(self.finish_write(id, *write, true).await),
@@ -776,7 +803,9 @@ impl Sftp {
     /// writes the transfer event with the file's SHA-256.
     async fn finish_write(&self, id: u32, write: WriteHandle, commit: bool) -> Vec<u8> {
         let first_offset = write.worker.first_offset.unwrap_or(0);
-        let outcome = write.worker.finish().await;
+        let mut outcome = write.worker.finish().await;
+        // Dropped unpublished, the quota account gives back what an abandoned temporary held.
+        let charge = outcome.charge.take();
         let extra = |sha: Option<&String>| json!({"sha256": sha, "mode": write.mode, "offset": first_offset, "size": outcome.size});
         let failed = |error: String| {
             let mut fields = extra(None);
@@ -819,6 +848,11 @@ impl Sftp {
             match self.scan(temp, outcome.size, &write.path).await {
                 Ok(note) => scan = note,
                 Err(refusal) => {
+                    // The gate removed or quarantined the temporary (quarantine is outside
+                    // the home): give back what the upload was charged.
+                    if let Some(charge) = charge {
+                        charge.discard(true);
+                    }
                     let message = refusal.client_message();
                     failed(message.clone());
                     let sha256 = outcome.sha256.as_deref();
@@ -841,7 +875,7 @@ impl Sftp {
             && let Err(error) = self
                 .env
                 .fs
-                .commit_temp(temp, &write.path, write.replace)
+                .commit_temp(temp, &write.path, write.replace, charge)
                 .await
         {
             failed(error.to_string());
@@ -967,6 +1001,11 @@ impl Sftp {
                 if let Some(error) = write.worker.failure() {
                     return Ok(codec::status(id, StatusCode::Failure, &error));
                 }
+                let end = offset.saturating_add(data.len() as u64);
+                if let Err(error) = write.worker.charge_to(end) {
+                    let text = format!("{error} (writing {})", write.path);
+                    return Ok(codec::status(id, StatusCode::Failure, &text));
+                }
                 if write.worker.write(offset, data).await {
                     Ok(codec::ok(id))
                 } else {
@@ -1058,15 +1097,15 @@ impl Sftp {
             &path,
             json!({"size": attrs.size, "mtime": attrs.mtime}),
         );
-        let writer = match &target {
-            Target::Handle(handle) => match self.handles.get(*handle) {
-                Some(OpenHandle::Write(write)) => Some(&write.worker),
+        let mut writer = match &target {
+            Target::Handle(handle) => match self.handles.get_mut(*handle) {
+                Some(OpenHandle::Write(write)) => Some(&mut write.worker),
                 _ => None,
             },
             Target::Path(_) => None,
         };
         if let Some(size) = attrs.size {
-            let result = match writer {
+            let result = match writer.as_deref_mut() {
                 Some(worker) => worker
                     .set_len(size)
                     .await
