@@ -247,7 +247,7 @@ pub async fn ensure_secret(
 }
 
 /// A ready pod's name and its health endpoint (`podIP:port`).
-pub(crate) fn endpoint(pod: &Pod) -> Option<(String, String)> {
+fn endpoint(pod: &Pod) -> Option<(String, String)> {
     let status = pod.status.as_ref()?;
     let ready = status
         .conditions
@@ -272,6 +272,28 @@ pub(crate) fn endpoint(pod: &Pod) -> Option<(String, String)> {
         _ => ip.to_string(),
     };
     Some((pod.name_any(), format!("{host}:{port}")))
+}
+
+/// The ready pods of `server` and their health endpoints (one list call): ban sync, user
+/// readiness and quota usage all talk to the pods this way.
+pub(crate) async fn ready_endpoints(
+    client: &Client,
+    server: &FileTransferServer,
+    namespace: &str,
+) -> Result<Vec<(String, String)>, kube::Error> {
+    let selector = render::selector_labels(server)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    Ok(pods
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items
+        .iter()
+        .filter_map(endpoint)
+        .collect())
 }
 
 /// One HTTP/1.1 call to a pod; returns the status and body.
@@ -331,19 +353,7 @@ async fn sync_server(
     tokens: &mut HashMap<String, String>,
 ) -> Result<Round, BanSyncError> {
     let names = Names::of(server)?;
-    let selector = render::selector_labels(server)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
-    let endpoints: Vec<(String, String)> = pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .iter()
-        .filter_map(endpoint)
-        .collect();
+    let endpoints = ready_endpoints(client, server, &names.namespace).await?;
     let mut round = Round::default();
     if endpoints.len() < 2 {
         return Ok(round);

@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::Store;
 use kube::{Client, ResourceExt};
@@ -193,21 +192,10 @@ async fn update_server(
     if users.is_empty() {
         return Ok(());
     }
-    let selector = render::selector_labels(server)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
     let mut reports = Vec::new();
-    for pod in pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
+    for (name, address) in
+        crate::ban_sync::ready_endpoints(client, server, &names.namespace).await?
     {
-        let Some((name, address)) = crate::ban_sync::endpoint(&pod) else {
-            continue;
-        };
         match scrape(&address).await {
             Ok(text) => reports.push(parse_metrics(&text)),
             Err(message) => debug!(pod = %name, %address, %message, "cannot read quota usage"),

@@ -8,14 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::ListParams;
-use kube::{Api, Client};
+use kube::Client;
 use serde::Deserialize;
 use tracing::debug;
 
 use crate::crd::FileTransferServer;
-use crate::render::{self, Names};
+use crate::render::Names;
 
 /// How soon a reconcile looks again while a pod has not loaded a shard yet.
 pub const RECHECK: Duration = Duration::from_secs(5);
@@ -66,19 +64,7 @@ pub async fn observe(client: &Client, server: &FileTransferServer) -> Result<Loa
     let Ok(names) = Names::of(server) else {
         return Ok(Loaded::default());
     };
-    let selector = render::selector_labels(server)
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &names.namespace);
-    let endpoints: Vec<(String, String)> = pods
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items
-        .iter()
-        .filter_map(crate::ban_sync::endpoint)
-        .collect();
+    let endpoints = crate::ban_sync::ready_endpoints(client, server, &names.namespace).await?;
     let calls = endpoints.into_iter().map(|(pod, address)| async move {
         let answer = crate::ban_sync::call(&address, hyper::Method::GET, "/loaded", "", None).await;
         let files = match answer {
