@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crd;
 pub mod crdgen;
+pub mod events;
 pub mod lenient;
 pub mod metrics;
 pub mod policy;

@@ -652,6 +652,9 @@ impl ServerConfig {
                 "uploads.atomic is false: a broken upload can leave a truncated file".to_string(),
             );
         }
+        if let Some(events) = &self.events {
+            warnings.extend(events.insecure_opt_ins());
+        }
         warnings
     }
 }
