@@ -86,8 +86,8 @@ pub struct FileTransferServerSpec {
 /// File events: an outbox on each pod and the sinks it delivers to.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("size(self.webhooks) + size(self.nats) > 0").message("spec.events: at least one sink (webhooks or nats) is required"))]
-#[x_kube(validation = Rule::new("self.webhooks.all(w, !self.nats.exists(n, n.name == w.name))").message("spec.events: sink names must be unique across webhooks and nats"))]
+#[x_kube(validation = Rule::new("(has(self.webhooks) ? size(self.webhooks) : 0) + (has(self.nats) ? size(self.nats) : 0) > 0").message("spec.events: at least one sink (webhooks or nats) is required"))]
+#[x_kube(validation = Rule::new("!has(self.webhooks) || !has(self.nats) || self.webhooks.all(w, !self.nats.exists(n, n.name == w.name))").message("spec.events: sink names must be unique across webhooks and nats"))]
 pub struct EventsSpec {
     /// Bytes of undelivered events each pod may hold; at this size new uploads are refused
     /// until the sinks catch up. Default 64 MiB, at least 1 MiB.
@@ -139,7 +139,7 @@ pub struct WebhookSinkSpec {
     pub name: String,
     /// `https://host[:port]/path`.
     #[schemars(length(min = 9, max = 2048))]
-    #[x_kube(validation = Rule::new("self.startsWith('https://') && size(self) > 8").message("spec.events.webhooks[].url must be https://host[:port]/path"))]
+    #[x_kube(validation = Rule::new("self.matches('^https://[^/]')").message("spec.events.webhooks[].url must be https://host[:port]/path"))]
     pub url: String,
     /// The CA the receiver's certificate must chain to (key default `ca.crt`). Mounted into
     /// the pods, never read by the operator. Required: the server trusts no system roots.
@@ -159,6 +159,7 @@ pub struct WebhookSinkSpec {
 /// A NATS JetStream sink.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.caSecretRef) || !self.url.contains('tls://')").message("spec.events.nats[].caSecretRef is required for tls:// (the server trusts no system roots)"))]
 pub struct NatsSinkSpec {
     /// Names the sink in metrics and logs: 1-40 of a-z 0-9 -.
     #[schemars(length(min = 1, max = 40))]
@@ -166,15 +167,16 @@ pub struct NatsSinkSpec {
     pub name: String,
     /// `nats://host:port` or `tls://host:port` (several separated by commas).
     #[schemars(length(min = 8, max = 2048))]
-    #[x_kube(validation = Rule::new("self.split(',').all(u, u.trim().startsWith('nats://') || u.trim().startsWith('tls://'))").message("spec.events.nats[].url must be nats://host:port or tls://host:port"))]
+    #[x_kube(validation = Rule::new("self.split(',').all(u, u.trim().matches('^(nats|tls)://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$'))").message("spec.events.nats[].url must be nats://host:port or tls://host:port (several separated by commas)"))]
     pub url: String,
     /// Subject every event is published to; a JetStream stream must capture it.
     #[schemars(length(min = 1, max = 255))]
-    #[x_kube(validation = Rule::new("self.matches('^[^.*> ]+([.][^.*> ]+)*$')").message("spec.events.nats[].subject must be dot-separated tokens without spaces or wildcards"))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+([.][A-Za-z0-9_-]+)*$')").message("spec.events.nats[].subject must be dot-separated tokens of A-Z a-z 0-9 _ - (no spaces or wildcards)"))]
     pub subject: String,
     /// When set, only this stream may accept the events (`Nats-Expected-Stream`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+$')").message("spec.events.nats[].stream must be A-Z a-z 0-9 _ -"))]
     pub stream: Option<String>,
     /// The CA the NATS server's certificate must chain to (key default `ca.crt`); set means
     /// TLS is required. Without it events travel in clear text (the server warns at start).

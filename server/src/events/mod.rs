@@ -303,7 +303,7 @@ pub async fn start(
             name: hook.name.clone(),
             filter,
             retry,
-            transport: sink::Transport::Webhook(hook_sink),
+            transport: sink::Transport::Webhook(Box::new(hook_sink)),
             health: Arc::default(),
         });
     }
@@ -313,7 +313,7 @@ pub async fn start(
             name: nats.name.clone(),
             filter,
             retry,
-            transport: sink::Transport::Nats(nats_sink),
+            transport: sink::Transport::Nats(Box::new(nats_sink)),
             health: Arc::default(),
         });
     }

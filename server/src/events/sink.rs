@@ -98,10 +98,10 @@ impl Health {
     }
 }
 
-/// The thing at the other end.
+/// The thing at the other end (boxed: one of each per sink, and their sizes differ a lot).
 pub enum Transport {
-    Webhook(Webhook),
-    Nats(Nats),
+    Webhook(Box<Webhook>),
+    Nats(Box<Nats>),
 }
 
 impl Transport {
