@@ -166,8 +166,8 @@ pub struct NatsSinkSpec {
     #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]+$')").message("spec.events: a sink name must be a-z 0-9 -"))]
     pub name: String,
     /// `nats://host:port` or `tls://host:port` (several separated by commas).
-    #[schemars(length(min = 8, max = 2048))]
-    #[x_kube(validation = Rule::new("self.split(',').all(u, u.trim().matches('^(nats|tls)://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?$'))").message("spec.events.nats[].url must be nats://host:port or tls://host:port (several separated by commas)"))]
+    #[schemars(length(min = 8, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^(nats|tls)://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(,(nats|tls)://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?)*$')").message("spec.events.nats[].url must be nats://host:port or tls://host:port (several separated by commas)"))]
     pub url: String,
     /// Subject every event is published to; a JetStream stream must capture it.
     #[schemars(length(min = 1, max = 255))]
