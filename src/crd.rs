@@ -100,6 +100,11 @@ pub struct EventsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub outbox_claim: Option<String>,
+    /// How long a sink of a pod must have been failing before the server's `EventsDelivering`
+    /// condition turns False (default 120). Shorter blips are what the outbox is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub failing_after_seconds: Option<i32>,
     /// HTTPS webhooks, each POST signed with HMAC-SHA256.
     #[serde(default)]
     #[schemars(length(max = 8))]

@@ -231,6 +231,7 @@ mod tests {
         EventsSpec {
             max_outbox_bytes: None,
             outbox_claim: None,
+            failing_after_seconds: None,
             webhooks: vec![WebhookSinkSpec {
                 name: "ingest".into(),
                 url: "https://ingest.example/hook".into(),

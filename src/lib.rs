@@ -18,4 +18,5 @@ pub mod metrics;
 pub mod policy;
 pub mod render;
 pub mod shards;
+pub mod sink_health;
 pub mod users;

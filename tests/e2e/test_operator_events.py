@@ -49,7 +49,7 @@ def hooked(crds, operator, kubelet, tmp_path_factory):
                    "stringData": {"ca.crt": ca.read_text()}}, "-n", ns)
     cluster.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "hook-hmac"},
                    "stringData": {"key": events_helpers.SECRET}}, "-n", ns)
-    events = {"webhooks": [{
+    events = {"failingAfterSeconds": 10, "webhooks": [{
         "name": "ingest", "url": f"https://127.0.0.1:{port}/hook",
         "caSecretRef": {"name": "hook-ca"}, "secretRef": {"name": "hook-hmac", "key": "key"},
         "filters": {"types": ["dev.sluice.file.uploaded"]},
@@ -96,3 +96,32 @@ def test_an_ftps_upload_reaches_the_webhook_signed(hooked):
     assert event["data"]["storedPath"] == f"/homes/{name}/arrival.bin"
     assert event["data"]["user"] == name and event["data"]["protocol"] == "ftps"
     assert receiver.bad_signatures == 0
+
+
+def _condition(ftps, type_: str) -> dict | None:
+    fts = ftps.cluster.kubectl_json("get", "fts", SERVER, "-n", ftps.namespace)
+    return next((c for c in (fts.get("status") or {}).get("conditions") or [] if c["type"] == type_), None)
+
+
+def test_events_delivering_turns_false_while_the_receiver_is_down_and_true_after(hooked):
+    ftps, receiver = hooked
+    name, password = "frank", strong_password()
+    for doc in user_manifests(name, password):
+        ftps.cluster.apply(doc, "-n", ftps.namespace)
+    ftps.wait_login(name, password)
+    ftps.cluster.wait_for(lambda: (_condition(ftps, "EventsDelivering") or {}).get("status") == "True" or None,
+                          60, "EventsDelivering True", interval=1)
+    receiver.stop()
+    local = ftps.workdir / "late.bin"
+    local.write_bytes(b"arrives late")
+    assert ftps.upload(name, password, local, "late.bin").returncode == 0
+    failing = ftps.cluster.wait_for(
+        lambda: (c := _condition(ftps, "EventsDelivering")) and c["status"] == "False" and c or None,
+        90, "EventsDelivering False", interval=1)
+    assert failing["reason"] == "SinkFailing"
+    assert f"{SERVER}-0: sink ingest failing for" in failing["message"]
+    receiver.start()
+    receiver.wait_for(lambda evs: any(e["data"]["path"] == "/late.bin" for e in evs), timeout=60,
+                      what="the queued event")
+    ftps.cluster.wait_for(lambda: (_condition(ftps, "EventsDelivering") or {}).get("status") == "True" or None,
+                          60, "EventsDelivering True again", interval=1)
