@@ -228,7 +228,10 @@ sluice_events_outbox_events 4\n";
         assert_eq!(parsed.len(), 2);
     }
 
-    fn observed(pods: &[(&str, Result<&[(&str, u64)], &str>)]) -> Observations {
+    /// One pod's answer in a test: its sinks' seconds, or why it did not answer.
+    type Answer<'a> = Result<&'a [(&'a str, u64)], &'a str>;
+
+    fn observed(pods: &[(&str, Answer<'_>)]) -> Observations {
         pods.iter()
             .map(|(pod, result)| {
                 let value = match result {
