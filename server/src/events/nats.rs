@@ -205,11 +205,14 @@ impl Nats {
     /// a duplicate of one it stored).
     pub async fn send(&mut self, entry: &Entry) -> Result<(), NatsError> {
         let id = entry.id.as_deref().ok_or(NatsError::NoId)?;
-        if self.connection.is_none() {
-            self.connection = Some(self.connect().await?);
-        }
-        let Some((client, context)) = &self.connection else {
-            return Err(NatsError::NoId);
+        // Client and context are handles (cheap clones) onto one connection.
+        let (client, context) = match &self.connection {
+            Some((client, context)) => (client.clone(), context.clone()),
+            None => {
+                let (client, context) = self.connect().await?;
+                self.connection = Some((client.clone(), context.clone()));
+                (client, context)
+            }
         };
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
