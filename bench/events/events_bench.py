@@ -217,6 +217,57 @@ def curl_upload(srv: Server, path: Path, remote: str) -> float:
     return size / (total - pre) / 1e6
 
 
+def nats_rate(args, binary: Path, work: Path, certs: dict[str, Path], outbox_parent: Path) -> float:
+    """The same small uploads with a NATS JetStream sink: N / (last message stored - start)."""
+    import asyncio
+
+    import nats  # nats-py, tests/requirements.txt
+
+    port = free_port()
+    conf = work / "nats.conf"
+    conf.write_text(f"listen: 127.0.0.1:{port}\njetstream {{ store_dir: {json.dumps(str(work / 'js'))} }}\n")
+    proc = subprocess.Popen([args.nats_server, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        async def js_call(fn):
+            for _ in range(100):
+                try:
+                    nc = await nats.connect(f"nats://127.0.0.1:{port}", connect_timeout=1,
+                                            allow_reconnect=False)
+                    break
+                except Exception:  # noqa: BLE001 (still starting)
+                    await asyncio.sleep(0.1)
+            try:
+                return await fn(nc.jetstream())
+            finally:
+                await nc.close()
+
+        asyncio.run(js_call(lambda js: js.add_stream(name="BENCH", subjects=["bench.events"])))
+        events = {"outboxDir": str(outbox_parent / "nats"), "nats": [{
+            "name": "bus", "url": f"nats://127.0.0.1:{port}", "subject": "bench.events",
+            "stream": "BENCH", "initialBackoffMs": 100, "maxBackoffMs": 1000}]}
+        srv = Server(binary, work / "nats-on", certs, events)
+        try:
+            start = small_uploads(srv, args.events, args.sessions, "small")
+
+            async def count(js):
+                return (await js.stream_info("BENCH")).state.messages
+
+            deadline = time.monotonic() + 600
+            stored = 0
+            while time.monotonic() < deadline:
+                stored = asyncio.run(js_call(count))
+                if stored >= args.events:
+                    break
+                time.sleep(0.05)
+            return round(stored / (time.monotonic() - start), 1)
+        finally:
+            srv.stop()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sluice-bin", default=str(Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
@@ -227,6 +278,9 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2, help="large uploads per mode (best counts)")
     ap.add_argument("--workdir", default="/dev/shm")
     ap.add_argument("--outbox-dir", default=None, help="default: a directory under the system temp dir")
+    ap.add_argument("--nats-server", default=os.environ.get("SLUICE_NATS_SERVER"),
+                    help="nats-server binary (tests/server/install-nats-server.sh): also measure the "
+                         "NATS JetStream sink (needs nats-py)")
     args = ap.parse_args()
     binary = Path(args.sluice_bin)
     if not os.access(binary, os.X_OK):
@@ -267,6 +321,9 @@ def main() -> int:
             "events_per_s_end_to_end": round(len(got) / (last - start), 1),
         }
         on.stop()
+        if args.nats_server:
+            results["small_uploads"]["events_per_s_end_to_end_nats"] = nats_rate(
+                args, binary, work, certs, outbox_parent)
 
         # 2. the cost on large uploads: off and on alternating, best of --runs.
         size = parse_size(args.size)
