@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
+use crate::conditions::Reason;
 use crate::crd::FileTransferServer;
 use crate::render;
 
@@ -67,7 +68,7 @@ pub type Observations = BTreeMap<String, Result<BTreeMap<String, u64>, SinkHealt
 pub struct Verdict {
     /// `Some(true)` delivering, `Some(false)` failing, `None` unknown.
     pub delivering: Option<bool>,
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
@@ -100,7 +101,7 @@ pub fn verdict(observations: &Observations, failing_after: Duration) -> Verdict 
             .collect();
         return Verdict {
             delivering: None,
-            reason: "SinkHealthUnknown",
+            reason: Reason::SinkHealthUnknown,
             message: if why.is_empty() {
                 "no ready pod to ask".to_string()
             } else {
@@ -120,7 +121,7 @@ pub fn verdict(observations: &Observations, failing_after: Duration) -> Verdict 
     if failing.is_empty() {
         Verdict {
             delivering: Some(true),
-            reason: "SinksDelivering",
+            reason: Reason::SinksDelivering,
             message: format!(
                 "no sink has been failing for {}s or more on {} pod(s)",
                 failing_after.as_secs(),
@@ -130,7 +131,7 @@ pub fn verdict(observations: &Observations, failing_after: Duration) -> Verdict 
     } else {
         Verdict {
             delivering: Some(false),
-            reason: "SinkFailing",
+            reason: Reason::SinkFailing,
             message: format!(
                 "{} (events wait in the outbox; see the pod's log and docs/events.md)",
                 failing.join("; ")
@@ -187,7 +188,7 @@ pub async fn observe(server: &FileTransferServer, client: &Client) -> Option<Ver
         Err(error) => {
             return Some(Verdict {
                 delivering: None,
-                reason: "SinkHealthUnknown",
+                reason: Reason::SinkHealthUnknown,
                 message: format!("cannot list the pods: {error}"),
             });
         }
@@ -263,7 +264,7 @@ sluice_events_outbox_events 4\n";
             after,
         );
         assert_eq!(failing.delivering, Some(false));
-        assert_eq!(failing.reason, "SinkFailing");
+        assert_eq!(failing.reason, Reason::SinkFailing);
         assert!(
             failing.message.contains("s-1: sink bus failing for 130s"),
             "{}",

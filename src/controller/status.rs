@@ -329,6 +329,14 @@ pub async fn update(
             )
         {
             warn!(server = %names.server, message = %delivering.message, "an event sink is failing");
+            publish(
+                context,
+                server,
+                EventType::Warning,
+                sinks.reason,
+                &delivering.message,
+            )
+            .await;
         }
         conditions.push(delivering);
     }
@@ -461,7 +469,7 @@ pub fn events_delivering(
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
         type_: "EventsDelivering".into(),
         status: status.into(),
-        reason: sinks.reason.into(),
+        reason: sinks.reason.as_str().into(),
         message: sinks.message.chars().take(1024).collect(),
         observed_generation: generation,
         last_transition_time,

@@ -120,6 +120,11 @@ def test_events_delivering_turns_false_while_the_receiver_is_down_and_true_after
         90, "EventsDelivering False", interval=1)
     assert failing["reason"] == "SinkFailing"
     assert f"{SERVER}-0: sink ingest failing for" in failing["message"]
+    warning = ftps.cluster.wait_for(
+        lambda: [e for e in ftps.cluster.kubectl_json("get", "events", "-n", ftps.namespace)["items"]
+                 if e.get("reason") == "SinkFailing"] or None,
+        30, "a SinkFailing Warning Event", interval=1)
+    assert warning[0]["type"] == "Warning" and "sink ingest" in warning[0]["note" if "note" in warning[0] else "message"]
     receiver.start()
     receiver.wait_for(lambda evs: any(e["data"]["path"] == "/late.bin" for e in evs), timeout=60,
                       what="the queued event")
