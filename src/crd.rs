@@ -93,6 +93,7 @@ pub struct EventsSpec {
     /// until the sinks catch up. Default 64 MiB, at least 1 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1048576, max = 17179869184_i64))]
+    #[x_kube(validation = Rule::new("self >= 1048576").message("spec.events.maxOutboxBytes must be at least 1048576 (1 MiB)"))]
     pub max_outbox_bytes: Option<i64>,
     /// An existing PersistentVolumeClaim for the outbox; each pod uses a sub-directory named
     /// after itself. Without it the outbox is an emptyDir: it survives a crash of the server
@@ -140,7 +141,7 @@ pub struct EventFilters {
 pub struct WebhookSinkSpec {
     /// Names the sink in metrics and logs: 1-40 of a-z 0-9 -.
     #[schemars(length(min = 1, max = 40))]
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]+$')").message("spec.events: a sink name must be a-z 0-9 -"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]{1,40}$')").message("spec.events: a sink name must be 1-40 of a-z 0-9 -"))]
     pub name: String,
     /// `https://host[:port]/path`.
     #[schemars(length(min = 9, max = 2048))]
@@ -158,6 +159,7 @@ pub struct WebhookSinkSpec {
     /// Attempts per event before it is dead-lettered (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.events: maxAttempts must be at least 1"))]
     pub max_attempts: Option<i32>,
 }
 
@@ -168,7 +170,7 @@ pub struct WebhookSinkSpec {
 pub struct NatsSinkSpec {
     /// Names the sink in metrics and logs: 1-40 of a-z 0-9 -.
     #[schemars(length(min = 1, max = 40))]
-    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]+$')").message("spec.events: a sink name must be a-z 0-9 -"))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]{1,40}$')").message("spec.events: a sink name must be 1-40 of a-z 0-9 -"))]
     pub name: String,
     /// `nats://host:port` or `tls://host:port` (several separated by commas).
     #[schemars(length(min = 8, max = 512))]
@@ -176,12 +178,12 @@ pub struct NatsSinkSpec {
     pub url: String,
     /// Subject every event is published to; a JetStream stream must capture it.
     #[schemars(length(min = 1, max = 255))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+([.][A-Za-z0-9_-]+)*$')").message("spec.events.nats[].subject must be dot-separated tokens of A-Z a-z 0-9 _ - (no spaces or wildcards)"))]
+    #[x_kube(validation = Rule::new("size(self) <= 255 && self.matches('^[A-Za-z0-9_-]+([.][A-Za-z0-9_-]+)*$')").message("spec.events.nats[].subject must be at most 255 characters, dot-separated tokens of A-Z a-z 0-9 _ - (no spaces or wildcards)"))]
     pub subject: String,
     /// When set, only this stream may accept the events (`Nats-Expected-Stream`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
-    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9_-]+$')").message("spec.events.nats[].stream must be A-Z a-z 0-9 _ -"))]
+    #[x_kube(validation = Rule::new("size(self) <= 255 && self.matches('^[A-Za-z0-9_-]+$')").message("spec.events.nats[].stream must be 1-255 of A-Z a-z 0-9 _ -"))]
     pub stream: Option<String>,
     /// The CA the NATS server's certificate must chain to (key default `ca.crt`); set means
     /// TLS is required. Without it events travel in clear text (the server warns at start).
@@ -198,6 +200,7 @@ pub struct NatsSinkSpec {
     /// Attempts per event before it is dead-lettered (default 20).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.events: maxAttempts must be at least 1"))]
     pub max_attempts: Option<i32>,
 }
 

@@ -151,6 +151,20 @@ mod tests {
         assert!(tls.contains("caSecretRef is required for tls://"), "{tls}");
         let stream = server_error(&spec(&format!("{nats}      stream: a.b\n"))).unwrap();
         assert!(stream.contains("stream must be"), "{stream}");
+        for (bad, needle) in [
+            ("    maxOutboxBytes: 5\n", "at least 1048576"),
+            ("    maxOutboxBytes: 0\n", "at least 1048576"),
+        ] {
+            let error = server_error(&spec(&format!("{bad}{hook}"))).unwrap();
+            assert!(error.contains(needle), "{bad}: {error}");
+        }
+        let zero = server_error(&spec(&format!("{hook}      maxAttempts: 0\n"))).unwrap();
+        assert!(zero.contains("maxAttempts must be at least 1"), "{zero}");
+        let long = server_error(&spec(&hook.replace("ingest", &"a".repeat(64)))).unwrap();
+        assert!(long.contains("1-40 of a-z"), "{long}");
+        let subject =
+            server_error(&spec(&nats.replace("sluice.events", &"s".repeat(256)))).unwrap();
+        assert!(subject.contains("at most 255"), "{subject}");
         let kind = server_error(&spec(&format!(
             "{hook}      filters:\n        types: [dev.sluice.file.exploded]\n"
         )))
