@@ -78,6 +78,10 @@ pub enum Reason {
     Progressing,
     Reconciled,
     ReconcileError,
+    // File events (EventsDelivering)
+    SinksDelivering,
+    SinkFailing,
+    SinkHealthUnknown,
 }
 
 impl Reason {
@@ -125,6 +129,9 @@ impl Reason {
             Reason::Progressing => "Progressing",
             Reason::Reconciled => "Reconciled",
             Reason::ReconcileError => "ReconcileError",
+            Reason::SinksDelivering => "SinksDelivering",
+            Reason::SinkFailing => "SinkFailing",
+            Reason::SinkHealthUnknown => "SinkHealthUnknown",
         }
     }
 }

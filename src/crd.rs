@@ -86,6 +86,138 @@ pub struct FileTransferServerSpec {
     /// Pod scheduling and resources.
     #[serde(default)]
     pub pod: PodSpecOverrides,
+    /// File events (CloudEvents) delivered at least once to HTTPS webhooks and NATS
+    /// JetStream (docs/events.md). Absent: no events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsSpec>,
+}
+
+/// File events: an outbox on each pod and the sinks it delivers to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("(has(self.webhooks) ? size(self.webhooks) : 0) + (has(self.nats) ? size(self.nats) : 0) > 0").message("spec.events: at least one sink (webhooks or nats) is required"))]
+#[x_kube(validation = Rule::new("!has(self.webhooks) || !has(self.nats) || self.webhooks.all(w, !self.nats.exists(n, n.name == w.name))").message("spec.events: sink names must be unique across webhooks and nats"))]
+pub struct EventsSpec {
+    /// Bytes of undelivered events each pod may hold; at this size new uploads are refused
+    /// until the sinks catch up. Default 64 MiB, at least 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1048576, max = 17179869184_i64))]
+    #[x_kube(validation = Rule::new("self >= 1048576").message("spec.events.maxOutboxBytes must be at least 1048576 (1 MiB)"))]
+    pub max_outbox_bytes: Option<i64>,
+    /// An existing PersistentVolumeClaim for the outbox; each pod uses a sub-directory named
+    /// after itself. Without it the outbox is an emptyDir: it survives a crash of the server
+    /// (the container restarts in the same pod) but not the pod's deletion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub outbox_claim: Option<String>,
+    /// How long a sink of a pod must have been failing before the server's `EventsDelivering`
+    /// condition turns False (default 120). Shorter blips are what the outbox is for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub failing_after_seconds: Option<i32>,
+    /// HTTPS webhooks, each POST signed with HMAC-SHA256.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(w, self.exists_one(o, o.name == w.name))").message("spec.events.webhooks: names must be unique"))]
+    pub webhooks: Vec<WebhookSinkSpec>,
+    /// NATS JetStream subjects; each message carries `Nats-Msg-Id` = the event id.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    #[x_kube(validation = Rule::new("self.all(n, self.exists_one(o, o.name == n.name))").message("spec.events.nats: names must be unique"))]
+    pub nats: Vec<NatsSinkSpec>,
+}
+
+/// Which events a sink receives; empty lists mean all.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventFilters {
+    /// Event types, e.g. `dev.sluice.file.uploaded` (docs/events.md lists them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(t, t in ['dev.sluice.file.uploaded', 'dev.sluice.file.downloaded', 'dev.sluice.file.deleted', 'dev.sluice.file.renamed', 'dev.sluice.dir.created', 'dev.sluice.dir.removed', 'dev.sluice.upload.refused'])").message("spec.events: filters.types may only name the event types of docs/events.md"))]
+    pub types: Vec<String>,
+    /// Prefixes of the path as stored (beneath the data root, home included), e.g.
+    /// `/partner-a/inbound/`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 1024)))]
+    #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/'))").message("spec.events: every filters.pathPrefixes entry must start with /"))]
+    pub path_prefixes: Vec<String>,
+}
+
+/// An HTTPS webhook sink.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSinkSpec {
+    /// Names the sink in metrics and logs: 1-40 of a-z 0-9 -.
+    #[schemars(length(min = 1, max = 40))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]{1,40}$')").message("spec.events: a sink name must be 1-40 of a-z 0-9 -"))]
+    pub name: String,
+    /// `https://host[:port]/path`.
+    #[schemars(length(min = 9, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https://[^/]')").message("spec.events.webhooks[].url must be https://host[:port]/path"))]
+    pub url: String,
+    /// The CA the receiver's certificate must chain to (key default `ca.crt`). Mounted into
+    /// the pods, never read by the operator. Required: the server trusts no system roots.
+    pub ca_secret_ref: SecretKeyRef,
+    /// The HMAC-SHA256 signing key (key default `secret`). Mounted into the pods, never read
+    /// by the operator; rotated keys take effect at the next delivery.
+    pub secret_ref: SecretKeyRef,
+    /// Which events this sink receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<EventFilters>,
+    /// Attempts per event before it is dead-lettered (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.events: maxAttempts must be at least 1"))]
+    pub max_attempts: Option<i32>,
+}
+
+/// A NATS JetStream sink.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.caSecretRef) || !self.url.contains('tls://')").message("spec.events.nats[].caSecretRef is required for tls:// (the server trusts no system roots)"))]
+pub struct NatsSinkSpec {
+    /// Names the sink in metrics and logs: 1-40 of a-z 0-9 -.
+    #[schemars(length(min = 1, max = 40))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9-]{1,40}$')").message("spec.events: a sink name must be 1-40 of a-z 0-9 -"))]
+    pub name: String,
+    /// `nats://host:port` or `tls://host:port` (several separated by commas).
+    #[schemars(length(min = 8, max = 512))]
+    #[x_kube(validation = Rule::new("self.matches('^(nats|tls)://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?(,(nats|tls)://[A-Za-z0-9][A-Za-z0-9.-]*(:[0-9]{1,5})?)*$')").message("spec.events.nats[].url must be nats://host:port or tls://host:port (several separated by commas)"))]
+    pub url: String,
+    /// Subject every event is published to; a JetStream stream must capture it.
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new("size(self) <= 255 && self.matches('^[A-Za-z0-9_-]+([.][A-Za-z0-9_-]+)*$')").message("spec.events.nats[].subject must be at most 255 characters, dot-separated tokens of A-Z a-z 0-9 _ - (no spaces or wildcards)"))]
+    pub subject: String,
+    /// When set, only this stream may accept the events (`Nats-Expected-Stream`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    #[x_kube(validation = Rule::new("size(self) <= 255 && self.matches('^[A-Za-z0-9_-]+$')").message("spec.events.nats[].stream must be 1-255 of A-Z a-z 0-9 _ -"))]
+    pub stream: Option<String>,
+    /// The CA the NATS server's certificate must chain to (key default `ca.crt`); set means
+    /// TLS is required. Without it events travel in clear text (the server warns at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A Secret whose keys are the credentials: `token`, or `username` and `password`, or
+    /// `nkey` (a seed), or `creds` (a .creds file). Mounted into the pods as a whole, never
+    /// read by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretNameRef>,
+    /// Which events this sink receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<EventFilters>,
+    /// Attempts per event before it is dead-lettered (default 20).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    #[x_kube(validation = Rule::new("self >= 1").message("spec.events: maxAttempts must be at least 1"))]
+    pub max_attempts: Option<i32>,
+}
+
+/// A Secret of the same namespace, as a whole.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct SecretNameRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
 }
 
 fn one() -> i32 {

@@ -166,6 +166,52 @@ mod tests {
     }
 
     #[test]
+    fn cel_checks_events_sinks() {
+        let spec = |events: &str| format!("  protocols: [ftpsExplicit]\n  events:\n{events}");
+        let hook = "    webhooks:\n    - name: ingest\n      url: https://ingest.example/hook\n      caSecretRef: {name: ca}\n      secretRef: {name: hmac}\n";
+        let nats = "    nats:\n    - name: bus\n      url: nats://nats:4222,nats://b:4222\n      subject: sluice.events\n      credentialsSecretRef: {name: creds}\n";
+        assert_eq!(server_error(&spec(hook)), None);
+        assert_eq!(server_error(&spec(nats)), None);
+        let tls_ok = nats.replace("nats://b", "tls://b") + "      caSecretRef: {name: ca}\n";
+        assert_eq!(server_error(&spec(&tls_ok)), None);
+        assert_eq!(server_error(&spec(&format!("{hook}{nats}"))), None);
+        let none = server_error(&spec("    maxOutboxBytes: 2097152\n")).unwrap();
+        assert!(none.contains("at least one sink"), "{none}");
+        let twice =
+            server_error(&spec(&format!("{hook}{}", nats.replace("bus", "ingest")))).unwrap();
+        assert!(twice.contains("unique across"), "{twice}");
+        let plain = server_error(&spec(&hook.replace("https://", "http://"))).unwrap();
+        assert!(plain.contains("url must be https://"), "{plain}");
+        let wildcard = server_error(&spec(&nats.replace("sluice.events", "sluice.>"))).unwrap();
+        assert!(wildcard.contains("no spaces or wildcards"), "{wildcard}");
+        let scheme = server_error(&spec(&nats.replace("nats://", "http://"))).unwrap();
+        assert!(scheme.contains("nats://host:port"), "{scheme}");
+        let tls = server_error(&spec(&nats.replace("nats://b", "tls://b"))).unwrap();
+        assert!(tls.contains("caSecretRef is required for tls://"), "{tls}");
+        let stream = server_error(&spec(&format!("{nats}      stream: a.b\n"))).unwrap();
+        assert!(stream.contains("stream must be"), "{stream}");
+        for (bad, needle) in [
+            ("    maxOutboxBytes: 5\n", "at least 1048576"),
+            ("    maxOutboxBytes: 0\n", "at least 1048576"),
+        ] {
+            let error = server_error(&spec(&format!("{bad}{hook}"))).unwrap();
+            assert!(error.contains(needle), "{bad}: {error}");
+        }
+        let zero = server_error(&spec(&format!("{hook}      maxAttempts: 0\n"))).unwrap();
+        assert!(zero.contains("maxAttempts must be at least 1"), "{zero}");
+        let long = server_error(&spec(&hook.replace("ingest", &"a".repeat(64)))).unwrap();
+        assert!(long.contains("1-40 of a-z"), "{long}");
+        let subject =
+            server_error(&spec(&nats.replace("sluice.events", &"s".repeat(256)))).unwrap();
+        assert!(subject.contains("at most 255"), "{subject}");
+        let kind = server_error(&spec(&format!(
+            "{hook}      filters:\n        types: [dev.sluice.file.exploded]\n"
+        )))
+        .unwrap();
+        assert!(kind.contains("event types"), "{kind}");
+    }
+
+    #[test]
     fn cel_checks_proxy_protocol() {
         let spec = |proxy: &str| {
             format!("  protocols: [ftpsExplicit]\n  exposure:\n    proxyProtocol:\n{proxy}")

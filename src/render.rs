@@ -389,8 +389,7 @@ pub fn server_config(
                     .unwrap_or(config::DEFAULT_PROXY_HEADER_TIMEOUT_MS),
             })
             .unwrap_or_default(),
-        // `spec.events` is not rendered yet (issue 18): no outbox, no sinks.
-        events: None,
+        events: spec.events.as_ref().map(crate::events::server_events),
         scanning: spec.scanning.as_ref().map(scanning_config),
     }
 }
@@ -844,6 +843,17 @@ pub fn stateful_set(
         .scanning
         .as_ref()
         .and_then(|scanning| scanning_pod_parts(scanning, &mut volumes, &mut mounts));
+    let mut env = vec![EnvVar {
+        name: "SLUICE_LOG_FORMAT".to_string(),
+        value: Some("json".to_string()),
+        ..EnvVar::default()
+    }];
+    if let Some(events) = &spec.events {
+        let (more_volumes, more_mounts, more_env) = crate::events::pod_parts(events);
+        volumes.extend(more_volumes);
+        mounts.extend(more_mounts);
+        env.extend(more_env);
+    }
     let mut claim_templates = None;
     match &spec.storage.existing_claim {
         Some(claim) => volumes.push(Volume {
@@ -888,11 +898,7 @@ pub fn stateful_set(
             "--config".to_string(),
             format!("{CONFIG_DIR}/server.yaml"),
         ]),
-        env: Some(vec![EnvVar {
-            name: "SLUICE_LOG_FORMAT".to_string(),
-            value: Some("json".to_string()),
-            ..EnvVar::default()
-        }]),
+        env: Some(env),
         ports: Some(ports),
         volume_mounts: Some(mounts),
         readiness_probe: Some(http_probe("/readyz", 5)),

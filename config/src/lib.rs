@@ -24,7 +24,11 @@ pub use bans::{BanConfig, BanSyncConfig};
 pub use budgets::*;
 pub use data_binding::{FtpsDataBinding, UNRESUMED_DATA_WINDOW_SECONDS};
 pub use error::{ConfigError, FieldError};
-pub use events::{EVENT_TYPES, EventsConfig, MIN_OUTBOX_BYTES, WebhookConfig};
+pub use events::{
+    DEFAULT_INITIAL_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BACKOFF_MS,
+    DEFAULT_MAX_OUTBOX_BYTES, DEFAULT_TIMEOUT_SECONDS, EVENT_TYPES, EventsConfig, MIN_OUTBOX_BYTES,
+    NATS_CREDENTIAL_FILES, NatsConfig, WebhookConfig,
+};
 pub use hygiene::*;
 pub use proxy::*;
 pub use scanning::*;

@@ -697,6 +697,9 @@ impl ServerConfig {
         if let Some(scanning) = &self.scanning {
             warnings.extend(scanning.insecure_opt_ins());
         }
+        if let Some(events) = &self.events {
+            warnings.extend(events.insecure_opt_ins());
+        }
         warnings
     }
 }

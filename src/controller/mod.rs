@@ -3,7 +3,8 @@
 //! users.yaml shards, load-balancer addresses) → [`validate`] decides each user's verdict and
 //! hashes new passwords → [`certificate`] issues or inspects the serving certificate → [`build`]
 //! renders every child, purely → [`apply`] applies each child on its own (one failure does not
-//! stop the others) → [`status`] writes conditions, Events and metrics from what was applied.
+//! stop the others) → [`crate::sink_health`] asks the pods how their event sinks fare (only
+//! with `spec.events`) → [`status`] writes conditions, Events and metrics from what was applied.
 //! TransferUsers are resolved by their server's reconcile (so duplicate usernames are decided
 //! in one place); [`user`] marks users whose server does not exist.
 //!
@@ -386,7 +387,8 @@ async fn reconcile_server(
     let certificate = certificate::ensure(server, &references, context).await?;
     let prepared = build::build(server, &references, &validated)?;
     let applied = apply::apply(server, prepared, context).await;
-    status::update(server, &validated, &certificate, &applied, context).await
+    let sinks = crate::sink_health::observe(server, &context.client).await;
+    status::update(server, &validated, &certificate, &applied, sinks, context).await
 }
 
 /// A reconcile that failed before it could write a status: logged, counted, announced as a

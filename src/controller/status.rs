@@ -273,6 +273,7 @@ pub async fn update(
     validated: &Validated,
     certificate: &CertOutcome,
     applied: &Applied,
+    sinks: Option<crate::sink_health::Verdict>,
     context: &Context,
 ) -> Result<Action, super::ControllerError> {
     let now = (context.now)();
@@ -341,7 +342,28 @@ pub async fn update(
         warn!(server = %names.server, %error, "cannot write a user's status");
     }
 
-    let conditions = server_conditions(server, validated, certificate, applied, now);
+    let mut conditions = server_conditions(server, validated, certificate, applied, now);
+    if let Some(sinks) = &sinks {
+        let delivering = events_delivering(&previous, sinks, server.metadata.generation, now);
+        if delivering.status == "False"
+            && context.announced.is_news(
+                &format!("{uid}/EventsDelivering"),
+                stored_reason(&previous, "EventsDelivering"),
+                &delivering.reason,
+            )
+        {
+            warn!(server = %names.server, message = %delivering.message, "an event sink is failing");
+            publish(
+                context,
+                server,
+                EventType::Warning,
+                sinks.reason,
+                &delivering.message,
+            )
+            .await;
+        }
+        conditions.push(delivering);
+    }
     let ready = &conditions[0];
     let ready_reason = ready.reason.clone();
     if context.announced.is_news(
@@ -449,7 +471,38 @@ pub async fn update(
     if waiting_for_pods && !loaded.pods.is_empty() {
         after = after.min(super::loaded::RECHECK);
     }
+    if sinks.is_some() {
+        after = after.min(crate::sink_health::recheck(server));
+    }
     Ok(Action::requeue(after))
+}
+
+/// `EventsDelivering` from the pods' report on their sinks (pure); Unknown keeps its own
+/// transition time like the other statuses.
+pub fn events_delivering(
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    sinks: &crate::sink_health::Verdict,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let status = match sinks.delivering {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == "EventsDelivering" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now));
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: "EventsDelivering".into(),
+        status: status.into(),
+        reason: sinks.reason.as_str().into(),
+        message: sinks.message.chars().take(1024).collect(),
+        observed_generation: generation,
+        last_transition_time,
+    }
 }
 
 fn reason_of(applied: &Applied, ready: bool) -> Reason {

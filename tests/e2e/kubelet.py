@@ -722,6 +722,13 @@ class ProcessKubelet:
             local["audit"]["file"] = p.container_path(cfg["audit"]["file"])
         if (cfg.get("scanning") or {}).get("quarantineDir"):
             local["scanning"]["quarantineDir"] = p.container_path(cfg["scanning"]["quarantineDir"])
+        events = local.get("events") or {}
+        if events.get("outboxDir"):
+            events["outboxDir"] = p.container_path(events["outboxDir"])
+        for sink in (events.get("webhooks") or []) + (events.get("nats") or []):
+            for key in ("caFile", "secretFile", "credentialsDir"):
+                if sink.get(key):
+                    sink[key] = p.container_path(sink[key])
         Path(local["dataRoot"]).mkdir(parents=True, exist_ok=True)
         p.config_path = p.root / "config" / "server.yaml"
         p.config_path.parent.mkdir(parents=True, exist_ok=True)

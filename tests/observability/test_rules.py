@@ -112,6 +112,15 @@ CASES = {
          series("sluice_quota_used_bytes", dict(POD1, user="beta"), "100x30"),
          series("sluice_quota_max_bytes", dict(POD1, user="beta"), "1000x30")],
         "20m", dict(pick(POD0, "namespace", "server"), user="acme"), "95%", "5m"),
+    "SluiceEventsUndelivered": (
+        [series("sluice_events_oldest_undelivered_seconds", POD0, "0+60x30"),
+         series("sluice_events_oldest_undelivered_seconds", POD1, "0x30")],
+        "20m", pick(POD0, "namespace", "server", "pod"), "20m 0s", "12m"),
+    "SluiceEventsDropped": (
+        [series("sluice_events_dropped_total", dict(POD0, reason="full"), "0 0 0 3 3 3 3 3 3 3"),
+         series("sluice_events_dropped_total", dict(POD1, reason="full"), "0x9"),
+         series("sluice_events_deliveries_total", dict(POD1, sink="ingest", result="ok"), "0+5x9")],
+        "5m", pick(POD0, "namespace", "server", "pod"), "3", None),
     "SluiceOperatorDown": (
         [series("up", OPERATOR, "0x30"), series("up", POD0, "0x30")],
         "15m", OPERATOR, None, "5m"),

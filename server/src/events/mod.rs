@@ -5,13 +5,15 @@
 //! once at each completion point, *after* the operation succeeded (for an upload: after the
 //! file was published under its final name), and awaits it: the call returns once the event
 //! is fsync'd in the [`outbox`], so a client that saw its upload complete can rely on the
-//! event surviving a kill -9. Sinks ([`webhook`]) deliver from the outbox at least once and
-//! acknowledge; duplicates carry the same `id`.
+//! event surviving a kill -9. Sinks ([`webhook`], [`nats`], sharing [`sink`]) deliver from the
+//! outbox at least once and acknowledge; duplicates carry the same `id`.
 //!
 //! Events are separate from the audit log on purpose: the audit log is a record for humans
 //! and auditors and may lose lines on a crash; events drive other systems and may not.
 
+pub mod nats;
 pub mod outbox;
+pub mod sink;
 pub mod webhook;
 
 use std::path::{Path, PathBuf};
@@ -50,6 +52,12 @@ pub enum EventsError {
     },
     #[error("events.webhooks[{index}].url: {message}")]
     Url { index: usize, message: String },
+    #[error("events.nats[{index}].caFile: {message}")]
+    NatsCaFile { index: usize, message: String },
+    #[error("events.nats[{index}].credentialsDir: {message}")]
+    NatsCredentials { index: usize, message: String },
+    #[error("events.nats[{index}].url: {message}")]
+    NatsUrl { index: usize, message: String },
     #[error("events: the outbox writer stopped")]
     WriterStopped,
     #[error("events: cannot write the outbox: {0}")]
@@ -135,6 +143,8 @@ pub struct EventMetrics {
     pub deliveries: Family<Vec<(&'static str, String)>, Counter>,
     pub dropped: Family<Vec<(&'static str, String)>, Counter>,
     pub uploads_refused: Counter,
+    /// Per sink: seconds since its current streak of failed attempts began (0 while healthy).
+    pub sink_failing_seconds: Family<Vec<(&'static str, String)>, Gauge>,
 }
 
 impl EventMetrics {
@@ -163,6 +173,11 @@ impl EventMetrics {
             "events_dropped",
             "Events not written to the outbox, by reason (full, io)",
             self.dropped.clone(),
+        );
+        registry.register(
+            "events_sink_failing_seconds",
+            "Seconds since the sink's current streak of failed delivery attempts began (0 while it delivers)",
+            self.sink_failing_seconds.clone(),
         );
         registry.register(
             "events_uploads_refused",
@@ -291,9 +306,30 @@ pub async fn start(
     let dir = crate::snapshot::resolve_relative(config_path, &config.outbox_dir);
     let mut sinks = Vec::new();
     for (index, hook) in config.webhooks.iter().enumerate() {
-        sinks.push(webhook::Webhook::new(index, hook, config_path)?);
+        let (hook_sink, filter, retry) = webhook::Webhook::new(index, hook, config_path)?;
+        sinks.push(sink::Sink {
+            name: hook.name.clone(),
+            filter,
+            retry,
+            transport: sink::Transport::Webhook(Box::new(hook_sink)),
+            health: Arc::default(),
+        });
     }
-    let names: Vec<String> = sinks.iter().map(|s| s.name().to_string()).collect();
+    for (index, nats) in config.nats.iter().enumerate() {
+        let (nats_sink, filter, retry) = nats::Nats::new(index, nats, config_path)?;
+        sinks.push(sink::Sink {
+            name: nats.name.clone(),
+            filter,
+            retry,
+            transport: sink::Transport::Nats(Box::new(nats_sink)),
+            health: Arc::default(),
+        });
+    }
+    let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
+    let health: Vec<(String, Arc<sink::Health>)> = sinks
+        .iter()
+        .map(|s| (s.name.clone(), s.health.clone()))
+        .collect();
     let source = format!("/sluice/{}", crate::context::host_name());
     let max = config.max_outbox_bytes;
     let outbox =
@@ -303,8 +339,23 @@ pub async fn start(
     for (index, sink) in sinks.into_iter().enumerate() {
         tokio::spawn(sink.run(outbox.clone(), index));
     }
-    tokio::spawn(outbox::watch_age(outbox.clone()));
+    tokio::spawn(watch(outbox.clone(), health));
     Ok(outbox)
+}
+
+/// Keeps the age and sink-health gauges current while nothing is written or acknowledged.
+async fn watch(outbox: Arc<Outbox>, health: Vec<(String, Arc<sink::Health>)>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        outbox.publish_depth();
+        for (name, health) in &health {
+            outbox
+                .metrics()
+                .sink_failing_seconds
+                .get_or_create(&vec![("sink", name.clone())])
+                .set(health.failing_seconds() as i64);
+        }
+    }
 }
 
 #[cfg(test)]

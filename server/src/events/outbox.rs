@@ -25,7 +25,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
@@ -42,6 +42,8 @@ const MAX_BATCH: usize = 1024;
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub seq: u64,
+    /// The CloudEvent's `id` (sinks that deduplicate use it).
+    pub id: Option<String>,
     pub kind: String,
     pub stored_path: String,
     /// Milliseconds since the epoch when the event was written.
@@ -92,6 +94,7 @@ fn parse_line(line: &str) -> Option<Entry> {
     let event = value.get("event")?;
     Some(Entry {
         seq,
+        id: event.get("id").and_then(|i| i.as_str()).map(str::to_string),
         kind: event.get("type")?.as_str()?.to_string(),
         stored_path: event["data"]["storedPath"]
             .as_str()
@@ -353,7 +356,7 @@ impl Outbox {
         }
     }
 
-    fn publish_depth(&self) {
+    pub fn publish_depth(&self) {
         let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         self.metrics.events.outbox_events.set(queue.len() as i64);
         self.metrics
@@ -386,14 +389,6 @@ impl Outbox {
         }
         self.publish_depth();
         self.last_seq.send_replace(last);
-    }
-}
-
-/// Keeps the age gauge current while nothing is written or acknowledged.
-pub async fn watch_age(outbox: Arc<Outbox>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        outbox.publish_depth();
     }
 }
 
@@ -447,6 +442,7 @@ impl Writer {
             text.push(b'\n');
             entries.push(Entry {
                 seq,
+                id: event.get("id").and_then(|i| i.as_str()).map(str::to_string),
                 kind: kind.to_string(),
                 stored_path: event["data"]["storedPath"]
                     .as_str()
@@ -521,6 +517,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn open(dir: &Path, sinks: &[&str]) -> Arc<Outbox> {
         Outbox::open(
@@ -556,6 +553,7 @@ mod tests {
         assert_eq!(next.seq, 2);
         assert!(String::from_utf8_lossy(&next.body).contains("\"e2\""));
         assert_eq!(next.stored_path, "/u/2");
+        assert_eq!(next.id.as_deref(), Some("e2"));
         again.append(Kind::Uploaded, event(4)).await;
         assert_eq!(
             again.next_after(3).unwrap().seq,

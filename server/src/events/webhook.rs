@@ -1,5 +1,6 @@
 //! The HTTPS webhook sink: POSTs each CloudEvent (structured mode) to a receiver, in outbox
-//! order, signed so that the receiver can tell it came from this server and is not a replay.
+//! order (the loop, retries and dead letters are [`super::sink`]), signed so that the receiver
+//! can tell it came from this server and is not a replay.
 //!
 //! `Sluice-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>`: the
 //! timestamp is inside the MAC, so a receiver that rejects old timestamps and remembers event
@@ -13,22 +14,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use rand::Rng;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use sha2::Sha256;
 
 use super::EventsError;
-use super::outbox::{Entry, Outbox, write_cursor};
-use crate::metrics::Metrics;
-
-/// The cursor file is rewritten at most this often while events flow (and when idle).
-const CURSOR_FLUSH: Duration = Duration::from_millis(200);
+use super::sink::{Filter, Retry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
@@ -42,25 +37,40 @@ pub enum DeliveryError {
     Request(#[from] hyper::http::Error),
     #[error("receiver answered {0}")]
     Status(u16),
-    #[error("timed out")]
-    Timeout,
     #[error("secretFile: {0}")]
     Secret(std::io::Error),
 }
 
 pub struct Webhook {
-    name: String,
     uri: hyper::Uri,
     host: String,
     port: u16,
     tls: tokio_rustls::TlsConnector,
     secret_file: PathBuf,
-    types: Vec<String>,
-    path_prefixes: Vec<String>,
-    max_attempts: u32,
-    initial_backoff: Duration,
-    max_backoff: Duration,
-    timeout: Duration,
+}
+
+/// A TLS client configuration that trusts exactly the CAs in the PEM file `ca_path` (no
+/// system roots); shared by the webhook and NATS sinks.
+pub fn client_tls(ca_path: &Path) -> Result<rustls::ClientConfig, String> {
+    let pem =
+        std::fs::read(ca_path).map_err(|e| format!("cannot read {}: {e}", ca_path.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| format!("{}: {e}", ca_path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", ca_path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{} holds no certificate", ca_path.display()));
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth())
 }
 
 /// `Sluice-Signature` for `body` sent at `timestamp` (unix seconds).
@@ -78,25 +88,13 @@ pub fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     )
 }
 
-/// The delay before attempt `attempt + 1`: doubling from `initial`, capped, with jitter in
-/// [delay/2, delay] so that many servers retrying one receiver spread out.
-pub fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
-    let factor = 1u64 << attempt.saturating_sub(1).min(30);
-    let delay = initial
-        .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
-        .min(max);
-    let half = delay / 2;
-    half + delay
-        .saturating_sub(half)
-        .mul_f64(rand::thread_rng().r#gen::<f64>())
-}
-
 impl Webhook {
+    /// The webhook and its filter and retry policy.
     pub fn new(
         index: usize,
         config: &sluice_config::WebhookConfig,
         config_path: &Path,
-    ) -> Result<Webhook, EventsError> {
+    ) -> Result<(Webhook, Filter, Retry), EventsError> {
         let url_err = |message: String| EventsError::Url { index, message };
         let uri: hyper::Uri = config
             .url
@@ -110,142 +108,35 @@ impl Webhook {
             .to_string();
         let port = uri.port_u16().unwrap_or(443);
         let ca_path = crate::snapshot::resolve_relative(config_path, &config.ca_file);
-        let ca_err = |message: String| EventsError::CaFile { index, message };
-        let pem = std::fs::read(&ca_path)
-            .map_err(|e| ca_err(format!("cannot read {}: {e}", ca_path.display())))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| ca_err(format!("{}: {e}", ca_path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| ca_err(format!("{}: {e}", ca_path.display())))?;
-        }
-        if roots.is_empty() {
-            return Err(ca_err(format!(
-                "{} holds no certificate",
-                ca_path.display()
-            )));
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ca_err(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        let tls = client_tls(&ca_path).map_err(|message| EventsError::CaFile { index, message })?;
         let secret_file = crate::snapshot::resolve_relative(config_path, &config.secret_file);
         read_secret(&secret_file).map_err(|source| EventsError::SecretFile {
             index,
             path: secret_file.clone(),
             source,
         })?;
-        Ok(Webhook {
-            name: config.name.clone(),
+        let webhook = Webhook {
             uri,
             host,
             port,
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
             secret_file,
+        };
+        let filter = Filter {
             types: config.types.clone(),
             path_prefixes: config.path_prefixes.clone(),
+        };
+        let retry = Retry {
             max_attempts: config.max_attempts,
-            initial_backoff: Duration::from_millis(config.initial_backoff_ms),
-            max_backoff: Duration::from_millis(config.max_backoff_ms),
-            timeout: Duration::from_secs(config.timeout_seconds),
-        })
+            initial_backoff: std::time::Duration::from_millis(config.initial_backoff_ms),
+            max_backoff: std::time::Duration::from_millis(config.max_backoff_ms),
+            timeout: std::time::Duration::from_secs(config.timeout_seconds),
+        };
+        Ok((webhook, filter, retry))
     }
 
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn wants(&self, entry: &Entry) -> bool {
-        (self.types.is_empty() || self.types.contains(&entry.kind))
-            && (self.path_prefixes.is_empty()
-                || self
-                    .path_prefixes
-                    .iter()
-                    .any(|p| entry.stored_path.starts_with(p.as_str())))
-    }
-
-    /// Delivers from the outbox forever, in order, acknowledging each event once delivered,
-    /// filtered out or dead-lettered.
-    pub async fn run(self, outbox: Arc<Outbox>, index: usize) {
-        let mut changes = outbox.subscribe();
-        let mut cursor = outbox.cursor(index);
-        let mut flushed = cursor;
-        let mut flushed_at = Instant::now();
-        loop {
-            let Some(entry) = outbox.next_after(cursor) else {
-                if flushed != cursor {
-                    flushed = self.flush(&outbox, cursor).await;
-                    flushed_at = Instant::now();
-                }
-                let _ = tokio::time::timeout(CURSOR_FLUSH, changes.changed()).await;
-                continue;
-            };
-            if self.wants(&entry) {
-                self.deliver(&outbox, &entry).await;
-            }
-            cursor = entry.seq;
-            outbox.ack(index, cursor);
-            if flushed_at.elapsed() >= CURSOR_FLUSH {
-                flushed = self.flush(&outbox, cursor).await;
-                flushed_at = Instant::now();
-            }
-        }
-    }
-
-    async fn flush(&self, outbox: &Outbox, cursor: u64) -> u64 {
-        let dir = outbox.dir().to_path_buf();
-        let name = self.name.clone();
-        match tokio::task::spawn_blocking(move || write_cursor(&dir, &name, cursor)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(sink = %self.name, %error, "events: cannot write the sink's cursor (events may be delivered again after a restart)");
-            }
-            Err(error) => tracing::warn!(sink = %self.name, %error, "events: cursor writer failed"),
-        }
-        cursor
-    }
-
-    async fn deliver(&self, outbox: &Outbox, entry: &Entry) {
-        let metrics = &outbox.metrics().deliveries;
-        for attempt in 1..=self.max_attempts {
-            let result = match tokio::time::timeout(self.timeout, self.post(&entry.body)).await {
-                Ok(result) => result,
-                Err(_) => Err(DeliveryError::Timeout),
-            };
-            match result {
-                Ok(()) => {
-                    Metrics::inc(metrics, &[("sink", &self.name), ("result", "ok")]);
-                    return;
-                }
-                Err(error) => {
-                    Metrics::inc(metrics, &[("sink", &self.name), ("result", "failed")]);
-                    tracing::warn!(sink = %self.name, seq = entry.seq, attempt, %error, "events: delivery failed");
-                    if attempt < self.max_attempts {
-                        tokio::time::sleep(backoff(
-                            attempt,
-                            self.initial_backoff,
-                            self.max_backoff,
-                        ))
-                        .await;
-                    }
-                }
-            }
-        }
-        Metrics::inc(metrics, &[("sink", &self.name), ("result", "dead_letter")]);
-        tracing::error!(
-            sink = %self.name,
-            seq = entry.seq,
-            attempts = self.max_attempts,
-            event = %String::from_utf8_lossy(&entry.body),
-            "events: DEAD LETTER: giving up on an event after maxAttempts"
-        );
-    }
-
-    async fn post(&self, body: &Bytes) -> Result<(), DeliveryError> {
+    /// One signed POST; `Ok` once the receiver answered 2xx.
+    pub async fn send(&self, body: &Bytes) -> Result<(), DeliveryError> {
         let secret = tokio::fs::read_to_string(&self.secret_file)
             .await
             .map_err(DeliveryError::Secret)?;
@@ -312,22 +203,5 @@ mod tests {
         assert_ne!(sig, signature(b"secret", 1_700_000_001, b"{}"));
         assert_ne!(sig, signature(b"secret", 1_700_000_000, b"{ }"));
         assert_ne!(sig, signature(b"other", 1_700_000_000, b"{}"));
-    }
-
-    #[test]
-    fn backoff_doubles_is_capped_and_jittered_within_half() {
-        let initial = Duration::from_millis(100);
-        let max = Duration::from_secs(1);
-        for _ in 0..50 {
-            let first = backoff(1, initial, max);
-            assert!(
-                first >= Duration::from_millis(50) && first <= initial,
-                "{first:?}"
-            );
-            let third = backoff(3, initial, max);
-            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
-            let late = backoff(40, initial, max);
-            assert!(late >= max / 2 && late <= max, "{late:?}");
-        }
     }
 }
