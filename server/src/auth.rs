@@ -9,6 +9,12 @@
 //! ~57 MiB per heap and four such heaps after a few dozen logins, ~150 MiB that were
 //! counted against idle sessions. With the memory owned by the thread, the pool costs
 //! exactly `workers x m_cost` KiB, allocated once at start.
+//!
+//! The pool threads run at a lower scheduling priority (`VERIFIER_NICE`): a tenant that logs
+//! in as fast as it can (many sessions, several addresses) otherwise keeps every core busy with
+//! argon2 and takes CPU from the transfers of every other tenant. Niced, the verifications use
+//! any idle CPU at full speed and yield to transfer work when the cores are contended; logins
+//! get slower under load, transfers do not.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -237,6 +243,19 @@ struct Shared {
     ready: Condvar,
 }
 
+/// How much lower than the rest of the server the verification threads are scheduled
+/// (`nice` +10: about a tenth of a contended core's share, per Linux's CFS weights).
+const VERIFIER_NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority (Linux: each thread has its own nice
+/// value). Failing to is not fatal: verifications then compete with transfers as equals.
+fn lower_this_threads_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(error) = rustix::process::setpriority_process(Some(thread), VERIFIER_NICE) {
+        tracing::debug!(%error, "could not lower the priority of an argon2 thread");
+    }
+}
+
 /// A fixed pool of verification threads.
 #[derive(Clone)]
 pub struct Verifier {
@@ -254,6 +273,7 @@ impl Verifier {
             let _ = std::thread::Builder::new()
                 .name(format!("argon2-{index}"))
                 .spawn(move || {
+                    lower_this_threads_priority();
                     // This thread's argon2 working memory, allocated (and touched) once here
                     // and reused by every verification: memory is a constant of the process,
                     // not of the logins.
@@ -375,6 +395,36 @@ mod tests {
             &mut memory
         ));
         assert!(!verify_with_memory("pw", Some("plaintext"), &mut memory));
+    }
+
+    /// The nice value of every thread of this process with that name (field 19 of
+    /// /proc/self/task/<tid>/stat, after the parenthesised command).
+    fn nice_of_threads_named(name: &str) -> Vec<i32> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|task| {
+                let path = task.ok()?.path();
+                let comm = std::fs::read_to_string(path.join("comm")).ok()?;
+                if comm.trim() != name {
+                    return None;
+                }
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                let after_comm = stat.rsplit_once(')')?.1;
+                after_comm.split_whitespace().nth(16)?.parse().ok()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn verification_threads_yield_to_transfers() {
+        let pool = Verifier::start(1);
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let dummy = dummy_hash_for(Argon2Params::ISSUED);
+        // One verification: the thread has started (and set its priority) by its answer.
+        assert!(!pool.verify(ip, "x".into(), None, dummy).await);
+        let nice = nice_of_threads_named("argon2-0");
+        assert!(!nice.is_empty(), "no argon2-0 thread found");
+        assert!(nice.iter().all(|&n| n == VERIFIER_NICE), "{nice:?}");
     }
 
     #[tokio::test]
