@@ -59,13 +59,13 @@ USER_READY_FALSE = {
     "WaitingForPods": "Progressing",
 }
 READY_TRUE = {"FileTransferServer": {"Ready"}, "TransferUser": {"Provisioned", "PasswordExpiresSoon"}}
-# Reasons of other conditions (CertificateReady, EndpointsReady, UsersSynced, Stalled,
+# Reasons of other conditions (CertificateReady, EndpointsReady, UsersSynced, EventsDelivering, Stalled,
 # Reconciling) and of Events only.
 NOT_IN_READY = {
     "Issued", "Valid", "CertificateExpiringSoon", "CertificatePending", "CertManagerMissing",
     "InvalidCertificate", "NamesNotCovered", "CARotated", "CertificateIssued", "PodsReady",
     "PodsNotReady", "LoadBalancerPending", "Rendered", "Applied", "Progressing", "Reconciled",
-    "ReconcileError", "QuotaThreshold",
+    "ReconcileError", "QuotaThreshold", "SinksDelivering", "SinkFailing", "SinkHealthUnknown",
 }
 
 

@@ -170,6 +170,12 @@ def test_labels_the_rules_group_by_exist(server_scrape):
         assert re.search(rf"^{metric}\{{[^}}]*\b{label}=", server_scrape, re.M), (metric, label)
 
 
+# Series labelled by a configured event sink: the demo server has none. Each sink's series are
+# created at 0 when the outbox opens (tests/server/test_events.py,
+# test_alerted_event_counters_exist_at_zero_before_the_first_event).
+PER_CONFIGURED_SINK = {"sluice_events_deliveries_total"}
+
+
 def test_alerted_counters_exist_at_zero_before_the_first_event(alerts, server_scrape):
     """increase() cannot see the first event of a series that appears at 1: every counter
     series an alert selects with `label="value"` or `label=~"a|b"` is exported at 0 by a server
@@ -178,6 +184,8 @@ def test_alerted_counters_exist_at_zero_before_the_first_event(alerts, server_sc
     checked = 0
     for alert in alerts:
         for metric, matchers in re.findall(r"(sluice_(?!operator_)\w+_total)\{([^}]*)\}", alert["expr"]):
+            if metric in PER_CONFIGURED_SINK:
+                continue
             for label, op, value in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', matchers):
                 for one in value.split("|") if op == "=~" else [value]:
                     pattern = rf'^{metric}\{{[^}}]*\b{label}="{re.escape(one)}"[^}}]*\}} 0$'

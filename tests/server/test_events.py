@@ -212,6 +212,19 @@ def test_completed_uploads_are_delivered_signed_and_failed_ones_never(hooked):
     assert metric(srv, 'sluice_events_deliveries_total{sink="test",result="ok"}') >= 4
 
 
+def test_alerted_event_counters_exist_at_zero_before_the_first_event(hooked):
+    """The chart's SluiceEventsDropped alert takes increase() of these: a series that first
+    appears at 1 would hide the first dead letter or dropped event."""
+    srv, _ = hooked
+    status, text = srv.http_get("/metrics")
+    assert status == 200
+    for series in ['sluice_events_deliveries_total{sink="test",result="dead_letter"} 0',
+                   'sluice_events_deliveries_total{sink="test",result="failed"} 0',
+                   'sluice_events_dropped_total{reason="full"} 0',
+                   'sluice_events_dropped_total{reason="io"} 0']:
+        assert series in text.splitlines(), f"{series} missing from\n{text}"
+
+
 def test_events_wait_while_the_receiver_is_down_and_arrive_when_it_is_back(hooked):
     srv, receiver = hooked
     receiver.stop()

@@ -234,6 +234,20 @@ impl Outbox {
             metrics,
         });
         outbox.publish_depth();
+        // Every series an alert selects exists at 0 from the start: `increase()` cannot see
+        // the first event of a series that appears at 1.
+        for reason in ["full", "io"] {
+            Metrics::add(&outbox.metrics.events.dropped, &[("reason", reason)], 0);
+        }
+        for sink in &outbox.sinks {
+            for result in ["ok", "failed", "dead_letter"] {
+                Metrics::add(
+                    &outbox.metrics.events.deliveries,
+                    &[("sink", sink), ("result", result)],
+                    0,
+                );
+            }
+        }
         let writer = Writer {
             outbox: Arc::downgrade(&outbox),
             dir,
