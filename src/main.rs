@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// jemalloc instead of glibc malloc, as in the server: the operator's watch caches and
+/// reconciles of tens of thousands of TransferUsers allocate and free in many threads, where
+/// glibc keeps per-thread arenas of freed memory (docs/performance.md, "Many users per server").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "sluice-operator", version, about)]
 struct Cli {

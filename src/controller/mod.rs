@@ -186,6 +186,7 @@ async fn run_scope(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(Lenient::trim_for_cache)
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(user)) = event
             && let Some(server) = server_of(user)
@@ -209,6 +210,7 @@ async fn run_scope(
         watcher::Config::default().labels(&format!("{REFERABLE_LABEL}=true")),
     )
     .default_backoff()
+    .modify(|secret: &mut Secret| crate::lenient::trim_for_cache(&mut secret.metadata))
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(secret)) = event {
             for server in servers_of_namespace(&deleted_store, secret.namespace()) {
