@@ -48,8 +48,13 @@ def make_ca_and_leaf(directory: Path) -> tuple[Path, Path, Path]:
 class Receiver:
     """HTTPS webhook receiver that verifies `Sluice-Signature` and records each event."""
 
-    def __init__(self, port: int, crt: Path, key: Path):
+    def __init__(self, port: int, crt: Path, key: Path, keep_alive: bool = False,
+                 idle_timeout: float | None = None):
         self.port, self.crt, self.key = port, crt, key
+        # HTTP/1.1 keeps connections open between requests; `idle_timeout` closes one that
+        # waited that long for its next request (as load balancers and receivers do).
+        self.keep_alive, self.idle_timeout = keep_alive, idle_timeout
+        self.connections = 0
         self.events: list[dict] = []
         self.bad_signatures = 0
         self.lock = threading.Lock()
@@ -59,6 +64,14 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if receiver.keep_alive else "HTTP/1.0"
+            timeout = receiver.idle_timeout
+
+            def setup(self):
+                super().setup()
+                with receiver.lock:
+                    receiver.connections += 1
+
             def log_message(self, *args):
                 pass
 
@@ -223,6 +236,39 @@ def test_alerted_event_counters_exist_at_zero_before_the_first_event(hooked):
                    'sluice_events_dropped_total{reason="full"} 0',
                    'sluice_events_dropped_total{reason="io"} 0']:
         assert series in text.splitlines(), f"{series} missing from\n{text}"
+
+
+def test_a_webhook_keeps_its_connection_and_replaces_one_the_receiver_closed(make_server, tmp_path):
+    ca, crt, key = make_ca_and_leaf(tmp_path / "hookpki")
+    secret = tmp_path / "hook-secret"
+    secret.write_text(SECRET + "\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    receiver = Receiver(port, crt, key, keep_alive=True, idle_timeout=1.0)
+    receiver.start()
+    try:
+        srv = make_server(users=[{"username": "alice", "home": "alice", "permissions": ["upload", "list"],
+                                  "_password": "correct horse battery staple 42"}],
+                          config={"events": {"outboxDir": str(tmp_path / "outbox"), "webhooks": [{
+                              "name": "test", "url": f"https://127.0.0.1:{port}/hook", "caFile": str(ca),
+                              "secretFile": str(secret), "initialBackoffMs": 2000, "maxBackoffMs": 2000,
+                              "maxAttempts": 100, "timeoutSeconds": 5}]}})
+        with srv.ftp() as ftp:
+            for n in range(12):
+                assert ftp.upload(f"/burst{n}.bin", b"%d" % n).startswith("226")
+        receiver.wait_for(lambda evs: len(evs) >= 12, what="the burst")
+        assert receiver.connections <= 2, f"{receiver.connections} connections for 12 events"
+        # The receiver closes the idle kept connection; the next event goes out on a new one at
+        # once, not after a failed attempt and its 2 s backoff.
+        time.sleep(2.5)
+        with srv.ftp() as ftp:
+            assert ftp.upload("/after-idle.bin", b"late").startswith("226")
+        receiver.wait_for(lambda evs: len(evs) >= 13, timeout=1.5, what="the event after the idle close")
+        assert metric(srv, 'sluice_events_deliveries_total{sink="test",result="failed"}') == 0
+        assert receiver.bad_signatures == 0
+    finally:
+        receiver.stop()
 
 
 def test_events_wait_while_the_receiver_is_down_and_arrive_when_it_is_back(hooked):
