@@ -138,7 +138,9 @@ fn quota_of(user: &TransferUser) -> Option<sluice_config::Quota> {
     })
 }
 
-async fn scrape(address: &str) -> Result<String, String> {
+/// A pod's `/metrics` on its health port (quota usage here; sink health in
+/// [`crate::sink_health`]).
+pub(crate) async fn scrape(address: &str) -> Result<String, String> {
     let exchange = async {
         let stream = tokio::net::TcpStream::connect(address)
             .await

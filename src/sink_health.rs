@@ -14,8 +14,6 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::body::Bytes;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
@@ -49,10 +47,6 @@ pub fn recheck(server: &FileTransferServer) -> Duration {
 }
 /// The metric the pods publish.
 const METRIC: &str = "sluice_events_sink_failing_seconds";
-/// Longest `/metrics` answer read from a pod.
-const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
-/// Deadline of one call to a pod.
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkHealthError {
@@ -140,39 +134,6 @@ pub fn verdict(observations: &Observations, failing_after: Duration) -> Verdict 
     }
 }
 
-async fn get_metrics(address: &str) -> Result<String, String> {
-    let exchange = async {
-        let stream = tokio::net::TcpStream::connect(address)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(connection);
-        let request = hyper::Request::get("/metrics")
-            .header(hyper::header::HOST, address)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| format!("request: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("GET /metrics answered {}", response.status()));
-        }
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| format!("response: {e}"))?
-            .to_bytes();
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
-    };
-    tokio::time::timeout(CALL_TIMEOUT, exchange)
-        .await
-        .map_err(|_| format!("no answer within {CALL_TIMEOUT:?}"))?
-}
-
 /// Asks every ready pod of `server` for its sinks' health; `None` when it has no sinks.
 pub async fn observe(server: &FileTransferServer, client: &Client) -> Option<Verdict> {
     server.spec.events.as_ref()?;
@@ -198,7 +159,7 @@ pub async fn observe(server: &FileTransferServer, client: &Client) -> Option<Ver
             .iter()
             .filter_map(crate::ban_sync::endpoint)
             .map(|(pod, address)| async move {
-                let answer = get_metrics(&address)
+                let answer = crate::quota_status::scrape(&address)
                     .await
                     .map(|text| parse_failing(&text))
                     .map_err(|message| SinkHealthError::Pod {
