@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ftplib
 import io
+import json
+import socket
 
 import pytest
 
@@ -78,6 +80,49 @@ def test_sftp_write_crossing_the_quota_fails_with_a_message_naming_it(quota_serv
     assert visible(srv.home("alice")) == ["first.bin"]
     event = srv.wait_event("quota_exceeded", user="alice", protocol="sftp")
     assert event["limit"] == "maxBytes"
+
+
+def test_uploads_stopped_by_the_quota_are_refused_events_never_uploaded_ones(make_server, user_entry, tmp_path):
+    """File events (docs/events.md): an upload the quota stopped, over FTPS and SFTP, is one
+    `dev.sluice.upload.refused` event with reason `quota`, and no `uploaded` event."""
+    secret = tmp_path / "hook-secret"
+    secret.write_text("a webhook secret that is long enough\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        nobody = probe.getsockname()[1]
+    srv = make_server(users=[user_entry("alice", quota={"maxBytes": "1Mi"})], config={"events": {
+        "outboxDir": str(tmp_path / "outbox"),
+        # Nobody listens: the events stay in the outbox, where the test reads them.
+        "webhooks": [{"name": "nobody", "url": f"https://127.0.0.1:{nobody}/hook", "caFile": "ca.crt",
+                      "secretFile": str(secret), "maxAttempts": 1000}],
+    }})
+    ftp = srv.ftp("alice")
+    ftp.upload("/first.bin", b"a" * (700 * KIB))
+    with pytest.raises(ftplib.error_perm, match="^552"):
+        ftp.upload("/over-ftps.bin", b"b" * (500 * KIB))
+    ftp.quit()
+    t, sftp = srv.sftp()
+    f = sftp.open("/over-sftp.bin", "wb")
+    with pytest.raises(IOError):
+        f.write(b"c" * (400 * KIB))
+        f.flush()
+    f.close()
+    t.close()
+
+    def outbox() -> list[dict]:
+        found = []
+        for segment in sorted((tmp_path / "outbox").glob("segment-*.jsonl")):
+            found += [json.loads(line)["event"] for line in segment.read_text().splitlines() if line.strip()]
+        return found
+
+    events = outbox()
+    uploaded = sorted(e["data"]["path"] for e in events if e["type"] == "dev.sluice.file.uploaded")
+    assert uploaded == ["/first.bin"], events
+    refused = {e["data"]["path"]: e["data"] for e in events if e["type"] == "dev.sluice.upload.refused"}
+    assert set(refused) == {"/over-ftps.bin", "/over-sftp.bin"}, events
+    for data in refused.values():
+        assert data["reason"] == "quota", data
+    assert refused["/over-sftp.bin"]["protocol"] == "sftp"
 
 
 def test_usage_survives_a_restart_and_overwrite_delete_rename_free_space(quota_server):

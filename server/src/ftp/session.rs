@@ -1591,6 +1591,7 @@ impl Session {
             Ok(sink) => sink,
             Err(error) => {
                 self.drop_data();
+                self.quota_refusal_event(&path, &error, 0).await;
                 return self.fs_error(error).await;
             }
         };
@@ -1669,6 +1670,7 @@ impl Session {
                         "failed",
                         json!({"error": error.to_string(), "mode": mode_name}),
                     );
+                    self.quota_refusal_event(&path, &error, bytes).await;
                     self.fs_error(error).await
                 }
             },
@@ -1687,7 +1689,10 @@ impl Session {
                     json!({"error": message, "mode": mode_name}),
                 );
                 match storage {
-                    Some(storage) => self.fs_error(storage).await,
+                    Some(storage) => {
+                        self.quota_refusal_event(&path, &storage, bytes).await;
+                        self.fs_error(storage).await
+                    }
                     None => {
                         let text = format!("transfer failed: {error}");
                         self.done(426, &text).await
@@ -1707,6 +1712,18 @@ impl Session {
                 self.reply(426, "transfer aborted").await;
                 self.done(226, "ABOR successful").await
             }
+        }
+    }
+
+    /// The `upload.refused` event (reason `quota`) of an upload the quota stopped; nothing for
+    /// other errors (a broken connection is not a refusal).
+    async fn quota_refusal_event(&self, path: &VirtualPath, error: &FsError, written: u64) {
+        if matches!(error, FsError::Quota { .. }) {
+            let detail = Detail {
+                size: Some(written),
+                ..Detail::refused("quota")
+            };
+            self.event(Kind::UploadRefused, path, detail).await;
         }
     }
 

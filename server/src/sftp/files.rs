@@ -208,6 +208,8 @@ pub struct WriteOutcome {
     /// Size of the file at close.
     pub size: u64,
     pub error: Option<io::Error>,
+    /// The quota refused a request of this upload (then `error` says so too).
+    pub quota_refused: bool,
     /// The upload's quota account, to publish or discard with the file.
     pub charge: Option<Charge>,
 }
@@ -306,6 +308,7 @@ impl WriterState {
             written: self.written,
             size,
             error: self.error,
+            quota_refused: false,
             charge: None,
         }
     }
@@ -317,6 +320,7 @@ fn stopped(error: impl std::fmt::Display) -> WriteOutcome {
         written: 0,
         size: 0,
         error: Some(io::Error::other(error.to_string())),
+        quota_refused: false,
         charge: None,
     }
 }
@@ -510,6 +514,7 @@ impl WriteBehind {
         let refused = self.refused.take();
         match (&mut self.worker).await {
             Ok(mut outcome) => {
+                outcome.quota_refused = refused.is_some();
                 if let Some(error) = refused
                     && outcome.error.is_none()
                 {
@@ -522,6 +527,7 @@ impl WriteBehind {
                 written: 0,
                 size: 0,
                 error: Some(io::Error::other(join.to_string())),
+                quota_refused: false,
                 charge: None,
             },
         }

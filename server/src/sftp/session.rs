@@ -824,6 +824,17 @@ impl Sftp {
                 self.env.fs.remove_temp(temp).await;
             }
             failed(error.to_string());
+            if outcome.quota_refused {
+                self.event(
+                    Kind::UploadRefused,
+                    &write.path,
+                    Detail {
+                        size: Some(outcome.written),
+                        ..Detail::refused("quota")
+                    },
+                )
+                .await;
+            }
             return io_failure(id, error);
         }
         if !commit {
