@@ -1546,6 +1546,11 @@ impl UserFs {
             }
             _ => file,
         };
+        if how.append {
+            // As O_APPEND on disk: every WRITE lands at the end, whatever its offset.
+            rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::APPEND)
+                .map_err(|e| FsError::from_io(path, io::Error::from(e)))?;
+        }
         Ok(OpenedForWrite {
             file,
             existed: existing.is_some(),
