@@ -1277,6 +1277,17 @@ pub struct OpenForWrite {
     pub replace: Replace,
 }
 
+/// What an SFTP read handle reads.
+pub enum Download {
+    File(std::fs::File),
+    /// An object and its attributes at open.
+    Object {
+        home: Arc<ObjectHome>,
+        path: VirtualPath,
+        stat: FileStat,
+    },
+}
+
 /// An open directory being read in batches.
 pub struct DirCursor {
     path: VirtualPath,
@@ -1395,25 +1406,36 @@ impl UserFs {
     }
 
     /// Opens a regular file for reading (shared by the read-ahead worker).
+    /// (Local storage; object storage reads through [`UserFs::open_download`].)
     pub async fn open_read(&self, path: &VirtualPath) -> Result<std::fs::File, FsError> {
-        if let Some(objects) = &self.objects {
-            // SFTP reads at any offset: served from a local copy, unlinked at once (gone
-            // with the handle).
-            let (file, temp) = self.create_spool(path).await?;
-            let home = self.home.clone();
-            let _ = budgeted(&self.work, move || {
-                home.remove_file(&temp).ok();
-                Ok(())
-            })
-            .await;
-            return objects
-                .download_into(path, file, None)
-                .await
-                .map(|(f, _)| f);
+        if self.objects.is_some() {
+            return Err(FsError::Unsupported(format!(
+                "{path}: object storage is read through ranged requests, not a local file"
+            )));
         }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || open_regular_file(&home, &path)).await
+    }
+
+    /// Opens a file for an SFTP read handle: the local file, or the object (read from each
+    /// handle's offset with a ranged GET, see `crate::sftp::files::ReadAhead`). With its size.
+    pub async fn open_download(&self, path: &VirtualPath) -> Result<(Download, u64), FsError> {
+        if let Some(objects) = &self.objects {
+            let stat = objects.stat(path).await?;
+            if stat.kind == EntryKind::Dir {
+                return Err(FsError::IsADirectory(path.to_string()));
+            }
+            let download = Download::Object {
+                home: objects.clone(),
+                path: path.clone(),
+                stat,
+            };
+            return Ok((download, stat.size));
+        }
+        let file = self.open_read(path).await?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        Ok((Download::File(file), size))
     }
 
     /// Opens a file for an SFTP write handle.
