@@ -10,6 +10,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -109,7 +110,48 @@ pub fn root_for(prefix: &str) -> String {
     }
 }
 
+/// The store the last snapshot built, with what it was built from: a reload (every
+/// `reload.intervalMs`, whether anything changed or not) reuses it, and with it its pool of
+/// HTTP connections, unless the section or a credential file changed.
+type Built = (ObjectStoreConfig, [u8; 32], Arc<ObjectStore>);
+static LAST_BUILT: Mutex<Option<Built>> = Mutex::new(None);
+
+fn files_digest(files: &ObjectStoreFiles, ca_path: Option<&Path>) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [&files.access_key_id, &files.secret_access_key] {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    if let Some(ca) = &files.ca {
+        hasher.update(ca);
+    }
+    if let Some(path) = ca_path {
+        hasher.update(path.as_os_str().as_encoded_bytes());
+    }
+    hasher.finalize().into()
+}
+
 impl ObjectStore {
+    /// [`ObjectStore::from_config`], or the store built last time from the same inputs.
+    pub fn shared(
+        config: &ObjectStoreConfig,
+        files: &ObjectStoreFiles,
+        ca_path: Option<&Path>,
+    ) -> Result<Arc<ObjectStore>, ObjectStoreError> {
+        let digest = files_digest(files, ca_path);
+        let mut last = LAST_BUILT.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((built_config, built_digest, store)) = last.as_ref()
+            && built_config == config
+            && *built_digest == digest
+        {
+            return Ok(store.clone());
+        }
+        let store = Arc::new(ObjectStore::from_config(config, files, ca_path)?);
+        *last = Some((config.clone(), digest, store.clone()));
+        Ok(store)
+    }
+
     pub fn from_config(
         config: &ObjectStoreConfig,
         files: &ObjectStoreFiles,
@@ -766,7 +808,7 @@ impl ObjectHome {
             .op
             .writer_with(&key)
             .chunk(self.part_bytes)
-            .concurrent(4)
+            .concurrent(2)
             .await
             .map_err(|e| fs_error(target, e))?;
         let mut file = tokio::fs::File::from_std(spool);

@@ -311,11 +311,11 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
                 .ca_file
                 .as_deref()
                 .map(|ca| resolve_relative(config_path, ca));
-            Some(Arc::new(crate::objectfs::ObjectStore::from_config(
+            Some(crate::objectfs::ObjectStore::shared(
                 store,
                 files,
                 ca_path.as_deref(),
-            )?))
+            )?)
         }
         _ => None,
     };
