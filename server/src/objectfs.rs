@@ -903,6 +903,132 @@ mod tests {
         assert_eq!(renamed_key("h/ab/x", "h/a/", "h/b/"), None);
     }
 
+    /// A home over OpenDAL's in-memory service: the logic above the S3 protocol (chunking,
+    /// offsets, markers, checks before an upload); the S3 side is tested against SeaweedFS by
+    /// tests/server/test_object_storage.py.
+    fn memory_home() -> ObjectHome {
+        ObjectHome {
+            op: Operator::new(opendal::services::Memory::default()).unwrap(),
+            part_bytes: MIN_PART,
+            base: home_base("alice"),
+        }
+    }
+    const MIN_PART: usize = 5 << 20;
+
+    async fn collect(home: &ObjectHome, name: &str, offset: u64) -> Result<Vec<Vec<u8>>, FsError> {
+        let (mut chunks, _) = home.read_stream(&path(name), offset).await?;
+        let mut out = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            out.push(chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn streams_read_from_any_offset_in_whole_chunks() {
+        let home = memory_home();
+        let data: Vec<u8> = (0..3 * CHUNK_BYTES + 5)
+            .map(|i| (i * 7 + 1) as u8)
+            .collect();
+        home.op.write("alice/big.bin", data.clone()).await.unwrap();
+        for offset in [0, 1, CHUNK_BYTES as u64, 3 * CHUNK_BYTES as u64 + 5] {
+            let chunks = collect(&home, "/big.bin", offset).await.unwrap();
+            let (last, full) = chunks
+                .split_last()
+                .map_or((None, &[][..]), |(l, f)| (Some(l), f));
+            assert!(
+                full.iter().all(|c| c.len() == CHUNK_BYTES),
+                "offset {offset}"
+            );
+            assert!(last.is_none_or(|l| !l.is_empty() && l.len() <= CHUNK_BYTES));
+            assert_eq!(chunks.concat(), data[offset as usize..], "offset {offset}");
+        }
+        let beyond = collect(&home, "/big.bin", data.len() as u64 + 1).await;
+        assert!(matches!(beyond, Err(FsError::Io { .. })), "{beyond:?}");
+        let (digest, size) = home.sha256(&path("/big.bin")).await.unwrap();
+        assert_eq!(size, data.len() as u64);
+        assert_eq!(
+            digest,
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data))
+        );
+    }
+
+    #[tokio::test]
+    async fn uploads_need_an_existing_parent_and_never_replace_a_directory() {
+        let home = memory_home();
+        home.create_dir(&path("/in")).await.unwrap();
+        assert!(matches!(
+            home.create_dir(&path("/in")).await,
+            Err(FsError::Exists(_))
+        ));
+        assert!(matches!(
+            home.create_dir(&path("/missing/child")).await,
+            Err(FsError::NotFound(_))
+        ));
+        assert!(matches!(
+            home.upload_target(&path("/missing/f"), Replace::Allowed)
+                .await,
+            Err(FsError::NotFound(_))
+        ));
+        assert!(matches!(
+            home.upload_target(&path("/in"), Replace::Allowed).await,
+            Err(FsError::IsADirectory(_))
+        ));
+        assert_eq!(
+            home.upload_target(&path("/in/f"), Replace::Allowed)
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(home.stat(&path("/in")).await.unwrap().kind, EntryKind::Dir);
+    }
+
+    #[tokio::test]
+    async fn a_published_spool_is_the_object_and_never_replaces_when_told() {
+        let home = memory_home();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = |name: &str, data: &[u8]| {
+            let file = dir.path().join(name);
+            std::fs::write(&file, data).unwrap();
+            std::fs::File::open(&file).unwrap()
+        };
+        home.publish(spool("a", b"first"), &path("/f.txt"), Replace::Allowed)
+            .await
+            .unwrap();
+        assert_eq!(
+            home.op.read("alice/f.txt").await.unwrap().to_vec(),
+            b"first"
+        );
+        let refused = home
+            .publish(spool("b", b"second"), &path("/f.txt"), Replace::Never)
+            .await;
+        assert!(matches!(refused, Err(FsError::Exists(_))), "{refused:?}");
+        assert_eq!(
+            home.op.read("alice/f.txt").await.unwrap().to_vec(),
+            b"first"
+        );
+        home.publish(spool("c", b"third"), &path("/f.txt"), Replace::Allowed)
+            .await
+            .unwrap();
+        assert_eq!(home.file_size(&path("/f.txt")).await.unwrap(), 5);
+        assert_eq!(
+            home.op.read("alice/f.txt").await.unwrap().to_vec(),
+            b"third"
+        );
+        // Nothing outside the home was written.
+        let all: Vec<String> = home
+            .op
+            .list_with("")
+            .recursive(true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.path().to_string())
+            .filter(|p| !p.ends_with('/'))
+            .collect();
+        assert_eq!(all, ["alice/f.txt"]);
+    }
+
     #[test]
     fn the_root_is_the_prefix_with_slashes() {
         assert_eq!(root_for(""), "/");
