@@ -266,6 +266,16 @@ pub fn child_name(dir: &str, entry: &str) -> Option<String> {
     }
 }
 
+/// The first name in `path` with a backslash: some S3-compatible stores (SeaweedFS, MinIO on
+/// Windows) read `\` as `/`, which would make `..\x` a parent reference the virtual path
+/// never saw. Refused rather than trusted to each store.
+pub fn misread_name(path: &VirtualPath) -> Option<String> {
+    path.relative()
+        .split('/')
+        .find(|name| name.contains('\\'))
+        .map(str::to_string)
+}
+
 /// Where a directory rename sends `key` (under `from`, both directory keys ending in `/`).
 pub fn renamed_key(key: &str, from: &str, to: &str) -> Option<String> {
     key.strip_prefix(from).map(|rest| format!("{to}{rest}"))
@@ -377,10 +387,17 @@ impl ObjectHome {
             .is_some())
     }
 
-    /// The file, else the directory, `path` names.
+    /// The file, else the directory, `path` names. Every verb asks this first, so it is also
+    /// where names a store could misread are refused ([`misread_name`]).
     async fn find(&self, path: &VirtualPath) -> Result<Found, FsError> {
         if path.is_root() {
             return Ok(Found::Dir);
+        }
+        if let Some(name) = misread_name(path) {
+            return Err(FsError::Denied(format!(
+                "{path}: the name {name:?} contains a backslash, which some S3-compatible \
+                 stores read as a separator; not allowed on object storage"
+            )));
         }
         match self.op.stat(&self.file_key(path)).await {
             Ok(meta) if meta.mode() == EntryMode::FILE => {
@@ -881,6 +898,16 @@ mod tests {
         // `alice/` does not match keys of `alice2`: the separator is always part of the base.
         let alice = home_base("alice");
         assert!(!file_key(&home_base("alice2"), &path("/f")).starts_with(&alice));
+    }
+
+    #[test]
+    fn names_with_backslashes_are_found_wherever_they_are() {
+        assert_eq!(misread_name(&path("/a/b.txt")), None);
+        assert_eq!(
+            misread_name(&path("/ok/..\\bob\\x")),
+            Some("..\\bob\\x".into())
+        );
+        assert_eq!(misread_name(&path("a\\b")), Some("a\\b".into()));
     }
 
     #[test]
