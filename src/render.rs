@@ -353,6 +353,7 @@ pub fn server_config(
         // Pods of the StatefulSet are <name>-0, <name>-1, ...: only the first runs retention,
         // so replicas on a shared volume never race to delete the same files.
         quotas: config::QuotaConfig::default(),
+        storage: config::StorageConfig::default(),
         retention: config::RetentionConfig {
             replica: config::RetentionReplica::OrdinalZero,
             ..config::RetentionConfig::default()

@@ -16,6 +16,7 @@ mod scanning;
 mod second_factor;
 mod server;
 mod ssh;
+mod storage;
 mod users;
 mod windows;
 
@@ -35,6 +36,7 @@ pub use scanning::*;
 pub use second_factor::*;
 pub use server::*;
 pub use ssh::*;
+pub use storage::*;
 pub use users::*;
 pub use windows::*;
 

@@ -101,6 +101,9 @@ pub struct ServerConfig {
     /// When and where retention runs; see [`crate::RetentionConfig`].
     #[serde(default, skip_serializing_if = "crate::RetentionConfig::is_default")]
     pub retention: crate::RetentionConfig,
+    /// Where the homes live; see [`crate::StorageConfig`]. Absent: under `dataRoot`.
+    #[serde(default, skip_serializing_if = "crate::StorageConfig::is_default")]
+    pub storage: crate::StorageConfig,
 }
 
 /// Which sockets to open. At least one of the FTPS listeners must be set.
@@ -654,6 +657,9 @@ impl ServerConfig {
                 format!("{} is not 5-86400", self.quotas.rescan_seconds),
             );
         }
+        if let Some(store) = &self.storage.object_store {
+            store.validate(file, &mut errors);
+        }
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(
                 file,
@@ -699,6 +705,9 @@ impl ServerConfig {
         }
         if let Some(events) = &self.events {
             warnings.extend(events.insecure_opt_ins());
+        }
+        if let Some(store) = &self.storage.object_store {
+            warnings.extend(store.insecure_opt_ins());
         }
         warnings
     }
@@ -806,6 +815,30 @@ tls:
             format!("{MINIMAL}  requireSessionResumption: false\nactiveMode:\n  enabled: true\n");
         let config = ServerConfig::parse("server.yaml", &text).unwrap();
         assert_eq!(config.insecure_opt_ins().len(), 2);
+    }
+
+    #[test]
+    fn storage_object_store_is_parsed_with_defaults_and_validated() {
+        let section = "storage:\n  objectStore:\n    endpoint: http://127.0.0.1:8333\n    bucket: homes\n    accessKeyIdFile: s3/id\n    secretAccessKeyFile: s3/secret\n";
+        let config = ServerConfig::parse("server.yaml", &format!("{MINIMAL}{section}")).unwrap();
+        let store = config.storage.object_store.as_ref().unwrap();
+        assert_eq!(store.region, "us-east-1");
+        assert!(store.path_style);
+        assert_eq!(store.prefix, "");
+        assert_eq!(store.part_bytes, crate::DEFAULT_PART_BYTES);
+        assert_eq!(config.insecure_opt_ins().len(), 1, "plain http is warned");
+        let text = format!("{MINIMAL}{section}    prefix: ../up\n");
+        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+        assert_eq!(
+            error.field_errors()[0].field,
+            "storage.objectStore.prefix",
+            "{error}"
+        );
+        let text = format!("{MINIMAL}{section}    endpointUrl: x\n");
+        assert!(ServerConfig::parse("server.yaml", &text).is_err());
+        // Absent: local storage, and nothing is written back.
+        let local = ServerConfig::parse("server.yaml", MINIMAL).unwrap();
+        assert!(local.storage.is_default());
     }
 
     #[test]

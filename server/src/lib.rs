@@ -18,6 +18,7 @@ pub mod ftp;
 pub mod leftovers;
 pub mod limits;
 pub mod metrics;
+pub mod objectfs;
 pub mod pqkx;
 pub mod proxy;
 pub mod quota;

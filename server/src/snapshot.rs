@@ -27,11 +27,15 @@ pub enum LoadError {
     Tls(#[from] TlsError),
     #[error("{0}")]
     Ssh(#[from] HostKeyError),
+    #[error("{0}")]
+    ObjectStore(#[from] crate::objectfs::ObjectStoreError),
 }
 
 pub struct Snapshot {
     pub config: ServerConfig,
     pub data_root: PathBuf,
+    /// The bucket the homes are in (`storage.objectStore`); `None`: homes under `data_root`.
+    pub object_store: Option<Arc<crate::objectfs::ObjectStore>>,
     /// `scanning.quarantineDir`, resolved (when scanning is configured).
     pub quarantine_dir: Option<PathBuf>,
     pub users: HashMap<String, Arc<User>>,
@@ -199,6 +203,21 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
     if let Some(ca) = &ca_bytes {
         hasher.update(ca);
     }
+    let object_files = match &config.storage.object_store {
+        Some(store) => Some(crate::objectfs::ObjectStoreFiles::read(store, |value| {
+            resolve_relative(config_path, value)
+        })?),
+        None => None,
+    };
+    if let Some(files) = &object_files {
+        for bytes in [&files.access_key_id, &files.secret_access_key] {
+            hasher.update((bytes.len() as u64).to_le_bytes());
+            hasher.update(bytes);
+        }
+        if let Some(ca) = &files.ca {
+            hasher.update(ca);
+        }
+    }
 
     let host_key_paths: Vec<PathBuf> = config
         .ssh
@@ -280,6 +299,26 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
     if !hash_errors.is_empty() {
         return Err(ConfigError::Invalid(hash_errors).into());
     }
+    if config.storage.object_store.is_some() {
+        let unsupported = object_store_user_errors(&users.users, &origins);
+        if !unsupported.is_empty() {
+            return Err(ConfigError::Invalid(unsupported).into());
+        }
+    }
+    let object_store = match (&config.storage.object_store, &object_files) {
+        (Some(store), Some(files)) => {
+            let ca_path = store
+                .ca_file
+                .as_deref()
+                .map(|ca| resolve_relative(config_path, ca));
+            Some(crate::objectfs::ObjectStore::shared(
+                store,
+                files,
+                ca_path.as_deref(),
+            )?)
+        }
+        _ => None,
+    };
 
     let cert_name = name_of(&cert_path);
     let key_name = name_of(&key_path);
@@ -338,6 +377,7 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         users.values().filter_map(|u| u.password_hash.as_deref()),
     ));
     Ok(Snapshot {
+        object_store,
         dummy_hash,
         config,
         data_root,
@@ -349,6 +389,29 @@ fn load_into(config_path: &Path, hasher: &mut Sha256) -> Result<Snapshot, LoadEr
         digest: [0; 32],
         users_files,
     })
+}
+
+/// Users whose settings object storage does not support yet: quotas and retention count and
+/// delete files in the local home (docs/object-storage.md).
+fn object_store_user_errors(users: &[User], origins: &[(String, usize)]) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (user, (file, index)) in users.iter().zip(origins) {
+        if user.quota.is_some() {
+            errors.push(FieldError::new(
+                file,
+                format!("users[{index}].quota"),
+                "is not supported with storage.objectStore yet (local storage only); remove it",
+            ));
+        }
+        if !user.retention.is_empty() {
+            errors.push(FieldError::new(
+                file,
+                format!("users[{index}].retention"),
+                "is not supported with storage.objectStore yet (local storage only); remove it",
+            ));
+        }
+    }
+    errors
 }
 
 #[cfg(test)]
@@ -366,6 +429,19 @@ mod tests {
             text = "apiVersion: sluice.dev/v1alpha1\nkind: UserList\nusers: []\n".into();
         }
         text.into_bytes()
+    }
+
+    #[test]
+    fn quota_and_retention_are_refused_with_object_storage_naming_the_user() {
+        let mut text = String::from_utf8(shard(&["a", "b"])).unwrap();
+        text.push_str("    quota: {maxBytes: 10Mi}\n    retention: [{path: out/, maxAge: 30d}]\n");
+        let list = UserList::parse("users.yaml", &text).unwrap();
+        let origins = vec![("users.yaml".to_string(), 0), ("users.yaml".to_string(), 1)];
+        let errors = object_store_user_errors(&list.users, &origins);
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["users[1].quota", "users[1].retention"]);
+        assert!(errors[0].message.contains("storage.objectStore"));
+        assert!(object_store_user_errors(&list.users[..1], &origins).is_empty());
     }
 
     #[test]

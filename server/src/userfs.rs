@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::filework::UserWork;
+use crate::objectfs::{ObjectCursor, ObjectHome, ObjectStore};
 use crate::quota::{Charge, Quota, QuotaError};
 use crate::vpath::VirtualPath;
 
@@ -131,6 +132,10 @@ pub enum FsError {
         "listing of {path} has more than budgets.maxListingEntries ({limit}) entries; list a subdirectory"
     )]
     ListingTooLarge { path: String, limit: u32 },
+    /// What the storage backend cannot do (object storage: writes in place, links, a rename
+    /// of a large prefix); the message says what and why.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl FsError {
@@ -215,9 +220,15 @@ fn share_home(dir: Dir) -> io::Result<Arc<Dir>> {
 
 /// The confined home of one logged-in user, and the user's file-work budget that every
 /// blocking call on it takes a slot of.
+///
+/// Two backends behind one set of calls: the local file system (`home` is the home), and an
+/// S3-compatible bucket (`objects`; `home` is then the local directory uploads are spooled in
+/// before they are published, see `crate::objectfs`). The protocols never know which.
 #[derive(Clone)]
 pub struct UserFs {
     home: Arc<Dir>,
+    /// The home in object storage, when `storage.objectStore` is configured.
+    objects: Option<Arc<ObjectHome>>,
     work: UserWork,
     /// The home relative to dataRoot (`partners/acme`), as quota and retention name it.
     home_key: Arc<str>,
@@ -326,12 +337,25 @@ impl UserFs {
                 .map_err(|e| FsError::from_io(&home_path, e))?;
             Ok(UserFs {
                 home: share_home(dir).map_err(|e| FsError::from_io(&home_path, e))?,
+                objects: None,
                 work,
                 home_key: Arc::from(home_path.relative().as_str()),
                 quota: None,
             })
         })
         .await
+    }
+
+    /// This view with its home in `store` (when object storage is configured): the local
+    /// home opened by [`UserFs::open`] becomes the spool of its uploads.
+    pub fn with_object_store(mut self, store: Option<&ObjectStore>) -> UserFs {
+        self.objects = store.map(|store| Arc::new(store.home(&self.home_key)));
+        self
+    }
+
+    /// Whether the home is in object storage.
+    pub fn is_object_store(&self) -> bool {
+        self.objects.is_some()
     }
 
     /// The user's file-work budget (shared by all the user's sessions).
@@ -343,6 +367,10 @@ impl UserFs {
     /// failed scan is logged and refuses writes (fail closed) until a later scan succeeds;
     /// reading and deleting still work.
     pub async fn with_quota(mut self, quota: Option<Arc<Quota>>) -> UserFs {
+        if self.objects.is_some() {
+            // Refused at load (crate::snapshot): quotas count the local home's files.
+            return self;
+        }
         if let Some(quota) = &quota {
             let _ = quota.refresh(&self.home, &self.work, false).await;
         }
@@ -372,6 +400,9 @@ impl UserFs {
 
     /// `stat` following symlinks (that stay inside).
     pub async fn metadata(&self, path: &VirtualPath) -> Result<EntryInfo, FsError> {
+        if let Some(objects) = &self.objects {
+            return objects.metadata(path).await;
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {
@@ -401,6 +432,9 @@ impl UserFs {
         path: &VirtualPath,
         max_entries: u32,
     ) -> Result<Vec<EntryInfo>, FsError> {
+        if let Some(objects) = &self.objects {
+            return objects.list(path, max_entries).await;
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {
@@ -440,6 +474,9 @@ impl UserFs {
     }
 
     pub async fn create_dir(&self, path: &VirtualPath) -> Result<(), FsError> {
+        if let Some(objects) = &self.objects {
+            return objects.create_dir(path).await;
+        }
         self.simple(path, |home, rel| home.create_dir(rel)).await
     }
 
@@ -447,10 +484,16 @@ impl UserFs {
         if path.is_root() {
             return Err(FsError::Denied(path.to_string()));
         }
+        if let Some(objects) = &self.objects {
+            return objects.remove_dir(path).await;
+        }
         self.simple(path, |home, rel| home.remove_dir(rel)).await
     }
 
     pub async fn remove_file(&self, path: &VirtualPath) -> Result<(), FsError> {
+        if let Some(objects) = &self.objects {
+            return objects.remove_file(path).await;
+        }
         let home = self.home.clone();
         let path = path.clone();
         let quota = self.quota.clone();
@@ -481,6 +524,9 @@ impl UserFs {
     ) -> Result<(), FsError> {
         if from.is_root() || to.is_root() {
             return Err(FsError::Denied(from.to_string()));
+        }
+        if let Some(objects) = &self.objects {
+            return objects.rename(from, to, replace).await;
         }
         let home = self.home.clone();
         let quota = self.quota.clone();
@@ -520,6 +566,9 @@ impl UserFs {
 
     /// SHA-256 of a file, read in large chunks on the blocking pool.
     pub async fn sha256(&self, path: &VirtualPath) -> Result<(String, u64), FsError> {
+        if let Some(objects) = &self.objects {
+            return objects.sha256(path).await;
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {
@@ -536,6 +585,9 @@ impl UserFs {
         path: &VirtualPath,
         offset: u64,
     ) -> Result<(mpsc::Receiver<Result<Vec<u8>, FsError>>, u64), FsError> {
+        if let Some(objects) = &self.objects {
+            return objects.read_stream(path, offset).await;
+        }
         let home = self.home.clone();
         let path = path.clone();
         let (file, size) = budgeted(&self.work, {
@@ -608,12 +660,17 @@ impl UserFs {
         let home = self.home.clone();
         let path = path.clone();
         let quota = self.quota.clone();
-        let (file, temp_name, existed, charge) = budgeted(&self.work, {
-            let home = home.clone();
-            let path = path.clone();
-            move || open_upload_target(&home, &path, mode, atomic, replace, quota.as_ref())
-        })
-        .await?;
+        let (file, temp_name, existed, charge) = match &self.objects {
+            Some(objects) => self.open_spool(objects, &path, mode, replace).await?,
+            None => {
+                budgeted(&self.work, {
+                    let home = home.clone();
+                    let path = path.clone();
+                    move || open_upload_target(&home, &path, mode, atomic, replace, quota.as_ref())
+                })
+                .await?
+            }
+        };
         let charge: SharedCharge = Arc::new(Mutex::new(charge));
         let worker_charge = charge.clone();
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(UPLOAD_QUEUE_CHUNKS);
@@ -677,6 +734,7 @@ impl UserFs {
             free: free_rx,
             charge,
             home,
+            objects: self.objects.clone(),
             work: self.work.clone(),
             replace,
             target: path,
@@ -686,6 +744,72 @@ impl UserFs {
             tx: Some(tx),
             worker,
         })
+    }
+}
+
+impl UserFs {
+    /// An FTPS upload to object storage: a spool file in the local home (a reserved name),
+    /// started with the object's first bytes for APPE (all of them) and REST + STOR (up to
+    /// the offset); published by [`Finished::publish`].
+    async fn open_spool(
+        &self,
+        objects: &ObjectHome,
+        path: &VirtualPath,
+        mode: WriteMode,
+        replace: Replace,
+    ) -> Result<OpenedUpload, FsError> {
+        let check = match mode {
+            WriteMode::At(_) => Replace::Allowed,
+            _ => replace,
+        };
+        let existing = objects.upload_target(path, check).await?;
+        let (file, temp) = self.create_spool(path).await?;
+        let keep = match mode {
+            WriteMode::Replace => 0,
+            WriteMode::Append => existing.unwrap_or(0),
+            WriteMode::At(offset) => {
+                let size = existing.unwrap_or(0);
+                if offset > size {
+                    self.remove_temp(temp).await;
+                    return Err(FsError::Io {
+                        path: path.to_string(),
+                        source: io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("restart offset {offset} is beyond the file size {size}"),
+                        ),
+                    });
+                }
+                offset
+            }
+        };
+        let file = if keep > 0 {
+            match objects.download_into(path, file, Some(keep)).await {
+                Ok((file, _)) => file,
+                Err(error) => {
+                    self.remove_temp(temp).await;
+                    return Err(error);
+                }
+            }
+        } else {
+            file
+        };
+        Ok((file, Some(temp), existing.is_some(), None))
+    }
+
+    /// A new spool file (readable and writable) directly in the local home.
+    async fn create_spool(&self, path: &VirtualPath) -> Result<(std::fs::File, String), FsError> {
+        let home = self.home.clone();
+        let path = path.clone();
+        budgeted(&self.work, move || {
+            let temp = crate::leftovers::temp_file_name();
+            let mut options = OpenOptions::new();
+            options.read(true).write(true).create_new(true);
+            let file = home
+                .open_with(&temp, &options)
+                .map_err(|e| FsError::from_io(&path, e))?;
+            Ok((file.into_std(), temp))
+        })
+        .await
     }
 }
 
@@ -769,6 +893,41 @@ fn publish_temp(
         charge.publish(replaced);
     }
     Ok(())
+}
+
+/// Uploads a complete spool file (relative to `home`) as the object `target`, then removes it
+/// (also when the upload failed: nothing partial stays anywhere).
+async fn publish_spool(
+    home: &Arc<Dir>,
+    work: &UserWork,
+    objects: &ObjectHome,
+    temp: &str,
+    target: &VirtualPath,
+    replace: Replace,
+) -> Result<(), FsError> {
+    let opened = {
+        let home = home.clone();
+        let temp = temp.to_string();
+        let target = target.clone();
+        budgeted(work, move || {
+            home.open(&temp)
+                .map(|f| f.into_std())
+                .map_err(|e| FsError::from_io(&target, e))
+        })
+        .await
+    };
+    let published = match opened {
+        Ok(file) => objects.publish(file, target, replace).await,
+        Err(error) => Err(error),
+    };
+    let home = home.clone();
+    let temp = temp.to_string();
+    let _ = budgeted(work, move || {
+        home.remove_file(&temp).ok();
+        Ok(())
+    })
+    .await;
+    published
 }
 
 fn open_regular_file(home: &Dir, path: &VirtualPath) -> Result<std::fs::File, FsError> {
@@ -895,6 +1054,7 @@ pub struct UploadSink {
     /// The upload's quota account (shared with the worker that charges it).
     charge: SharedCharge,
     home: Arc<Dir>,
+    objects: Option<Arc<ObjectHome>>,
     work: UserWork,
     replace: Replace,
     target: VirtualPath,
@@ -951,6 +1111,7 @@ impl UploadSink {
         match result {
             Ok((sha256, written)) => Ok(Finished {
                 home: self.home.clone(),
+                objects: self.objects.clone(),
                 work: self.work.clone(),
                 replace: self.replace,
                 target: self.target.clone(),
@@ -1003,6 +1164,8 @@ impl UploadSink {
 /// upload still has its temporary name).
 pub struct Finished {
     home: Arc<Dir>,
+    /// Object storage: the temporary file is a spool published by an upload to the bucket.
+    objects: Option<Arc<ObjectHome>>,
     work: UserWork,
     replace: Replace,
     target: VirtualPath,
@@ -1024,6 +1187,18 @@ impl Finished {
     /// written).
     pub async fn publish(self) -> Result<(String, u64), FsError> {
         let charge = self.charge;
+        if let (Some(objects), Some(temp)) = (&self.objects, &self.temp_name) {
+            publish_spool(
+                &self.home,
+                &self.work,
+                objects,
+                temp,
+                &self.target,
+                self.replace,
+            )
+            .await?;
+            return Ok((self.sha256, self.written));
+        }
         if let Some(temp) = self.temp_name {
             let home = self.home.clone();
             let target = self.target.clone();
@@ -1102,11 +1277,24 @@ pub struct OpenForWrite {
     pub replace: Replace,
 }
 
+/// What an SFTP read handle reads.
+pub enum Download {
+    File(std::fs::File),
+    /// An object and its attributes at open.
+    Object {
+        home: Arc<ObjectHome>,
+        path: VirtualPath,
+        stat: FileStat,
+    },
+}
+
 /// An open directory being read in batches.
 pub struct DirCursor {
     path: VirtualPath,
     /// `None` once the end was reached (or a read failed).
     entries: Option<cap_std::fs::ReadDir>,
+    /// Object storage: the listing read when the cursor was opened.
+    objects: Option<ObjectCursor>,
 }
 
 /// Whether `name` is reserved for the server's own files (atomic-upload temporaries): hidden
@@ -1137,6 +1325,9 @@ pub struct OpenedForWrite {
 impl UserFs {
     /// `stat` (following symlinks that stay inside) or `lstat`, with permission bits.
     pub async fn stat(&self, path: &VirtualPath, follow: bool) -> Result<FileStat, FsError> {
+        if let Some(objects) = &self.objects {
+            return objects.stat(path).await;
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {
@@ -1155,6 +1346,13 @@ impl UserFs {
     /// handle holds this cursor, not the directory's entries, so 64 handles on a directory of a
     /// million files cost 64 descriptors, not 64 copies of its listing.
     pub async fn open_dir_cursor(&self, path: &VirtualPath) -> Result<DirCursor, FsError> {
+        if let Some(objects) = &self.objects {
+            return Ok(DirCursor {
+                path: path.clone(),
+                entries: None,
+                objects: Some(objects.open_cursor(path).await?),
+            });
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {
@@ -1165,6 +1363,7 @@ impl UserFs {
             Ok(DirCursor {
                 path,
                 entries: Some(entries),
+                objects: None,
             })
         })
         .await
@@ -1177,6 +1376,9 @@ impl UserFs {
         cursor: &mut DirCursor,
         count: usize,
     ) -> Result<Vec<(String, FileStat)>, FsError> {
+        if let (Some(objects), Some(listing)) = (&self.objects, cursor.objects.as_mut()) {
+            return Ok(objects.next_entries(listing, count));
+        }
         let Some(mut entries) = cursor.entries.take() else {
             return Ok(Vec::new());
         };
@@ -1204,10 +1406,36 @@ impl UserFs {
     }
 
     /// Opens a regular file for reading (shared by the read-ahead worker).
+    /// (Local storage; object storage reads through [`UserFs::open_download`].)
     pub async fn open_read(&self, path: &VirtualPath) -> Result<std::fs::File, FsError> {
+        if self.objects.is_some() {
+            return Err(FsError::Unsupported(format!(
+                "{path}: object storage is read through ranged requests, not a local file"
+            )));
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || open_regular_file(&home, &path)).await
+    }
+
+    /// Opens a file for an SFTP read handle: the local file, or the object (read from each
+    /// handle's offset with a ranged GET, see `crate::sftp::files::ReadAhead`). With its size.
+    pub async fn open_download(&self, path: &VirtualPath) -> Result<(Download, u64), FsError> {
+        if let Some(objects) = &self.objects {
+            let stat = objects.stat(path).await?;
+            if stat.kind == EntryKind::Dir {
+                return Err(FsError::IsADirectory(path.to_string()));
+            }
+            let download = Download::Object {
+                home: objects.clone(),
+                path: path.clone(),
+                stat,
+            };
+            return Ok((download, stat.size));
+        }
+        let file = self.open_read(path).await?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+        Ok((Download::File(file), size))
     }
 
     /// Opens a file for an SFTP write handle.
@@ -1218,6 +1446,9 @@ impl UserFs {
     ) -> Result<OpenedForWrite, FsError> {
         if path.is_root() {
             return Err(FsError::IsADirectory(path.to_string()));
+        }
+        if let Some(objects) = &self.objects {
+            return self.open_write_spool(objects, path, how).await;
         }
         self.fresh_quota().await?;
         let home = self.home.clone();
@@ -1307,7 +1538,51 @@ impl UserFs {
         .await
     }
 
-    /// Renames an atomic upload's temporary file over its target.
+    /// An SFTP write handle on object storage: always a spool file (a copy of the object when
+    /// it is opened without truncation), published at close by [`UserFs::commit_temp`].
+    async fn open_write_spool(
+        &self,
+        objects: &ObjectHome,
+        path: &VirtualPath,
+        how: OpenForWrite,
+    ) -> Result<OpenedForWrite, FsError> {
+        let check = if how.exclusive {
+            Replace::Never
+        } else {
+            how.replace
+        };
+        let existing = objects.upload_target(path, check).await?;
+        if existing.is_none() && !how.create {
+            return Err(FsError::NotFound(path.to_string()));
+        }
+        let (file, temp) = self.create_spool(path).await?;
+        let file = match existing {
+            Some(size) if size > 0 && !how.truncate => {
+                match objects.download_into(path, file, None).await {
+                    Ok((file, _)) => file,
+                    Err(error) => {
+                        self.remove_temp(temp).await;
+                        return Err(error);
+                    }
+                }
+            }
+            _ => file,
+        };
+        if how.append {
+            // As O_APPEND on disk: every WRITE lands at the end, whatever its offset.
+            rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::APPEND)
+                .map_err(|e| FsError::from_io(path, io::Error::from(e)))?;
+        }
+        Ok(OpenedForWrite {
+            file,
+            existed: existing.is_some(),
+            temp_name: Some(temp),
+            charge: None,
+        })
+    }
+
+    /// Renames an atomic upload's temporary file over its target (object storage: uploads it
+    /// as the target object and removes it).
     pub async fn commit_temp(
         &self,
         temp: String,
@@ -1315,6 +1590,9 @@ impl UserFs {
         replace: Replace,
         charge: Option<Charge>,
     ) -> Result<(), FsError> {
+        if let Some(objects) = &self.objects {
+            return publish_spool(&self.home, &self.work, objects, &temp, target, replace).await;
+        }
         let home = self.home.clone();
         let target = target.clone();
         budgeted(&self.work, move || {
@@ -1377,6 +1655,11 @@ impl UserFs {
         atime: u64,
         mtime: u64,
     ) -> Result<(), FsError> {
+        if let Some(objects) = &self.objects {
+            // Objects keep the time they were written; setting times is accepted and ignored
+            // (clients such as `sftp put -p` send it after every upload).
+            return objects.stat(path).await.map(|_| ());
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {
@@ -1399,6 +1682,11 @@ impl UserFs {
 
     /// Truncates or extends a regular file.
     pub async fn set_len(&self, path: &VirtualPath, len: u64) -> Result<(), FsError> {
+        if self.objects.is_some() {
+            return Err(FsError::Unsupported(format!(
+                "changing the size of {path} in place is not supported on object storage"
+            )));
+        }
         self.fresh_quota().await?;
         let home = self.home.clone();
         let path = path.clone();
@@ -1433,6 +1721,11 @@ impl UserFs {
 
     /// The text of a symlink.
     pub async fn read_link(&self, path: &VirtualPath) -> Result<String, FsError> {
+        if self.objects.is_some() {
+            return Err(FsError::Unsupported(format!(
+                "{path}: object storage has no symbolic links"
+            )));
+        }
         let home = self.home.clone();
         let path = path.clone();
         budgeted(&self.work, move || {

@@ -840,7 +840,10 @@ impl Session {
         )
         .await
         {
-            Ok(fs) => crate::quota::attach(&self.context, &user, &self.tag, fs).await,
+            Ok(fs) => {
+                let fs = fs.with_object_store(self.snapshot.object_store.as_deref());
+                crate::quota::attach(&self.context, &user, &self.tag, fs).await
+            }
             Err(error) => {
                 tracing::error!(user = %user.username, %error, "cannot open home directory");
                 self.audit("login", json!({"result": "failure", "method": "password", "reason": format!("home directory unavailable: {error}")}));

@@ -12,8 +12,10 @@ use std::sync::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::filework::UserWork;
+use crate::objectfs::ObjectHome;
 use crate::quota::{Charge, QuotaError};
-use crate::userfs::{self, CHUNK_BYTES, FileStat, UploadHasher};
+use crate::userfs::{self, CHUNK_BYTES, Download, FileStat, UploadHasher};
+use crate::vpath::VirtualPath;
 
 /// Chunks the read-ahead worker may hold ready (so at most ~1.25 MiB ahead per handle).
 const READ_AHEAD_CHUNKS: usize = 4;
@@ -28,9 +30,21 @@ type Chunk = io::Result<(u64, Vec<u8>)>;
 /// would pass the largest `off_t` (EINVAL). No file has data there.
 const MAX_OFFSET: u64 = i64::MAX as u64 - CHUNK_BYTES as u64;
 
+/// Where a download's chunks come from.
+enum Source {
+    /// A local file, read at offsets on the blocking pool.
+    File(Arc<std::fs::File>),
+    /// An object, streamed from the wanted offset by one ranged GET per (re)start.
+    Object {
+        home: Arc<ObjectHome>,
+        path: VirtualPath,
+        stat: FileStat,
+    },
+}
+
 /// A download: serves READ requests from chunks read ahead.
 pub struct ReadAhead {
-    file: Arc<std::fs::File>,
+    source: Source,
     rx: Option<mpsc::Receiver<Chunk>>,
     /// Offset of the next chunk the worker will send.
     next: u64,
@@ -85,10 +99,61 @@ fn spawn_reader(file: Arc<std::fs::File>, start: u64, work: UserWork) -> mpsc::R
     rx
 }
 
+/// Streams `path` of `home` from `start` as chunks of [`CHUNK_BYTES`] (the last one shorter,
+/// possibly empty), each with its offset.
+fn spawn_object_reader(
+    home: Arc<ObjectHome>,
+    path: VirtualPath,
+    size: u64,
+    start: u64,
+) -> mpsc::Receiver<Chunk> {
+    let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
+    tokio::spawn(async move {
+        if start >= size {
+            let _ = tx.send(Ok((start, Vec::new()))).await;
+            return;
+        }
+        let mut chunks = match home.read_stream(&path, start).await {
+            Ok((chunks, _)) => chunks,
+            Err(error) => {
+                let _ = tx.send(Err(io::Error::other(error.to_string()))).await;
+                return;
+            }
+        };
+        let mut position = start;
+        while let Some(chunk) = chunks.recv().await {
+            match chunk {
+                Ok(data) => {
+                    let filled = data.len();
+                    if tx.send(Ok((position, data))).await.is_err() || filled < CHUNK_BYTES {
+                        return;
+                    }
+                    position += filled as u64;
+                }
+                Err(error) => {
+                    let _ = tx.send(Err(io::Error::other(error.to_string()))).await;
+                    return;
+                }
+            }
+        }
+        // Ended on a chunk boundary: an empty chunk says so.
+        let _ = tx.send(Ok((position, Vec::new()))).await;
+    });
+    rx
+}
+
 impl ReadAhead {
     pub fn new(file: std::fs::File, work: UserWork) -> Self {
+        Self::from_download(Download::File(file), work)
+    }
+
+    pub fn from_download(download: Download, work: UserWork) -> Self {
+        let source = match download {
+            Download::File(file) => Source::File(Arc::new(file)),
+            Download::Object { home, path, stat } => Source::Object { home, path, stat },
+        };
         ReadAhead {
-            file: Arc::new(file),
+            source,
             work,
             rx: None,
             next: 0,
@@ -98,13 +163,28 @@ impl ReadAhead {
         }
     }
 
-    pub fn file(&self) -> &Arc<std::fs::File> {
-        &self.file
+    /// Attributes of what is being read (FSTAT).
+    pub async fn stat(&self) -> io::Result<FileStat> {
+        match &self.source {
+            Source::File(file) => {
+                let file = file.clone();
+                tokio::task::spawn_blocking(move || file.metadata())
+                    .await
+                    .map_err(io::Error::other)?
+                    .map(|meta| userfs::stat_of_std(&meta))
+            }
+            Source::Object { stat, .. } => Ok(*stat),
+        }
     }
 
     fn restart(&mut self, offset: u64) {
         self.chunks.clear();
-        self.rx = Some(spawn_reader(self.file.clone(), offset, self.work.clone()));
+        self.rx = Some(match &self.source {
+            Source::File(file) => spawn_reader(file.clone(), offset, self.work.clone()),
+            Source::Object { home, path, stat } => {
+                spawn_object_reader(home.clone(), path.clone(), stat.size, offset)
+            }
+        });
         self.next = offset;
         self.finished = false;
     }

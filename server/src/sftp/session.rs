@@ -612,15 +612,14 @@ impl Sftp {
         if !wants_write {
             self.allowed(id, Permission::Download, &path)?;
             let slot = self.reserve_handle(id)?;
-            let file = fs
-                .open_read(&path)
+            let (download, size) = fs
+                .open_download(&path)
                 .await
                 .map_err(|e| self.fs_error(id, &e))?;
-            let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
             let in_use = InUse::hold(fs.home_key(), &path);
             let handle = OpenHandle::Read(ReadHandle {
                 path,
-                ahead: ReadAhead::new(file, fs.work().clone()),
+                ahead: ReadAhead::from_download(download, fs.work().clone()),
                 started: Instant::now(),
                 size,
                 _in_use: in_use,
@@ -1046,16 +1045,10 @@ impl Sftp {
 
     async fn fstat(&mut self, id: u32, handle: &str) -> Result<Vec<u8>, Vec<u8>> {
         let stat = match self.handles.get(handle) {
-            Some(OpenHandle::Read(read)) => {
-                let file = read.ahead.file().clone();
-                match tokio::task::spawn_blocking(move || file.metadata()).await {
-                    Ok(Ok(meta)) => userfs::stat_of_std(&meta),
-                    Ok(Err(error)) => return Ok(io_failure(id, &error)),
-                    Err(join) => {
-                        return Ok(codec::status(id, StatusCode::Failure, &join.to_string()));
-                    }
-                }
-            }
+            Some(OpenHandle::Read(read)) => match read.ahead.stat().await {
+                Ok(stat) => stat,
+                Err(error) => return Ok(io_failure(id, &error)),
+            },
             Some(OpenHandle::Write(write)) => match write.worker.stat().await {
                 Ok(stat) => stat,
                 Err(error) => return Ok(io_failure(id, &error)),
