@@ -31,17 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "server"))
-
-
-def pick_binary(explicit: str | None) -> Path:
-    if explicit:
-        return Path(explicit)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", "/root/.cache/sluice/target"))
-    for profile in ("release", "debug"):
-        path = target / profile / "sluice-server"
-        if path.is_file():
-            return path
-    sys.exit(f"no sluice-server under {target}/release or {target}/debug; build it or pass --server-bin")
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import pick_binary  # noqa: E402
 
 
 class NativeVictim:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -30,26 +29,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "server"))
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import pick_binary, parse_size, write_payload  # noqa: E402
 TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def pick_binary(explicit: str | None) -> Path:
-    if explicit:
-        return Path(explicit)
-    target = Path(os.environ.get("CARGO_TARGET_DIR", "/root/.cache/sluice/target"))
-    for profile in ("release", "debug"):
-        path = target / profile / "sluice-server"
-        if path.is_file():
-            return path
-    sys.exit(f"no sluice-server under {target}/release or {target}/debug; build it or pass --server-bin")
-
-
-def parse_size(text: str) -> int:
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    match = re.fullmatch(r"(\d+)([KMG]?)", text.upper())
-    if not match:
-        sys.exit(f"--size {text!r}: a number with K, M or G")
-    return int(match.group(1)) * units.get(match.group(2), 1)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -96,12 +78,7 @@ def main() -> int:
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="sluice-objectstore-bench-", dir=args.workdir))
     payload = work / "payload.bin"
-    with open(payload, "wb") as f:
-        left = size
-        while left:
-            block = os.urandom(min(left, 8 << 20))
-            f.write(block)
-            left -= len(block)
+    write_payload(payload, size)
     cert = conftest.make_cert(work / "pki")
     weed = SeaweedFS(work / "seaweedfs").start()
     rows = []
