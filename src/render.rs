@@ -364,6 +364,7 @@ pub fn server_config(
                 .password_policy
                 .max_age_days
                 .and_then(|days| u32::try_from(days).ok()),
+            ..config::PasswordsConfig::default()
         },
         budgets,
         ssh: config::SshConfig {

@@ -660,6 +660,20 @@ impl ServerConfig {
         if let Some(store) = &self.storage.object_store {
             store.validate(file, &mut errors);
         }
+        if self
+            .passwords
+            .verified_cache_seconds
+            .is_some_and(|seconds| seconds > crate::windows::MAX_VERIFIED_CACHE_SECONDS)
+        {
+            errors.push(FieldError::new(
+                file,
+                "passwords.verifiedCacheSeconds",
+                format!(
+                    "must be at most {} (one day); 0 turns the cache off",
+                    crate::windows::MAX_VERIFIED_CACHE_SECONDS
+                ),
+            ));
+        }
         if self.passwords.max_age_days == Some(0) {
             errors.push(FieldError::new(
                 file,
@@ -815,6 +829,25 @@ tls:
             format!("{MINIMAL}  requireSessionResumption: false\nactiveMode:\n  enabled: true\n");
         let config = ServerConfig::parse("server.yaml", &text).unwrap();
         assert_eq!(config.insecure_opt_ins().len(), 2);
+    }
+
+    #[test]
+    fn verified_password_cache_defaults_to_five_minutes_and_is_capped() {
+        let config = ServerConfig::parse("server.yaml", MINIMAL).unwrap();
+        assert_eq!(
+            config.passwords.verified_cache(),
+            std::time::Duration::from_secs(300)
+        );
+        let off = format!("{MINIMAL}passwords:\n  verifiedCacheSeconds: 0\n");
+        let off = ServerConfig::parse("server.yaml", &off).unwrap();
+        assert!(off.passwords.verified_cache().is_zero());
+        let long = format!("{MINIMAL}passwords:\n  verifiedCacheSeconds: 86401\n");
+        let error = ServerConfig::parse("server.yaml", &long).unwrap_err();
+        assert_eq!(
+            error.field_errors()[0].field,
+            "passwords.verifiedCacheSeconds",
+            "{error}"
+        );
     }
 
     #[test]

@@ -204,11 +204,31 @@ pub struct PasswordsConfig {
     /// more than this many days ago. Absent: passwords do not age. Key logins are unaffected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_days: Option<u32>,
+    /// For how long a password that verified is accepted again without a new argon2id
+    /// verification (a keyed digest is kept in memory, never the password; a wrong password is
+    /// always verified in full). 0: every login is verified. Absent: 300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_cache_seconds: Option<u32>,
 }
+
+/// `passwords.verifiedCacheSeconds` when absent.
+pub const DEFAULT_VERIFIED_CACHE_SECONDS: u32 = 300;
+/// Longest `passwords.verifiedCacheSeconds`: a removed or disabled user is refused at once
+/// whatever this is (those checks follow the password's), but a changed hash is the only thing
+/// that ends an entry early.
+pub const MAX_VERIFIED_CACHE_SECONDS: u32 = 86_400;
 
 impl PasswordsConfig {
     pub fn is_default(&self) -> bool {
         self == &PasswordsConfig::default()
+    }
+
+    /// How long a verified password is remembered.
+    pub fn verified_cache(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(
+            self.verified_cache_seconds
+                .unwrap_or(DEFAULT_VERIFIED_CACHE_SECONDS),
+        ))
     }
 }
 
@@ -398,6 +418,7 @@ mod tests {
     fn passwords_age_from_their_change() {
         let aging = PasswordsConfig {
             max_age_days: Some(90),
+            ..PasswordsConfig::default()
         };
         let changed = Some("2026-01-01T00:00:00Z");
         assert!(!password_expired(

@@ -174,8 +174,9 @@ pub fn admit(
 }
 
 /// Verifies a password on the shared pool, in the turn of the client's source, against the
-/// user's hash or (no hash: unknown user, no password) the snapshot's dummy. Shared by FTPS
-/// and SFTP.
+/// user's hash or (no hash: unknown user, no password) the snapshot's dummy; a password that
+/// verified within `passwords.verifiedCacheSeconds` is accepted from `crate::verified_cache`.
+/// Shared by FTPS and SFTP.
 pub async fn verify_password(
     context: &Context,
     snapshot: &crate::snapshot::Snapshot,
@@ -184,15 +185,33 @@ pub async fn verify_password(
     hash: Option<String>,
 ) -> bool {
     let source = source_key(ip, snapshot.config.limits.ipv6_prefix_length);
-    context
+    let now = std::time::Instant::now();
+    if let Some(hash) = hash.as_deref()
+        && context.verified.matches(hash, password, now)
+    {
+        Metrics::inc(&context.metrics.password_checks, &[("result", "cached")]);
+        return true;
+    }
+    let verified = context
         .verifier
         .verify(
             source,
             password.to_string(),
-            hash,
+            hash.clone(),
             snapshot.dummy_hash.clone(),
         )
-        .await
+        .await;
+    let result = if verified { "verified" } else { "rejected" };
+    Metrics::inc(&context.metrics.password_checks, &[("result", result)]);
+    if verified && let Some(hash) = hash.as_deref() {
+        context.verified.remember(
+            hash,
+            password,
+            std::time::Instant::now(),
+            snapshot.config.passwords.verified_cache(),
+        );
+    }
+    verified
 }
 
 /// Counts a failed login for the ban engine; new bans are audited and counted. Shared by FTPS

@@ -27,6 +27,8 @@ pub struct Context {
     pub host_name: String,
     /// The argon2id verification pool.
     pub verifier: crate::auth::Verifier,
+    /// Passwords that verified recently (see `crate::verified_cache`).
+    pub verified: crate::verified_cache::VerifiedCache,
     /// Failed-login bans shared by every listener.
     pub bans: crate::bans::BanEngine,
     /// The last accepted TOTP step per user, shared by FTPS and SFTP (no replay).
@@ -73,6 +75,7 @@ impl Context {
             connection_rate: crate::admission::ConnectionRate::default(),
             proxy_pending: crate::proxy::PendingHeaders::default(),
             events: crate::events::Events::default(),
+            verified: crate::verified_cache::VerifiedCache::new(),
             verifier: crate::auth::Verifier::start(
                 std::thread::available_parallelism()
                     .map(|n| n.get())

@@ -30,5 +30,6 @@ pub mod snapshot;
 pub mod tls;
 pub mod totp;
 pub mod userfs;
+pub mod verified_cache;
 pub mod vpath;
 pub mod windows;

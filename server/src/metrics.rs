@@ -28,6 +28,9 @@ pub struct Metrics {
     pub sessions_total: Family<Labels, Counter>,
     pub sessions_refused: Family<Labels, Counter>,
     pub logins: Family<Labels, Counter>,
+    /// Password checks by how they were answered: `verified` / `rejected` by argon2id, `cached`
+    /// by `crate::verified_cache`.
+    pub password_checks: Family<Labels, Counter>,
     pub commands: Family<Labels, Counter>,
     pub bytes: Family<Labels, Counter>,
     pub transfers: Family<Labels, Counter>,
@@ -115,6 +118,12 @@ impl Metrics {
             "Login attempts by protocol (ftps, sftp) and result",
             metrics.logins.clone(),
         );
+        registry.register(
+            "password_checks",
+            "Password checks by result: verified or rejected by argon2id, or cached (verified \
+             within passwords.verifiedCacheSeconds, no argon2id run)",
+            metrics.password_checks.clone(),
+        );
         registry.register("commands", "Commands by verb", metrics.commands.clone());
         registry.register(
             "transfer_bytes",
@@ -180,6 +189,9 @@ impl Metrics {
             for result in ["success", "failure"] {
                 zero(&self.logins, &[("protocol", protocol), ("result", result)]);
             }
+        }
+        for result in ["verified", "rejected", "cached"] {
+            zero(&self.password_checks, &[("result", result)]);
         }
         for reason in ["total", "perip", "rate", "banned"] {
             zero(&self.sessions_refused, &[("reason", reason)]);

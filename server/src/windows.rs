@@ -166,6 +166,7 @@ mod tests {
         };
         let aging = PasswordsConfig {
             max_age_days: Some(30),
+            ..PasswordsConfig::default()
         };
         let u = user(vec![nine_to_five], Some("2026-01-01T00:00:00Z"));
         let noon = ts("2026-01-10T12:00:00Z");
