@@ -103,6 +103,12 @@ class NativeVictim:
                             echoed["rm"] - echoed["get"])
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process `pid` (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server-bin", help="sluice-server binary (default: release, else debug build)")
@@ -236,7 +242,20 @@ def main() -> int:
                 except Exception as exc:  # noqa: BLE001 - the server's refusal is a result too
                     notes["attack_error"] = f"{type(exc).__name__}: {exc}"[:160]
                 time.sleep(1)
+                # What the attack's own client (threads of this process; the victim's clients
+                # are subprocesses) and the server burn while the victim is measured: on this
+                # one machine the attacker's client takes cores a real attacker's would not.
+                own, server_cpu, wall = os.times(), cpu_seconds(srv.proc.pid), time.monotonic()
+                rounds = len(getattr(attack, "outcomes", []))
                 during = measure()
+                rounds = len(getattr(attack, "outcomes", [])) - rounds
+                wall = time.monotonic() - wall
+                own_now = os.times()
+                notes["attacker_client_cores"] = round(
+                    (own_now.user + own_now.system - own.user - own.system) / wall, 2)
+                notes["server_cores"] = round((cpu_seconds(srv.proc.pid) - server_cpu) / wall, 2)
+                if rounds:
+                    notes["attack_rounds_per_second"] = round(rounds / wall, 2)
             else:
                 during = before
             for proto, _ in victims:
@@ -271,19 +290,22 @@ def main() -> int:
 
     # ---- the table ----------------------------------------------------------------------------
     head = ["attack", "proto", "victim login ms", "upload MB/s", "download MB/s", "before attack up/down",
-            "% of before", "server RSS MiB"]
+            "% of before", "server RSS MiB", "cores: attack client / server"]
     lines = []
     for r in rows:
         if "error" in r:
-            cells = [r["attack"], r["protocol"], "-", "-", "-", "-", r["error"], f"{r.get('rss_mib', 0):.0f}"]
+            cells = [r["attack"], r["protocol"], "-", "-", "-", "-", r["error"], f"{r.get('rss_mib', 0):.0f}", "-"]
         else:
             pct = f"{r['pct']:.0f} %" if "pct" in r else "-"
             before = (f"{r['base_upload_mbps']:.0f} / {r['base_download_mbps']:.0f}"
                       if "base_upload_mbps" in r else "-")
             cells = [r["attack"], r["protocol"], f"{r['login_ms']:.0f}", f"{r['upload_mbps']:.1f}",
                      f"{r['download_mbps']:.1f}", before, pct, f"{r['rss_mib']:.0f}"]
+            notes = r.get("notes", {})
+            cells.append(f"{notes['attacker_client_cores']:.2f} / {notes['server_cores']:.2f}"
+                         if "server_cores" in notes else "-")
         if r.get("server") not in (None, "alive"):
-            cells[-1] += f" ({r['server']})"
+            cells[7] += f" ({r['server']})"
         lines.append(cells)
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(head)]
     fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
