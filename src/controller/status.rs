@@ -213,7 +213,10 @@ pub fn server_conditions(
         users_synced,
     ];
     let first_failure = applied.failures().first();
-    let all_ready = first_failure.is_none() && parts.iter().all(|c| c.status == "True");
+    let storage_missing = &validated.storage_missing;
+    let all_ready = first_failure.is_none()
+        && storage_missing.is_empty()
+        && parts.iter().all(|c| c.status == "True");
     let (ready_reason, ready_message) = match first_failure {
         Some(failure) => (
             Reason::NotApplied(failure.kind),
@@ -223,6 +226,12 @@ pub fn server_conditions(
                 .map(|f| format!("{} {} not applied: {}", f.kind.as_str(), f.name, f.message))
                 .collect::<Vec<_>>()
                 .join("; "),
+        ),
+        // Named before the pods that wait for it: the cause, not the symptom. Not stalled:
+        // creating the Secret is enough, the pods then start without the operator.
+        None if !storage_missing.is_empty() => (
+            Reason::ObjectStoreSecretNotFound,
+            storage_missing.join("; "),
         ),
         None if all_ready => (
             Reason::Ready,
@@ -832,6 +841,7 @@ mod tests {
                 next_change: None,
             },
             objects: BTreeMap::new(),
+            storage_missing: Vec::new(),
         }
     }
 
