@@ -385,7 +385,7 @@ pub async fn update(
         } else {
             EventType::Warning
         };
-        let reason = reason_of(applied, ready.status == "True");
+        let reason = reason_of(applied, validated, ready.status == "True");
         publish(context, server, type_, reason, &ready.message).await;
     }
     let previous_certificate_reason = stored_reason(&previous, "CertificateReady");
@@ -514,9 +514,10 @@ pub fn events_delivering(
     }
 }
 
-fn reason_of(applied: &Applied, ready: bool) -> Reason {
+fn reason_of(applied: &Applied, validated: &Validated, ready: bool) -> Reason {
     match applied.failures().first() {
         Some(failure) => Reason::NotApplied(failure.kind),
+        None if !validated.storage_missing.is_empty() => Reason::ObjectStoreSecretNotFound,
         None if ready => Reason::Ready,
         None => Reason::NotReady,
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import sys
 import uuid
@@ -71,6 +72,19 @@ def _sftp(port: int, host_key: paramiko.PKey, user: str, password: str) -> param
 
 def _condition(obj: dict, type_: str) -> dict:
     return next((c for c in (obj.get("status") or {}).get("conditions", []) if c["type"] == type_), {})
+
+
+def _reloads(kubelet, pod: str, ns: str) -> int:
+    """config_reload events with result applied in a pod's audit log."""
+    count = 0
+    for line in kubelet.audit_log(pod, ns).read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("event") == "config_reload" and event.get("result") == "applied":
+            count += 1
+    return count
 
 
 def test_two_replicas_share_homes_in_a_bucket(crds, operator, kubelet, seaweedfs, tmp_path):
@@ -136,6 +150,23 @@ def test_two_replicas_share_homes_in_a_bucket(crds, operator, kubelet, seaweedfs
         spool = kubelet.volume_dir(f"{NAME}-0", "data", ns)
         assert not [p for p in spool.rglob("*") if p.is_file()], list(spool.rglob("*"))
 
+        # A rotated credentials Secret reaches both pods by the volume update and is applied by
+        # hot reload: same processes, a config_reload audited, transfers still work. (The new
+        # value differs only by a trailing newline, which the server trims: SeaweedFS has one
+        # identity here.)
+        pids = {pod: kubelet.pid(pod, ns) for pod in (f"{NAME}-0", f"{NAME}-1")}
+        reloads = {pod: _reloads(kubelet, pod, ns) for pod in pids}
+        rotated = _credentials_secret("s3-credentials")
+        rotated["stringData"]["secretAccessKey"] += "\n"
+        cluster.apply(rotated, "-n", ns)
+        for pod in pids:
+            cluster.wait_for(lambda pod=pod: _reloads(kubelet, pod, ns) > reloads[pod], 60,
+                             f"{pod} to reload the rotated credentials")
+            assert kubelet.pid(pod, ns) == pids[pod], f"{pod} restarted"
+        with _sftp(port1, host_key, "alice", password) as sftp:
+            sftp.putfo(io.BytesIO(b"after rotation"), "rotated.txt")
+        assert seaweedfs.get(f"{prefix}/homes/alice/rotated.txt") == b"after rotation"
+
         # A user with a quota is refused by name; the others keep serving.
         for manifest in user_manifests("bob", strong_password(), server=NAME):
             if manifest["kind"] == "TransferUser":
@@ -189,6 +220,14 @@ def test_a_missing_credentials_secret_is_named_and_nothing_crash_loops(crds, ope
         # Waiting for a Secret is progress, not a dead end: Reconciling, not Stalled.
         assert _condition(server, "Stalled").get("status") == "False", server["status"]
         assert _condition(server, "Reconciling").get("status") == "True", server["status"]
+
+        # Announced once as a Warning Event with the same message.
+        events = cluster.wait_for(
+            lambda: [e for e in cluster.kubectl_json("get", "events.events.k8s.io", "-n", ns)["items"]
+                     if e.get("reason") == "ObjectStoreSecretNotFound"], 60,
+            "the ObjectStoreSecretNotFound Event")
+        assert events[0]["type"] == "Warning"
+        assert "missing-credentials" in events[0]["note"], events[0]
 
         # The pods wait in ContainerCreating for the volume: no process, no restarts.
         def waiting():
