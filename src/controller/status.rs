@@ -938,6 +938,39 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_object_store_secret_is_named_in_ready_and_reconciling_not_stalled() {
+        let server = server("[sftp]");
+        let mut validated = validated();
+        validated.storage_missing = vec![
+            "spec.storage.objectStore.credentialsSecretRef: Secret \"s3\" not found in namespace n; the pods wait for it".into(),
+        ];
+        let applied = Applied::for_test(prepared(), Vec::new(), Default::default());
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let conditions = by_type(&server_conditions(
+            &server,
+            &validated,
+            &issued(),
+            &applied,
+            now,
+        ));
+        let (status, reason, message) = &conditions["Ready"];
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "ObjectStoreSecretNotFound")
+        );
+        assert!(
+            message.starts_with("spec.storage.objectStore.credentialsSecretRef: Secret \"s3\""),
+            "{message}"
+        );
+        assert_eq!(conditions["Stalled"].0, "False");
+        assert_eq!(conditions["Reconciling"].0, "True");
+        assert_eq!(
+            reason_of(&applied, &validated, false),
+            Reason::ObjectStoreSecretNotFound
+        );
+    }
+
+    #[test]
     fn pods_starting_is_reconciling_not_stalled() {
         let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
         let applied = Applied::for_test(prepared(), Vec::new(), Default::default());
