@@ -354,7 +354,7 @@ pub struct ObjectStoreSpec {
     /// `https://host[:port]`, nothing else (no path: the bucket is `bucket`). `http://` only
     /// with `allowPlainHttp`.
     #[schemars(length(min = 8, max = 300))]
-    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#@ ]+/?$')").message("spec.storage.objectStore.endpoint must be https://host[:port] (no path, query or user)"))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://([A-Za-z0-9._~-]+|\\\\[[0-9A-Fa-f:.]+\\\\])(:[0-9]{1,5})?/?$')").message("spec.storage.objectStore.endpoint must be https://host[:port] (no path, query or user)"))]
     pub endpoint: String,
     /// Bucket name: 3-63 of a-z 0-9 . - starting and ending with a letter or digit. The bucket
     /// must exist; the operator does not create it.
@@ -365,11 +365,12 @@ pub struct ObjectStoreSpec {
     /// `tenants/prod/<home>/...`). Absent: the bucket's root.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
-    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.matches('(^|/)[.][.]?(/|$)')").message("spec.storage.objectStore.prefix must be relative, without a leading or trailing '/', and without empty, '.' or '..' components (write a/b)"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.matches('(^|/)[.][.]?(/|$)') && !self.matches('\\\\p{Cc}')").message("spec.storage.objectStore.prefix must be relative, without a leading or trailing '/', and without empty, '.' or '..' components or control characters (write a/b)"))]
     pub prefix: Option<String>,
     /// Region the requests are signed for (default `us-east-1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]{1,64}$')").message("spec.storage.objectStore.region must be 1-64 of A-Z a-z 0-9 . _ - such as eu-central-1"))]
     pub region: Option<String>,
     /// A Secret (same namespace) with the keys `accessKeyId` and `secretAccessKey`. Mounted
     /// into the pods, never read by the operator; a rotated Secret is picked up by the pods
@@ -387,6 +388,7 @@ pub struct ObjectStoreSpec {
     /// this size are one PUT. Each upload being published holds up to three parts in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 5242880, max = 5368709120_i64))]
+    #[x_kube(validation = Rule::new("self >= 5242880 && self <= 5368709120").message("spec.storage.objectStore.partBytes must be between 5242880 (5 MiB) and 5368709120 (5 GiB)"))]
     pub part_bytes: Option<i64>,
     /// Accept a plain `http://` endpoint (a store on a trusted network). Insecure opt-in: file
     /// contents and signed requests cross the network unencrypted; every pod warns at start.

@@ -163,10 +163,43 @@ mod tests {
                 "prefix: a//b",
                 "spec.storage.objectStore.prefix must be relative",
             ),
+            (
+                "prefix: tenants/prod",
+                "prefix: \"a\\tb\"",
+                "spec.storage.objectStore.prefix must be relative",
+            ),
+            (
+                "endpoint: https://s3.example.net:9000",
+                "endpoint: \"https://s3.exa\\tmple.net\"",
+                "spec.storage.objectStore.endpoint must be https://host[:port]",
+            ),
+            (
+                "endpoint: https://s3.example.net:9000",
+                "endpoint: https://key@s3.example.net",
+                "spec.storage.objectStore.endpoint must be https://host[:port]",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: tenants/prod\n      region: \"eu central\"",
+                "spec.storage.objectStore.region must be 1-64",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: tenants/prod\n      partBytes: 1024",
+                "spec.storage.objectStore.partBytes must be between",
+            ),
         ] {
             let spec = store("").replace(from, to);
             let error = server_error(&spec).unwrap_or_default();
             assert!(error.contains(wanted), "{to}: {error:?}");
+        }
+        for fine in [
+            "https://[2001:db8::5]:9000",
+            "https://s3.example.net/",
+            "https://10.0.0.5",
+        ] {
+            let spec = store("").replace("https://s3.example.net:9000", fine);
+            assert_eq!(server_error(&spec), None, "{fine}");
         }
         let opted_in = store("").replace("https://", "http://") + "      allowPlainHttp: true\n";
         assert_eq!(server_error(&opted_in), None);

@@ -204,6 +204,17 @@ def test_a_missing_credentials_secret_is_named_and_nothing_crash_loops(crds, ope
         assert proc.returncode != 0
         assert "allowPlainHttp: true" in proc.stderr, proc.stderr
 
+        # The API server's regular expressions (RE2) agree with the operator's: an IPv6
+        # endpoint is fine, a control character in the prefix is not.
+        ipv6 = _object_store_server("ipv6", "https://[2001:db8::5]:9000", "x", "s3-credentials", 1)
+        del ipv6["spec"]["storage"]["objectStore"]["allowPlainHttp"]
+        proc = cluster.apply(ipv6, "-n", ns, "--dry-run=server", check=False)
+        assert proc.returncode == 0, proc.stderr
+        tab = _object_store_server("tab", seaweedfs.endpoint, "a\tb", "s3-credentials", 1)
+        proc = cluster.apply(tab, "-n", ns, "--dry-run=server", check=False)
+        assert proc.returncode != 0
+        assert "spec.storage.objectStore.prefix must be relative" in proc.stderr, proc.stderr
+
         # Valid, but its credentials Secret does not exist.
         cluster.apply(_object_store_server("nosecret", seaweedfs.endpoint, f"e2e/{ns}",
                                            "missing-credentials", 2), "-n", ns)
