@@ -52,6 +52,8 @@ pub enum Reason {
     Disabled,
     Expired,
     HashingFailed,
+    /// A user with a feature the server does not offer with object storage (quota, retention).
+    NotSupportedOnObjectStorage,
     ServerNotFound,
     /// The user's users.yaml shard could not be applied.
     UsersNotApplied,
@@ -67,6 +69,8 @@ pub enum Reason {
     NamesNotCovered,
     CaRotated,
     CertificateIssued,
+    /// A Secret `spec.storage.objectStore` names does not exist: the pods wait for it.
+    ObjectStoreSecretNotFound,
     // Endpoints and users
     PodsReady,
     PodsNotReady,
@@ -102,6 +106,8 @@ impl Reason {
             Reason::Disabled => "Disabled",
             Reason::Expired => "Expired",
             Reason::HashingFailed => "HashingFailed",
+            Reason::NotSupportedOnObjectStorage => "NotSupportedOnObjectStorage",
+            Reason::ObjectStoreSecretNotFound => "ObjectStoreSecretNotFound",
             Reason::ServerNotFound => "ServerNotFound",
             Reason::UsersNotApplied => "UsersNotApplied",
             Reason::WaitingForPods => "WaitingForPods",

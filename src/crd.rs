@@ -36,12 +36,13 @@ pub const MAX_PASSIVE_PORTS: i32 = 100;
 #[x_kube(
     validation = Rule::new("size(self.protocols) > 0").message("spec.protocols: at least one protocol is required"),
     validation = Rule::new("self.replicas <= 1 || !self.protocols.exists(p, p != 'sftp') || self.exposure.perPodServices").message("spec.exposure.perPodServices must be true when spec.replicas > 1 and FTPS is served (a data connection must reach the pod holding its control connection)"),
-    validation = Rule::new("self.replicas <= 1 || has(self.storage.existingClaim)").message("spec.storage.existingClaim (a ReadWriteMany claim) is required when spec.replicas > 1, otherwise each pod would show its users different files"),
+    validation = Rule::new("self.replicas <= 1 || has(self.storage.existingClaim) || has(self.storage.objectStore)").message("spec.storage.existingClaim (a ReadWriteMany claim) or spec.storage.objectStore is required when spec.replicas > 1, otherwise each pod would show its users different files"),
     validation = Rule::new("self.exposure.serviceType != 'NodePort' || !self.protocols.exists(p, p != 'sftp') || (self.replicas <= 1 && !self.exposure.perPodServices)").message("spec.exposure.serviceType NodePort with FTPS needs spec.replicas <= 1 and perPodServices false: node ports are unique in the cluster and each passive port is exposed as the node port of the same number, which only one Service can hold"),
     validation = Rule::new("self.exposure.serviceType != 'NodePort' || !self.protocols.exists(p, p != 'sftp') || (self.passive.portStart >= 30000 && self.passive.portEnd <= 32767)").message("spec.passive: with spec.exposure.serviceType NodePort the passive range must lie in the node port range 30000-32767 (PASV advertises the port the client must reach on the node)"),
     validation = Rule::new("self.exposure.serviceType != 'NodePort' || !self.protocols.exists(p, p != 'sftp') || has(self.passive.advertisedAddress)").message("spec.passive.advertisedAddress is required with spec.exposure.serviceType NodePort and FTPS: the address of a node (or of the load balancer in front of the nodes) that PASV replies advertise"),
     validation = Rule::new(immutable_storage("size")).message("spec.storage.size is immutable (a StatefulSet's volumeClaimTemplates cannot change): expand the PersistentVolumeClaims data-<server>-<n> directly if the storage class allows it, or create a new FileTransferServer and move the data"),
     validation = Rule::new(immutable_storage("storageClassName")).message("spec.storage.storageClassName is immutable (a StatefulSet's volumeClaimTemplates cannot change): create a new FileTransferServer with the new class and move the data"),
+    validation = Rule::new(OBJECT_STORE_KEPT).message("spec.storage.objectStore cannot be added or removed (the pods' data volume changes between a claim and a local spool): create a new FileTransferServer and move the data"),
     validation = Rule::new(immutable_storage("existingClaim")).message("spec.storage.existingClaim is immutable (switching between a claim template and an existing claim changes the StatefulSet's volumeClaimTemplates): create a new FileTransferServer and move the data")
 )]
 pub struct FileTransferServerSpec {
@@ -315,11 +316,17 @@ fn immutable_storage(field: &str) -> String {
     format!("{} == {}", of("self"), of("oldSelf"))
 }
 
+/// A CEL transition rule: `spec.storage.objectStore` is present before and after, or absent
+/// before and after (it decides whether the StatefulSet has a claim template).
+const OBJECT_STORE_KEPT: &str = "(has(self.storage) && has(self.storage.objectStore)) == (has(oldSelf.storage) && has(oldSelf.storage.objectStore))";
+
 /// Storage for user data.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.objectStore) || (!has(self.existingClaim) && !has(self.storageClassName))").message("spec.storage.objectStore: existingClaim and storageClassName do not apply with an object store (each pod spools uploads on an emptyDir); remove them"))]
 pub struct StorageSpec {
-    /// Size of the per-pod volume claim (one replica), e.g. `10Gi`. Default `1Gi`.
+    /// Size of the per-pod volume claim (one replica), e.g. `10Gi`. Default `1Gi`. With
+    /// `objectStore`: the size limit of each pod's upload spool (an `emptyDir`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<String>,
     /// Storage class of the per-pod claim.
@@ -328,6 +335,69 @@ pub struct StorageSpec {
     /// An existing PersistentVolumeClaim to use instead (ReadWriteMany for replicas > 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub existing_claim: Option<String>,
+    /// Homes in an S3-compatible bucket (AWS S3, MinIO, SeaweedFS, Ceph RGW) instead of on a
+    /// volume: any number of replicas serve the same homes without a ReadWriteMany claim, and
+    /// each pod keeps only uploads in progress on a local `emptyDir` (docs/object-storage.md).
+    /// Users with `quota` or `retention` are refused on such a server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_store: Option<ObjectStoreSpec>,
+}
+
+/// The bucket the homes live in (server.yaml `storage.objectStore`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.endpoint.startsWith('https://') || self.allowPlainHttp").message("spec.storage.objectStore.endpoint: a plain http:// endpoint needs spec.storage.objectStore.allowPlainHttp: true (file contents and signed requests would cross the network unencrypted)"),
+    validation = Rule::new("!has(self.caSecretRef) || self.endpoint.startsWith('https://')").message("spec.storage.objectStore.caSecretRef is set but the endpoint is plain http://: use https:// or remove caSecretRef")
+)]
+pub struct ObjectStoreSpec {
+    /// `https://host[:port]`, nothing else (no path: the bucket is `bucket`). `http://` only
+    /// with `allowPlainHttp`.
+    #[schemars(length(min = 8, max = 300))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://([A-Za-z0-9._~-]+|\\\\[[0-9A-Fa-f:.]+\\\\])(:[0-9]{1,5})?/?$')").message("spec.storage.objectStore.endpoint must be https://host[:port] (no path, query or user)"))]
+    pub endpoint: String,
+    /// Bucket name: 3-63 of a-z 0-9 . - starting and ending with a letter or digit. The bucket
+    /// must exist; the operator does not create it.
+    #[schemars(length(min = 3, max = 63))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$')").message("spec.storage.objectStore.bucket must be 3-63 of a-z 0-9 . - starting and ending with a letter or digit"))]
+    pub bucket: String,
+    /// Key prefix every home is under (`tenants/prod`: a user's files are
+    /// `tenants/prod/<home>/...`). Absent: the bucket's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = Rule::new("!self.startsWith('/') && !self.endsWith('/') && !self.contains('//') && !self.matches('(^|/)[.][.]?(/|$)') && !self.matches('\\\\p{Cc}')").message("spec.storage.objectStore.prefix must be relative, without a leading or trailing '/', and without empty, '.' or '..' components or control characters (write a/b)"))]
+    pub prefix: Option<String>,
+    /// Region the requests are signed for (default `us-east-1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^[A-Za-z0-9._-]{1,64}$')").message("spec.storage.objectStore.region must be 1-64 of A-Z a-z 0-9 . _ - such as eu-central-1"))]
+    pub region: Option<String>,
+    /// A Secret (same namespace) with the keys `accessKeyId` and `secretAccessKey`. Mounted
+    /// into the pods, never read by the operator; a rotated Secret is picked up by the pods
+    /// without a restart.
+    pub credentials_secret_ref: SecretNameRef,
+    /// The CA the endpoint's certificate must chain to instead of the system roots (key
+    /// default `ca.crt`). Mounted, never read by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// Path-style requests (`https://host/bucket/key`), which MinIO, SeaweedFS and Ceph want
+    /// (default); false: virtual-hosted style (`https://bucket.host/key`, AWS S3).
+    #[serde(default = "yes")]
+    pub path_style: bool,
+    /// Part size of multipart uploads in bytes, 5 MiB to 5 GiB (default 8 MiB); uploads up to
+    /// this size are one PUT. Each upload being published holds up to three parts in memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 5242880, max = 5368709120_i64))]
+    #[x_kube(validation = Rule::new("self >= 5242880 && self <= 5368709120").message("spec.storage.objectStore.partBytes must be between 5242880 (5 MiB) and 5368709120 (5 GiB)"))]
+    pub part_bytes: Option<i64>,
+    /// Accept a plain `http://` endpoint (a store on a trusted network). Insecure opt-in: file
+    /// contents and signed requests cross the network unencrypted; every pod warns at start.
+    #[serde(default)]
+    pub allow_plain_http: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where the TLS certificate comes from.

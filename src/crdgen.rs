@@ -113,6 +113,122 @@ mod tests {
         );
     }
 
+    #[test]
+    fn cel_checks_object_storage_naming_each_field() {
+        let store = |extra: &str| {
+            format!(
+                "  protocols: [sftp]\n  replicas: 2\n  storage:\n{extra}    objectStore:\n      endpoint: https://s3.example.net:9000\n      bucket: partner-files\n      prefix: tenants/prod\n      credentialsSecretRef: {{name: s3}}\n"
+            )
+        };
+        // Two replicas without a shared claim: the bucket is what they share.
+        assert_eq!(server_error(&store("")), None);
+        for (from, to, wanted) in [
+            (
+                "bucket: partner-files",
+                "bucket: Partner_Files",
+                "spec.storage.objectStore.bucket must be 3-63",
+            ),
+            (
+                "bucket: partner-files",
+                "bucket: -files",
+                "spec.storage.objectStore.bucket must be 3-63",
+            ),
+            (
+                "endpoint: https://s3.example.net:9000",
+                "endpoint: s3.example.net",
+                "spec.storage.objectStore.endpoint must be https://host[:port]",
+            ),
+            (
+                "endpoint: https://s3.example.net:9000",
+                "endpoint: https://s3.example.net/bucket",
+                "spec.storage.objectStore.endpoint must be https://host[:port]",
+            ),
+            (
+                "endpoint: https://s3.example.net:9000",
+                "endpoint: http://s3.example.net",
+                "spec.storage.objectStore.allowPlainHttp: true",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: /tenants",
+                "spec.storage.objectStore.prefix must be relative",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: a/../b",
+                "spec.storage.objectStore.prefix must be relative",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: a//b",
+                "spec.storage.objectStore.prefix must be relative",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: \"a\\tb\"",
+                "spec.storage.objectStore.prefix must be relative",
+            ),
+            (
+                "endpoint: https://s3.example.net:9000",
+                "endpoint: \"https://s3.exa\\tmple.net\"",
+                "spec.storage.objectStore.endpoint must be https://host[:port]",
+            ),
+            (
+                "endpoint: https://s3.example.net:9000",
+                "endpoint: https://key@s3.example.net",
+                "spec.storage.objectStore.endpoint must be https://host[:port]",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: tenants/prod\n      region: \"eu central\"",
+                "spec.storage.objectStore.region must be 1-64",
+            ),
+            (
+                "prefix: tenants/prod",
+                "prefix: tenants/prod\n      partBytes: 1024",
+                "spec.storage.objectStore.partBytes must be between",
+            ),
+        ] {
+            let spec = store("").replace(from, to);
+            let error = server_error(&spec).unwrap_or_default();
+            assert!(error.contains(wanted), "{to}: {error:?}");
+        }
+        for fine in [
+            "https://[2001:db8::5]:9000",
+            "https://s3.example.net/",
+            "https://10.0.0.5",
+        ] {
+            let spec = store("").replace("https://s3.example.net:9000", fine);
+            assert_eq!(server_error(&spec), None, "{fine}");
+        }
+        let opted_in = store("").replace("https://", "http://") + "      allowPlainHttp: true\n";
+        assert_eq!(server_error(&opted_in), None);
+        let with_ca = opted_in.clone() + "      caSecretRef: {name: s3-ca}\n";
+        assert!(
+            server_error(&with_ca)
+                .unwrap()
+                .contains("caSecretRef is set but the endpoint is plain http://")
+        );
+        let claim = server_error(&store("    existingClaim: shared\n")).unwrap();
+        assert!(
+            claim.contains("existingClaim and storageClassName do not apply"),
+            "{claim}"
+        );
+        // Adding or removing objectStore later would change the StatefulSet's claim template.
+        let old = server("  protocols: [sftp]\n");
+        let new = server(&store("").replace("replicas: 2", "replicas: 1"));
+        let switched = kube::core::cel::validate_cel_update(&new, &old)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap();
+        assert!(
+            switched.contains("spec.storage.objectStore cannot be added or removed"),
+            "{switched}"
+        );
+        let kept = kube::core::cel::validate_cel_update(&new, &new.clone());
+        assert!(kept.is_ok(), "{kept:?}");
+    }
+
     /// Found by fuzzing (operator_specs): once `spec.allowedCidrs` was rendered into server.yaml,
     /// an admitted spec with an entry that is not a CIDR made a server.yaml the server refuses.
     #[test]

@@ -15,6 +15,7 @@ pub mod crdgen;
 pub mod events;
 pub mod lenient;
 pub mod metrics;
+pub mod object_store;
 pub mod policy;
 pub mod quota_status;
 pub mod render;

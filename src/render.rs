@@ -353,7 +353,7 @@ pub fn server_config(
         // Pods of the StatefulSet are <name>-0, <name>-1, ...: only the first runs retention,
         // so replicas on a shared volume never race to delete the same files.
         quotas: config::QuotaConfig::default(),
-        storage: config::StorageConfig::default(),
+        storage: crate::object_store::server_storage(&spec.storage),
         retention: config::RetentionConfig {
             replica: config::RetentionReplica::OrdinalZero,
             ..config::RetentionConfig::default()
@@ -856,8 +856,18 @@ pub fn stateful_set(
         mounts.extend(more_mounts);
         env.extend(more_env);
     }
+    if let Some(object_store) = &spec.storage.object_store {
+        let (more_volumes, more_mounts) = crate::object_store::pod_parts(object_store);
+        volumes.extend(more_volumes);
+        mounts.extend(more_mounts);
+    }
     let mut claim_templates = None;
     match &spec.storage.existing_claim {
+        // Homes in a bucket: the data volume is only a per-pod spool (see
+        // `crate::object_store`), so any number of replicas need no shared claim.
+        _ if spec.storage.object_store.is_some() => {
+            volumes.push(crate::object_store::spool_volume(&spec.storage));
+        }
         Some(claim) => volumes.push(Volume {
             name: "data".to_string(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -1247,6 +1257,66 @@ spec:
   exposure:
     serviceType: LoadBalancer
 ";
+
+    #[test]
+    fn object_storage_renders_the_section_mounts_the_secret_and_needs_no_claim() {
+        let fts = fixture(&format!(
+            "{BASIC}  replicas: 2\n  storage:\n    size: 4Gi\n    objectStore:\n      endpoint: https://s3.example.net\n      bucket: partner-files\n      prefix: tenants/prod\n      credentialsSecretRef: {{name: s3-credentials}}\n      caSecretRef: {{name: s3-ca}}\n"
+        ));
+        let rendered =
+            to_yaml("server.yaml", &server_config(&fts, None, &BTreeMap::new())).unwrap();
+        let parsed = config::ServerConfig::parse("server.yaml", &rendered).unwrap();
+        let store = parsed
+            .storage
+            .object_store
+            .as_ref()
+            .expect("objectStore rendered");
+        assert_eq!(
+            (store.bucket.as_str(), store.prefix.as_str()),
+            ("partner-files", "tenants/prod")
+        );
+        assert!(parsed.insecure_opt_ins().is_empty());
+        let sts = stateful_set(&fts, "d").unwrap();
+        let spec = sts.spec.unwrap();
+        // No claim template: a second replica needs no ReadWriteMany claim.
+        assert!(spec.volume_claim_templates.is_none());
+        let pod = spec.template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        let data = volumes.iter().find(|v| v.name == "data").unwrap();
+        assert_eq!(
+            data.empty_dir.as_ref().unwrap().size_limit,
+            Some(Quantity("4Gi".into()))
+        );
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap();
+        // Every file server.yaml names lies in a mounted Secret volume.
+        for file in [
+            &store.access_key_id_file,
+            &store.secret_access_key_file,
+            store.ca_file.as_ref().unwrap(),
+        ] {
+            let (dir, name) = file.rsplit_once('/').unwrap();
+            let mount = mounts.iter().find(|m| m.mount_path == dir).expect(dir);
+            assert_eq!(mount.read_only, Some(true));
+            let volume = volumes.iter().find(|v| v.name == mount.name).unwrap();
+            let items = volume.secret.as_ref().unwrap().items.as_ref().unwrap();
+            assert!(items.iter().any(|i| i.path == name), "{file}");
+        }
+        // Local storage keeps its claim template and renders no storage section.
+        let local = fixture(BASIC);
+        assert!(
+            stateful_set(&local, "d")
+                .unwrap()
+                .spec
+                .unwrap()
+                .volume_claim_templates
+                .is_some()
+        );
+        assert!(
+            server_config(&local, None, &BTreeMap::new())
+                .storage
+                .is_default()
+        );
+    }
 
     #[test]
     fn every_users_shard_is_projected_into_the_directory_the_server_reads() {

@@ -69,6 +69,9 @@ pub struct UserInputs<'a> {
     /// The currently deployed users.yaml (to reuse hashes).
     pub previous: Option<&'a config::UserList>,
     pub policy: &'a PasswordPolicy,
+    /// The server keeps homes in a bucket (`spec.storage.objectStore`): users with a quota or
+    /// retention rules are refused, as the server would refuse the whole users.yaml.
+    pub object_storage: bool,
     pub now: jiff::Timestamp,
 }
 
@@ -226,6 +229,27 @@ fn resolve_one(
                     format!("spec.expiresAt {expiry:?} is not an RFC 3339 time"),
                 ));
             }
+        }
+    }
+    if inputs.object_storage {
+        let unsupported: Vec<&str> = [
+            spec.quota.as_ref().map(|_| "spec.quota"),
+            (!spec.retention.is_empty()).then_some("spec.retention"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !unsupported.is_empty() {
+            return Err(Verdict::refused(
+                Reason::NotSupportedOnObjectStorage,
+                format!(
+                    "{} {} not supported on a server with spec.storage.objectStore yet \
+                     (local storage only, docs/object-storage.md); remove {}",
+                    unsupported.join(" and "),
+                    if unsupported.len() == 1 { "is" } else { "are" },
+                    if unsupported.len() == 1 { "it" } else { "them" },
+                ),
+            ));
         }
     }
     let mut digest = None;
@@ -516,10 +540,72 @@ mod tests {
                 digest_key: b"test key",
                 previous,
                 policy: &policy,
+                object_storage: false,
                 now: now.parse().unwrap(),
             },
             &fake_hash,
         )
+    }
+
+    #[test]
+    fn on_object_storage_users_with_quota_or_retention_are_refused_naming_the_fields() {
+        let users = [
+            user("alice", "alice", 1, "  quota: {maxFiles: 5}\n"),
+            user(
+                "bob",
+                "bob",
+                2,
+                "  quota: {maxFiles: 5}\n  retention: [{path: outbox/, maxAge: 30d}]\n",
+            ),
+            user("carol", "carol", 3, ""),
+        ];
+        let secrets = BTreeMap::from([
+            secret("alice-pw", "Orbit-Kettle-2026", "1"),
+            secret("bob-pw", "Orbit-Kettle-2026", "1"),
+            secret("carol-pw", "Orbit-Kettle-2026", "1"),
+        ]);
+        let policy = PasswordPolicy::default();
+        let resolved = resolve(
+            &UserInputs {
+                users: &users,
+                secrets: &secrets,
+                unmarked: &std::collections::BTreeSet::new(),
+                digest_key: b"test key",
+                previous: None,
+                policy: &policy,
+                object_storage: true,
+                now: "2026-06-01T00:00:00Z".parse().unwrap(),
+            },
+            &fake_hash,
+        );
+        let alice = &resolved.verdicts["alice"];
+        assert_eq!(alice.reason, Reason::NotSupportedOnObjectStorage);
+        assert!(
+            alice.message.starts_with(
+                "spec.quota is not supported on a server with spec.storage.objectStore"
+            ),
+            "{}",
+            alice.message
+        );
+        assert!(
+            resolved.verdicts["bob"]
+                .message
+                .starts_with("spec.quota and spec.retention are not supported"),
+            "{}",
+            resolved.verdicts["bob"].message
+        );
+        // Left out of users.yaml, so the server never refuses the whole file; others stay.
+        let names: Vec<&str> = resolved
+            .list
+            .users
+            .iter()
+            .map(|u| u.username.as_str())
+            .collect();
+        assert_eq!(names, ["carol"]);
+        assert!(resolved.verdicts["carol"].ready);
+        // The same users on local storage are fine.
+        let local = run(&users, &secrets, None);
+        assert!(local.verdicts["alice"].ready && local.verdicts["bob"].ready);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub const MIN_PART_BYTES: u64 = 5 << 20;
 pub const MAX_PART_BYTES: u64 = 5 << 30;
 /// Default part size: uploads up to this size are one PUT, larger ones a multipart upload.
 pub const DEFAULT_PART_BYTES: u64 = 8 << 20;
+/// Region requests are signed for when none is given.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 /// `storage` in server.yaml.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -59,7 +61,7 @@ pub struct ObjectStoreConfig {
 }
 
 fn default_region() -> String {
-    "us-east-1".to_string()
+    DEFAULT_REGION.to_string()
 }
 
 fn yes() -> bool {

@@ -80,6 +80,7 @@ fn user(text: &str) {
         digest_key: b"fuzz-digest-key",
         previous: None,
         policy: &policy,
+        object_storage: false,
         now: jiff::Timestamp::from_second(1_800_000_000).expect("a fixed time"),
     };
     let resolved = users::resolve(&inputs, &|_| Some(MOCK_HASH.to_string()));

@@ -46,6 +46,9 @@ pub struct References {
     pub passive: render::PassiveAddresses,
     /// The client Service's load-balancer address.
     pub client_address: Option<String>,
+    /// The Secrets `spec.storage.objectStore` names that do not exist, each
+    /// `<field>: Secret "<name>" not found ...` (looked up as metadata only).
+    pub object_store_missing: Vec<String>,
 }
 
 impl References {
@@ -119,6 +122,19 @@ pub async fn resolve(
         }
     }
 
+    // Mounted, never read: whether they exist is all the operator asks (as metadata), so a
+    // missing one is reported instead of pods that wait for it without a word.
+    let mut object_store_missing = Vec::new();
+    if let Some(store) = &server.spec.storage.object_store {
+        for (field, name) in crate::object_store::referenced_secrets(store) {
+            if !marked.contains_key(&name) && secret_api.get_metadata_opt(&name).await?.is_none() {
+                object_store_missing.push(format!(
+                    "{field}: Secret {name:?} not found in namespace {namespace}; the pods wait for it"
+                ));
+            }
+        }
+    }
+
     let (shards, shard_count) = deployed_shards(&secret_api, &names).await?;
     let digest_key = digest_key(&secret_api, server, &names).await?;
     let ssh_host_key_exists = secret_api
@@ -148,6 +164,7 @@ pub async fn resolve(
         ssh_host_key_exists,
         passive,
         client_address,
+        object_store_missing,
     })
 }
 

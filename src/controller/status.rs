@@ -213,7 +213,10 @@ pub fn server_conditions(
         users_synced,
     ];
     let first_failure = applied.failures().first();
-    let all_ready = first_failure.is_none() && parts.iter().all(|c| c.status == "True");
+    let storage_missing = &validated.storage_missing;
+    let all_ready = first_failure.is_none()
+        && storage_missing.is_empty()
+        && parts.iter().all(|c| c.status == "True");
     let (ready_reason, ready_message) = match first_failure {
         Some(failure) => (
             Reason::NotApplied(failure.kind),
@@ -223,6 +226,12 @@ pub fn server_conditions(
                 .map(|f| format!("{} {} not applied: {}", f.kind.as_str(), f.name, f.message))
                 .collect::<Vec<_>>()
                 .join("; "),
+        ),
+        // Named before the pods that wait for it: the cause, not the symptom. Not stalled:
+        // creating the Secret is enough, the pods then start without the operator.
+        None if !storage_missing.is_empty() => (
+            Reason::ObjectStoreSecretNotFound,
+            storage_missing.join("; "),
         ),
         None if all_ready => (
             Reason::Ready,
@@ -376,7 +385,7 @@ pub async fn update(
         } else {
             EventType::Warning
         };
-        let reason = reason_of(applied, ready.status == "True");
+        let reason = reason_of(applied, validated, ready.status == "True");
         publish(context, server, type_, reason, &ready.message).await;
     }
     let previous_certificate_reason = stored_reason(&previous, "CertificateReady");
@@ -505,9 +514,10 @@ pub fn events_delivering(
     }
 }
 
-fn reason_of(applied: &Applied, ready: bool) -> Reason {
+fn reason_of(applied: &Applied, validated: &Validated, ready: bool) -> Reason {
     match applied.failures().first() {
         Some(failure) => Reason::NotApplied(failure.kind),
+        None if !validated.storage_missing.is_empty() => Reason::ObjectStoreSecretNotFound,
         None if ready => Reason::Ready,
         None => Reason::NotReady,
     }
@@ -832,6 +842,7 @@ mod tests {
                 next_change: None,
             },
             objects: BTreeMap::new(),
+            storage_missing: Vec::new(),
         }
     }
 
@@ -923,6 +934,39 @@ mod tests {
                 .contains("Secret partners-users: too large"),
             "{}",
             all["UsersSynced"].2
+        );
+    }
+
+    #[test]
+    fn a_missing_object_store_secret_is_named_in_ready_and_reconciling_not_stalled() {
+        let server = server("[sftp]");
+        let mut validated = validated();
+        validated.storage_missing = vec![
+            "spec.storage.objectStore.credentialsSecretRef: Secret \"s3\" not found in namespace n; the pods wait for it".into(),
+        ];
+        let applied = Applied::for_test(prepared(), Vec::new(), Default::default());
+        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let conditions = by_type(&server_conditions(
+            &server,
+            &validated,
+            &issued(),
+            &applied,
+            now,
+        ));
+        let (status, reason, message) = &conditions["Ready"];
+        assert_eq!(
+            (status.as_str(), reason.as_str()),
+            ("False", "ObjectStoreSecretNotFound")
+        );
+        assert!(
+            message.starts_with("spec.storage.objectStore.credentialsSecretRef: Secret \"s3\""),
+            "{message}"
+        );
+        assert_eq!(conditions["Stalled"].0, "False");
+        assert_eq!(conditions["Reconciling"].0, "True");
+        assert_eq!(
+            reason_of(&applied, &validated, false),
+            Reason::ObjectStoreSecretNotFound
         );
     }
 

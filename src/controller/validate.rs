@@ -23,17 +23,25 @@ pub struct Validated {
     pub users: users::Resolved,
     /// The TransferUsers by object name (their verdicts are keyed so).
     pub objects: std::collections::BTreeMap<String, crate::crd::TransferUser>,
+    /// Why the pods cannot start yet: Secrets of `spec.storage.objectStore` that do not exist.
+    pub storage_missing: Vec<String>,
 }
 
 /// What the CRD's schema and CEL rules should have refused but the operator cannot render
 /// safely either (an object stored before the rules, a CRD installed without them): reported
 /// like an object the types reject.
 pub fn past_admission_check(server: &FileTransferServer) -> Option<Invalid> {
-    let error = render::passive_ports(&server.spec.passive)
+    let message = render::passive_ports(&server.spec.passive)
         .err()
-        .or_else(|| render::security_settings(server).err())?;
+        .or_else(|| render::security_settings(server).err())
+        .map(|e| e.to_string())
+        .or_else(|| {
+            crate::object_store::check(&server.spec.storage)
+                .err()
+                .map(|e| e.to_string())
+        })?;
     Some(Invalid {
-        message: error.to_string(),
+        message,
         conditions: server
             .status
             .as_ref()
@@ -53,6 +61,7 @@ pub async fn validate(
     let secrets = references.secrets.clone();
     let unmarked = references.unmarked.clone();
     let digest_key = references.digest_key.clone();
+    let object_storage = server.spec.storage.object_store.is_some();
     let resolved = tokio::task::spawn_blocking(move || {
         users::resolve(
             &UserInputs {
@@ -62,6 +71,7 @@ pub async fn validate(
                 digest_key: &digest_key,
                 previous: Some(&previous),
                 policy: &policy,
+                object_storage,
                 now,
             },
             &sluice_hash,
@@ -77,6 +87,7 @@ pub async fn validate(
     Ok(Validated {
         users: resolved,
         objects,
+        storage_missing: references.object_store_missing.clone(),
     })
 }
 
@@ -170,6 +181,38 @@ mod tests {
             max_file_work_per_user: Some(8),
             ..Default::default()
         });
+        assert!(past_admission_check(&fine).is_none());
+    }
+
+    #[test]
+    fn an_object_store_past_admission_is_invalid_spec_naming_the_field() {
+        let server: FileTransferServer = serde_json::from_value(serde_json::json!({
+            "apiVersion": "sluice.dev/v1alpha1", "kind": "FileTransferServer",
+            "metadata": {"name": "partners", "namespace": "transfer"},
+            "spec": {"protocols": ["sftp"], "replicas": 2, "storage": {"objectStore": {
+                "endpoint": "https://s3.example.net", "bucket": "Partner_Files",
+                "prefix": "a/../b", "credentialsSecretRef": {"name": "s3"}}}},
+        }))
+        .unwrap();
+        let invalid = past_admission_check(&server).expect("refused");
+        assert!(
+            invalid.message.starts_with(
+                "spec.storage.objectStore.bucket: \"Partner_Files\" is not a bucket name"
+            ),
+            "{}",
+            invalid.message
+        );
+        assert!(
+            invalid
+                .message
+                .contains("; spec.storage.objectStore.prefix: \"a/../b\" must not contain"),
+            "{}",
+            invalid.message
+        );
+        let mut fine = server.clone();
+        let store = fine.spec.storage.object_store.as_mut().unwrap();
+        store.bucket = "partner-files".into();
+        store.prefix = Some("a/b".into());
         assert!(past_admission_check(&fine).is_none());
     }
 

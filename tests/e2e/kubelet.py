@@ -18,7 +18,8 @@ each one as a local `sluice-server` process:
 - The container's ports cannot be bound on 127.0.0.1 by every Pod, so the kubelet writes a local
   copy of the `server.yaml` that the Pod's args name (`run --config /etc/sluice/config/server.yaml`)
   with listeners and the passive range mapped to free loopback ports, `dataRoot`, `usersFile`,
-  TLS paths and `scanning.quarantineDir` mapped to the materialised directories, and the
+  TLS paths, `scanning.quarantineDir` and the `storage.objectStore` credential files mapped to
+  the materialised directories, and the
   advertised passive address removed (PASV then answers with 127.0.0.1, the control
   connection's local address). The copy is rewritten, atomically, whenever the ConfigMap
   changes. `ports(pod)` gives the mapping
@@ -729,6 +730,13 @@ class ProcessKubelet:
             for key in ("caFile", "secretFile", "credentialsDir"):
                 if sink.get(key):
                     sink[key] = p.container_path(sink[key])
+        store = (local.get("storage") or {}).get("objectStore")
+        if store:
+            # The Secret volumes of the credentials and CA; the endpoint stays as it is (an
+            # object store on the host's 127.0.0.1 is reachable from every "pod" process).
+            for key in ("accessKeyIdFile", "secretAccessKeyFile", "caFile"):
+                if store.get(key):
+                    store[key] = p.container_path(store[key])
         Path(local["dataRoot"]).mkdir(parents=True, exist_ok=True)
         p.config_path = p.root / "config" / "server.yaml"
         p.config_path.parent.mkdir(parents=True, exist_ok=True)

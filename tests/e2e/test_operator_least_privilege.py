@@ -233,6 +233,14 @@ def test_storage_changes_are_refused_at_admission_saying_what_to_do(crds, rbac_g
         assert proc.returncode != 0, (field, proc.stdout)
         assert f"{field} is immutable" in proc.stderr, proc.stderr
         assert "create a new FileTransferServer" in proc.stderr, proc.stderr
+    # Object storage cannot be switched on later either (the claim template would change).
+    proc = cluster.kubectl("patch", "fts", "files", "-n", ns, "--type=merge", "-p", json.dumps(
+        {"spec": {"storage": {"objectStore": {
+            "endpoint": "https://s3.example.net", "bucket": "partner-files",
+            "credentialsSecretRef": {"name": "s3"}}}}}), check=False)
+    assert proc.returncode != 0, proc.stdout
+    assert "spec.storage.objectStore cannot be added or removed" in proc.stderr, proc.stderr
+    assert "create a new FileTransferServer" in proc.stderr, proc.stderr
     # Other fields still change.
     cluster.kubectl("patch", "fts", "files", "-n", ns, "--type=merge", "-p",
                     json.dumps({"spec": {"allowedCidrs": ["10.0.0.0/8"]}}))

@@ -38,6 +38,7 @@ EXPECTED = {
 # this test until someone decides what Argo CD shows for it.
 SERVER_READY_FALSE = {
     "NotReady": "Progressing",
+    "ObjectStoreSecretNotFound": "Progressing",
     "InvalidSpec": "Degraded",
     **{f"{child}NotApplied": "Degraded" for child in (
         "ConfigMap", "UsersSecret", "SshHostKey", "Service", "StatefulSet", "NetworkPolicy",
@@ -52,6 +53,7 @@ USER_READY_FALSE = {
     "DuplicateUsername": "Degraded",
     "Expired": "Degraded",
     "UsersNotApplied": "Degraded",
+    "NotSupportedOnObjectStorage": "Degraded",
     "Disabled": "Suspended",
     "SecretNotFound": "Progressing",
     "ServerNotFound": "Progressing",

@@ -6,8 +6,8 @@ local hs = { status = "Progressing", message = "Waiting for the operator to writ
 
 -- Ready=False reasons the operator cannot get past without a change to the object or to the
 -- cluster (it also sets Stalled=True for them; this covers a status without Stalled). Any other
--- Ready=False reason (NotReady: pods starting, a certificate or a load-balancer address pending)
--- is Progressing. No string library: Argo CD opens only base, table and os for these scripts.
+-- Ready=False reason (NotReady: pods starting, a certificate or a load-balancer address pending;
+-- ObjectStoreSecretNotFound: the object store's Secret comes later in the sync) is Progressing. No string library: Argo CD opens only base, table and os for these scripts.
 local permanent = {
   InvalidSpec = true,
   ConfigMapNotApplied = true,

@@ -16,6 +16,7 @@ local degraded = {
   DuplicateUsername = true,       -- an older TransferUser has the username
   Expired = true,                 -- spec.expiresAt has passed
   UsersNotApplied = true,         -- the server's users Secret was refused (server is Stalled)
+  NotSupportedOnObjectStorage = true, -- quota or retention on a server whose homes are in a bucket
 }
 -- spec.disabled: no logins, on purpose.
 local suspended = { Disabled = true }
