@@ -163,7 +163,9 @@ class Sluice(Server):
         self.binary, self.idle = binary, idle
 
     def start(self) -> None:
-        etc = self.work / "sluice"
+        # One directory per column: sluice and sluice-before must not share (or collide on)
+        # host keys and configs.
+        etc = self.work / self.name
         etc.mkdir(parents=True, exist_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(etc / "host_ed25519")], check=True)
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
@@ -393,6 +395,7 @@ def main() -> int:
             if name.startswith("sluice"):
                 binary = Path(args.sluice_bin if name == "sluice" else args.sluice_before)
                 server: Server = Sluice(work, port, client_key, data, binary=binary, idle=args.idle)
+                server.name = name
             else:
                 server = OpenSSH(work, port, client_key, data)
             servers.append(server)

@@ -54,6 +54,9 @@ def _secret(name: str, password: str, labels: dict | None) -> dict:
             "stringData": {"password": password}}
 
 
+# The marked user is Ready only once a pod serves it (WaitingForPods before): without the
+# process kubelet this test passed only when an earlier test had started it.
+@pytest.mark.usefixtures("kubelet")
 def test_namespaced_install_reads_only_marked_secrets(crds, operator, tmp_path):
     from conftest import REPO, _binary
     from operator_process import Operator
