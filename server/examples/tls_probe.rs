@@ -20,10 +20,10 @@ use rustls_pki_types::{CertificateDer, ServerName};
 
 fn group(name: &str) -> &'static dyn SupportedKxGroup {
     match name {
-        "X25519MLKEM768" => sluice_server::pqkx::X25519MLKEM768,
-        "X25519" => rustls::crypto::ring::kx_group::X25519,
-        "secp256r1" => rustls::crypto::ring::kx_group::SECP256R1,
-        "secp384r1" => rustls::crypto::ring::kx_group::SECP384R1,
+        "X25519MLKEM768" => rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768,
+        "X25519" => rustls::crypto::aws_lc_rs::kx_group::X25519,
+        "secp256r1" => rustls::crypto::aws_lc_rs::kx_group::SECP256R1,
+        "secp384r1" => rustls::crypto::aws_lc_rs::kx_group::SECP384R1,
         other => panic!("unknown group {other}"),
     }
 }
@@ -108,7 +108,7 @@ fn main() {
     let cert = CertificateDer::pem_slice_iter(&ca).next().unwrap().unwrap();
     let provider = CryptoProvider {
         kx_groups: groups,
-        ..rustls::crypto::ring::default_provider()
+        ..rustls::crypto::aws_lc_rs::default_provider()
     };
     let versions: &[&'static rustls::SupportedProtocolVersion] = if tls12 {
         &[&rustls::version::TLS12]

@@ -19,7 +19,6 @@ pub mod leftovers;
 pub mod limits;
 pub mod metrics;
 pub mod objectfs;
-pub mod pqkx;
 pub mod proxy;
 pub mod quota;
 pub mod reload;

@@ -157,8 +157,8 @@ impl ObjectStore {
         files: &ObjectStoreFiles,
         ca_path: Option<&Path>,
     ) -> Result<ObjectStore, ObjectStoreError> {
-        // reqwest is built with rustls but no bundled crypto: ring, as everywhere else here.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest is built with rustls but no bundled crypto: aws-lc-rs, as for FTPS and SSH.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let mut client = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(10))
             .pool_idle_timeout(std::time::Duration::from_secs(60));

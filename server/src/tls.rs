@@ -2,9 +2,10 @@
 //! the per-session clone whose private session cache and ticketer bind data connections to the
 //! control connection (a data handshake can only resume a session this FTP session created).
 //!
-//! Crypto provider: `ring` (its AES-GCM is what bulk FTPS data costs; docs/performance.md
-//! measures it against aws-lc-rs), with the post-quantum hybrid `X25519MLKEM768` added from
-//! [`crate::pqkx`] and preferred over the classical groups.
+//! Crypto provider: `aws-lc-rs`, the one SSH uses too (russh's ChaCha20-Poly1305 and AES-GCM).
+//! It was measured faster than `ring` at AES-GCM records and handshakes on this project's CPU
+//! (docs/performance.md), and it has the post-quantum hybrid `X25519MLKEM768`, which rustls
+//! offers first (`prefer-post-quantum`) with X25519, P-256 and P-384 after it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -41,7 +42,7 @@ pub struct TlsMaterial<'a> {
 }
 
 pub fn provider_for(suite_names: &[String]) -> Result<CryptoProvider, TlsError> {
-    let base = rustls::crypto::ring::default_provider();
+    let base = rustls::crypto::aws_lc_rs::default_provider();
     let mut suites = Vec::new();
     for name in suite_names {
         let suite = base
@@ -53,7 +54,6 @@ pub fn provider_for(suite_names: &[String]) -> Result<CryptoProvider, TlsError> 
     }
     Ok(CryptoProvider {
         cipher_suites: suites,
-        kx_groups: crate::pqkx::kx_groups(),
         ..base
     })
 }
@@ -158,7 +158,7 @@ pub fn per_session(base: &Arc<ServerConfig>) -> Result<SessionTls, TlsError> {
     let mut control = (**base).clone();
     control.session_storage = Arc::new(SessionCache::default());
     control.ticketer =
-        rustls::crypto::ring::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Rustls(e.to_string()))?;
     let mut data = control.clone();
     data.send_tls13_tickets = 0;
     Ok(SessionTls {
@@ -368,7 +368,7 @@ mod tests {
         }
         let provider = CryptoProvider {
             kx_groups: groups,
-            ..rustls::crypto::ring::default_provider()
+            ..rustls::crypto::aws_lc_rs::default_provider()
         };
         rustls::ClientConfig::builder_with_provider(Arc::new(provider))
             .with_protocol_versions(versions)
@@ -390,27 +390,27 @@ mod tests {
         let suites: Vec<&str> = sluice_config::DEFAULT_CIPHER_SUITES.to_vec();
         let base = build_server_config(&tls_config(&suites), &material).unwrap();
         let session = per_session(&base).unwrap();
-        let ring = rustls::crypto::ring::kx_group::X25519;
+        use rustls::crypto::aws_lc_rs::kx_group::{X25519, X25519MLKEM768};
         let tls13: &[&'static rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
         // A client that offers only the hybrid gets it.
-        let pq_only = client_config(&cert, vec![crate::pqkx::X25519MLKEM768], tls13);
+        let pq_only = client_config(&cert, vec![X25519MLKEM768], tls13);
         let server = handshake(session.control.clone(), pq_only).unwrap();
         assert_eq!(kx_group(&server).as_deref(), Some("X25519MLKEM768"));
 
         // A client that offers the hybrid and X25519 (shares for both) gets the hybrid.
-        let both = client_config(&cert, vec![crate::pqkx::X25519MLKEM768, ring], tls13);
+        let both = client_config(&cert, vec![X25519MLKEM768, X25519], tls13);
         let server = handshake(session.control.clone(), both).unwrap();
         assert_eq!(kx_group(&server).as_deref(), Some("X25519MLKEM768"));
 
         // A client without ML-KEM still connects with X25519, over TLS 1.3 and TLS 1.2.
-        let classical = client_config(&cert, vec![ring], tls13);
+        let classical = client_config(&cert, vec![X25519], tls13);
         let server = handshake(session.control.clone(), classical).unwrap();
         assert_eq!(kx_group(&server).as_deref(), Some("X25519"));
         if suites.iter().any(|s| s.starts_with("TLS_ECDHE")) {
             let tls12 = client_config(
                 &cert,
-                rustls::crypto::ring::default_provider().kx_groups,
+                rustls::crypto::aws_lc_rs::default_provider().kx_groups,
                 &[&rustls::version::TLS12],
             );
             let server = handshake(session.control.clone(), tls12).unwrap();
@@ -424,7 +424,7 @@ mod tests {
         // The hybrid is TLS 1.3 only: a TLS 1.2 client offering only it finds no common group.
         let tls12_pq_only = client_config(
             &cert,
-            vec![crate::pqkx::X25519MLKEM768],
+            vec![X25519MLKEM768],
             &[&rustls::version::TLS12],
         );
         assert!(handshake(session.control.clone(), tls12_pq_only).is_err());

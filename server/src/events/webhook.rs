@@ -82,7 +82,7 @@ pub fn client_tls(ca_path: &Path) -> Result<rustls::ClientConfig, String> {
         return Err(format!("{} holds no certificate", ca_path.display()));
     }
     Ok(rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| e.to_string())?
