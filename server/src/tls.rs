@@ -422,11 +422,7 @@ mod tests {
         }
 
         // The hybrid is TLS 1.3 only: a TLS 1.2 client offering only it finds no common group.
-        let tls12_pq_only = client_config(
-            &cert,
-            vec![X25519MLKEM768],
-            &[&rustls::version::TLS12],
-        );
+        let tls12_pq_only = client_config(&cert, vec![X25519MLKEM768], &[&rustls::version::TLS12]);
         assert!(handshake(session.control.clone(), tls12_pq_only).is_err());
     }
 
