@@ -728,6 +728,12 @@ pub struct PasswordPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 365))]
     pub warn_days_before: Option<i32>,
+    /// Seconds a password that verified is accepted again without another argon2id run
+    /// (the server keeps a keyed digest, never the password; a wrong password is always
+    /// verified in full). Absent: 300. 0: every login runs argon2id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub verified_cache_seconds: Option<i32>,
 }
 
 fn twelve() -> i32 {
@@ -744,6 +750,7 @@ impl Default for PasswordPolicy {
             min_character_classes: 3,
             max_age_days: None,
             warn_days_before: None,
+            verified_cache_seconds: None,
         }
     }
 }

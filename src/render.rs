@@ -364,7 +364,11 @@ pub fn server_config(
                 .password_policy
                 .max_age_days
                 .and_then(|days| u32::try_from(days).ok()),
-            ..config::PasswordsConfig::default()
+            verified_cache_seconds: spec
+                .security
+                .password_policy
+                .verified_cache_seconds
+                .and_then(|seconds| u32::try_from(seconds).ok()),
         },
         budgets,
         ssh: config::SshConfig {
@@ -1316,6 +1320,21 @@ spec:
                 .storage
                 .is_default()
         );
+    }
+
+    #[test]
+    fn the_verified_password_cache_is_rendered_only_when_set() {
+        let set = fixture(&format!(
+            "{BASIC}  security:\n    passwordPolicy:\n      verifiedCacheSeconds: 0\n"
+        ));
+        let rendered =
+            to_yaml("server.yaml", &server_config(&set, None, &BTreeMap::new())).unwrap();
+        let parsed = config::ServerConfig::parse("server.yaml", &rendered).unwrap();
+        assert_eq!(parsed.passwords.verified_cache_seconds, Some(0));
+        assert!(parsed.passwords.verified_cache().is_zero());
+        let unset = server_config(&fixture(BASIC), None, &BTreeMap::new());
+        assert_eq!(unset.passwords.verified_cache_seconds, None);
+        assert!(!unset.passwords.verified_cache().is_zero());
     }
 
     #[test]

@@ -233,7 +233,10 @@ def main() -> int:
                     hostile.served(fn, srv, deadline=args.deadline * 4)
                 except AssertionError:
                     pass
+            own, server_cpu, wall = os.times(), cpu_seconds(srv.proc.pid), time.monotonic()
             before = measure()
+            wall = time.monotonic() - wall
+            notes["server_cores_before"] = round((cpu_seconds(srv.proc.pid) - server_cpu) / wall, 2)
             if factory is not None:
                 attack = factory(srv, srv.users)
                 attack.prepare()
@@ -303,6 +306,7 @@ def main() -> int:
                      f"{r['download_mbps']:.1f}", before, pct, f"{r['rss_mib']:.0f}"]
             notes = r.get("notes", {})
             cells.append(f"{notes['attacker_client_cores']:.2f} / {notes['server_cores']:.2f}"
+                         f" (before {notes['server_cores_before']:.2f})"
                          if "server_cores" in notes else "-")
         if r.get("server") not in (None, "alive"):
             cells[7] += f" ({r['server']})"
