@@ -41,6 +41,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    // The workspace builds rustls with both ring (kube's) and aws-lc-rs (the server's), and
+    // rustls then cannot pick a process default on its own: the Kubernetes client panicked at
+    // its first connection. The operator's TLS is kube's: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
         Command::Run {

@@ -99,6 +99,10 @@ fn init_logging(format: LogFormat) {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    // rustls is built with both ring and aws-lc-rs in this workspace, so it cannot pick a
+    // process default on its own; anything that asks for it (reqwest for object storage)
+    // gets aws-lc-rs, the provider FTPS and SSH use.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
