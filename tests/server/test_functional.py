@@ -9,17 +9,9 @@ import time
 
 import pytest
 
+from conftest import blob
+
 PASSWORD_MARK = "correct horse battery staple 42"  # DEFAULT_PASSWORD in conftest
-
-
-def blob(size: int, seed: int = 1) -> bytes:
-    # Deterministic, incompressible enough, quick to make.
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    return bytes(out[:size])
 
 
 @pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])

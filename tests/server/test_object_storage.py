@@ -14,16 +14,8 @@ import subprocess
 
 import pytest
 
+from conftest import blob
 from objectstore import SeaweedFS
-
-
-def blob(size: int, seed: int = 1) -> bytes:
-    out = bytearray()
-    block = hashlib.sha256(str(seed).encode()).digest()
-    while len(out) < size:
-        block = hashlib.sha256(block).digest()
-        out += block * 64
-    return bytes(out[:size])
 
 
 @pytest.fixture(scope="module")
