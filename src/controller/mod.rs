@@ -421,6 +421,64 @@ fn error_policy(
 #[cfg(test)]
 mod tests {
     use super::Filled;
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::ResourceExt;
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+
+    fn config_map(name: &str) -> ConfigMap {
+        let mut object = ConfigMap::default();
+        object.metadata.name = Some(name.into());
+        object.metadata.namespace = Some("tenant".into());
+        object
+    }
+
+    /// The CI failure of 2026-12-07 (12 e2e tests: new TransferUsers never reached users.yaml
+    /// after a namespace with 3,000 users was deleted): a subscriber of the shared user watch
+    /// that read the reference of an object already deleted from the store returned `Pending`
+    /// without a waker, never ran again, and once the broadcast buffer was full the watch
+    /// itself stopped. patches/README.md (kube-runtime).
+    #[tokio::test]
+    async fn a_subscriber_goes_past_an_object_deleted_before_it_read_it_and_the_watch_goes_on() {
+        let buffer = 4;
+        let (_reader, writer) = reflector::store_shared::<ConfigMap>(buffer);
+        let mut subscriber = writer.subscribe().expect("a shared store");
+        let later: Vec<String> = (0..3 * buffer).map(|i| format!("later-{i}")).collect();
+        let mut events = vec![
+            watcher::Event::Apply(config_map("deleted")),
+            watcher::Event::Delete(config_map("deleted")),
+        ];
+        events.extend(
+            later
+                .iter()
+                .map(|name| watcher::Event::Apply(config_map(name))),
+        );
+        let last = later.last().cloned().expect("events after the deletion");
+        let consumer = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            while let Some(object) = subscriber.next().await {
+                seen.push(object.name_any());
+                if seen.last() == Some(&last) {
+                    break;
+                }
+            }
+            seen
+        });
+        let watch = tokio::spawn(
+            futures::stream::iter(events.into_iter().map(Ok))
+                .reflect_shared(writer)
+                .for_each(|_| futures::future::ready(())),
+        );
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(5), consumer)
+            .await
+            .expect("the subscriber stalled on the deleted object")
+            .expect("the consumer ran");
+        assert_eq!(seen, later);
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch)
+            .await
+            .expect("the watch stalled behind its subscriber")
+            .expect("the watch ran");
+    }
 
     #[tokio::test]
     async fn every_task_waiting_for_a_cache_is_woken_when_it_is_filled() {
