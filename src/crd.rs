@@ -758,7 +758,10 @@ impl Default for PasswordPolicy {
 /// Session limits (defaults as in server.yaml).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = rules::connection_burst())]
+#[x_kube(
+    validation = rules::connection_burst(),
+    validation = rules::session_burst_per_user()
+)]
 pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
@@ -782,6 +785,17 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub new_connection_burst: Option<i32>,
+    /// New logged-in sessions one user may start per second, sustained, over every protocol
+    /// and address (default 10): past the burst a login waits its turn after its credentials
+    /// were checked, and is refused when its turn is more than 5 s away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub new_sessions_per_user_per_second: Option<i32>,
+    /// New sessions one user may start in a burst before the rate applies (default 30); at
+    /// least `newSessionsPerUserPerSecond`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub new_session_burst_per_user: Option<i32>,
     /// IPv6 clients count as one source per prefix of this length for per-address limits,
     /// the connection rate and bans (default 64: one host usually holds a whole /64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -863,6 +877,23 @@ mod rules {
             "spec.security.limits.newConnectionBurst must be >= newConnectionsPerSecond \
              (defaults {} and {})",
             limits.new_connection_burst, limits.new_connections_per_second
+        )))
+    }
+
+    pub fn session_burst_per_user() -> Rule {
+        let limits = Limits::default();
+        Rule::new(format!(
+            "{} >= {}",
+            or_default("newSessionBurstPerUser", limits.new_session_burst_per_user),
+            or_default(
+                "newSessionsPerUserPerSecond",
+                limits.new_sessions_per_user_per_second
+            ),
+        ))
+        .message(Message::Message(format!(
+            "spec.security.limits.newSessionBurstPerUser must be >= newSessionsPerUserPerSecond \
+             (defaults {} and {})",
+            limits.new_session_burst_per_user, limits.new_sessions_per_user_per_second
         )))
     }
 

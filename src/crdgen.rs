@@ -456,7 +456,7 @@ mod tests {
 
     #[test]
     fn cel_bounds_budgets_and_connection_limits_with_the_servers_defaults() {
-        let fine = "  protocols: [sftp]\n  security:\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 32\n      maxFileWorkPerUser: 2\n      maxFileWork: 256\n      maxQueuedReplyBytes: 262144\n    limits:\n      newConnectionsPerSecond: 5\n      newConnectionBurst: 5\n      ipv6PrefixLength: 56\n";
+        let fine = "  protocols: [sftp]\n  security:\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 32\n      maxFileWorkPerUser: 2\n      maxFileWork: 256\n      maxQueuedReplyBytes: 262144\n    limits:\n      newConnectionsPerSecond: 5\n      newConnectionBurst: 5\n      ipv6PrefixLength: 56\n      newSessionsPerUserPerSecond: 2\n      newSessionBurstPerUser: 2\n";
         assert_eq!(server_error(fine), None);
         for (spec, needle) in [
             // Against another field's default: per user 16 < the default 64 per connection.
@@ -475,6 +475,14 @@ mod tests {
             (
                 "    limits:\n      newConnectionsPerSecond: 31\n",
                 "newConnectionBurst must be >= newConnectionsPerSecond (defaults 30 and 10)",
+            ),
+            (
+                "    limits:\n      newSessionsPerUserPerSecond: 40\n",
+                "newSessionBurstPerUser must be >= newSessionsPerUserPerSecond (defaults 30 and 10)",
+            ),
+            (
+                "    limits:\n      newSessionsPerUserPerSecond: 4\n      newSessionBurstPerUser: 3\n",
+                "newSessionBurstPerUser must be >= newSessionsPerUserPerSecond",
             ),
         ] {
             let error = server_error(&format!("  protocols: [sftp]\n  security:\n{spec}"))

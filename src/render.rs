@@ -253,6 +253,14 @@ pub fn server_config(
             l.new_connections_per_second,
         );
         set(&mut limits.new_connection_burst, l.new_connection_burst);
+        set(
+            &mut limits.new_sessions_per_user_per_second,
+            l.new_sessions_per_user_per_second,
+        );
+        set(
+            &mut limits.new_session_burst_per_user,
+            l.new_session_burst_per_user,
+        );
         set(&mut limits.ipv6_prefix_length, l.ipv6_prefix_length);
     }
     let mut budgets = config::Budgets::default();
@@ -1636,7 +1644,7 @@ spec:
     #[test]
     fn budgets_and_connection_limits_are_rendered_into_server_yaml() {
         let fts = fixture(&format!(
-            "{BASIC}  security:\n    limits:\n      maxSessions: 500\n      newConnectionsPerSecond: 4\n      newConnectionBurst: 12\n      ipv6PrefixLength: 56\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 48\n      maxFileWorkPerUser: 2\n      maxFileWork: 32\n      maxQueuedReplyBytes: 9437184\n      maxPendingWriteBytes: 524288\n      maxListingEntries: 5000\n      maxQueuedControlLines: 8\n"
+            "{BASIC}  security:\n    limits:\n      maxSessions: 500\n      newConnectionsPerSecond: 4\n      newConnectionBurst: 12\n      ipv6PrefixLength: 56\n      newSessionsPerUserPerSecond: 3\n      newSessionBurstPerUser: 9\n    budgets:\n      maxOpenHandlesPerConnection: 16\n      maxOpenHandlesPerUser: 48\n      maxFileWorkPerUser: 2\n      maxFileWork: 32\n      maxQueuedReplyBytes: 9437184\n      maxPendingWriteBytes: 524288\n      maxListingEntries: 5000\n      maxQueuedControlLines: 8\n"
         ));
         let rendered =
             to_yaml("server.yaml", &server_config(&fts, None, &BTreeMap::new())).unwrap();
@@ -1666,6 +1674,13 @@ spec:
                 parsed.limits.ipv6_prefix_length
             ),
             (4, 12, 56)
+        );
+        assert_eq!(
+            (
+                parsed.limits.new_sessions_per_user_per_second,
+                parsed.limits.new_session_burst_per_user
+            ),
+            (3, 9)
         );
         assert!(security_settings(&fts).is_ok());
 

@@ -236,7 +236,21 @@ pub struct Limits {
     /// connection rate and bans: one host usually holds a whole /64 and can rotate addresses.
     #[serde(default = "default_ipv6_prefix_length")]
     pub ipv6_prefix_length: u8,
+    /// New logged-in sessions one user may start per second, sustained, over every protocol
+    /// and source address (one tenant's session churn, each a handshake and a login, must not
+    /// take the server from the others). Past the burst a login waits its turn after the
+    /// credentials were checked, and is refused when its turn is more than
+    /// `MAX_SESSION_PACING_WAIT_SECONDS` away.
+    #[serde(default = "default_new_sessions_per_user_per_second")]
+    pub new_sessions_per_user_per_second: u32,
+    /// New sessions one user may start in a burst before the rate applies.
+    #[serde(default = "default_new_session_burst_per_user")]
+    pub new_session_burst_per_user: u32,
 }
+
+/// The longest a login waits for its user's turn (`limits.newSessionsPerUserPerSecond`) before
+/// it is refused instead: well under the shortest login timeout clients use (10 s).
+pub const MAX_SESSION_PACING_WAIT_SECONDS: u64 = 5;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -250,6 +264,8 @@ impl Default for Limits {
             new_connections_per_second: default_new_connections_per_second(),
             new_connection_burst: default_new_connection_burst(),
             ipv6_prefix_length: default_ipv6_prefix_length(),
+            new_sessions_per_user_per_second: default_new_sessions_per_user_per_second(),
+            new_session_burst_per_user: default_new_session_burst_per_user(),
         }
     }
 }
@@ -373,6 +389,12 @@ fn default_new_connections_per_second() -> u32 {
     10
 }
 fn default_new_connection_burst() -> u32 {
+    30
+}
+fn default_new_sessions_per_user_per_second() -> u32 {
+    10
+}
+fn default_new_session_burst_per_user() -> u32 {
     30
 }
 fn default_ipv6_prefix_length() -> u8 {
@@ -583,6 +605,18 @@ impl ServerConfig {
                 "must be at least limits.newConnectionsPerSecond".into(),
             );
         }
+        if limits.new_sessions_per_user_per_second == 0 {
+            err(
+                "limits.newSessionsPerUserPerSecond",
+                "must be at least 1".into(),
+            );
+        }
+        if limits.new_session_burst_per_user < limits.new_sessions_per_user_per_second {
+            err(
+                "limits.newSessionBurstPerUser",
+                "must be at least limits.newSessionsPerUserPerSecond".into(),
+            );
+        }
         if !(32..=128).contains(&limits.ipv6_prefix_length) {
             err(
                 "limits.ipv6PrefixLength",
@@ -782,6 +816,37 @@ tls:
             fields.contains(&"limits.maxSessions".to_string()),
             "{fields:?}"
         );
+    }
+
+    #[test]
+    fn user_session_pacing_defaults_and_its_burst_is_checked_against_the_rate() {
+        let plain = ServerConfig::parse("server.yaml", MINIMAL).unwrap();
+        assert_eq!(
+            (
+                plain.limits.new_sessions_per_user_per_second,
+                plain.limits.new_session_burst_per_user
+            ),
+            (10, 30)
+        );
+        for (limits, field) in [
+            (
+                "  newSessionsPerUserPerSecond: 0\n",
+                "limits.newSessionsPerUserPerSecond",
+            ),
+            (
+                "  newSessionsPerUserPerSecond: 40\n",
+                "limits.newSessionBurstPerUser",
+            ),
+        ] {
+            let text = format!("{MINIMAL}limits:\n{limits}");
+            let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
+            let fields: Vec<_> = error
+                .field_errors()
+                .iter()
+                .map(|e| e.field.clone())
+                .collect();
+            assert!(fields.contains(&field.to_string()), "{limits}: {fields:?}");
+        }
     }
 
     #[test]

@@ -84,6 +84,110 @@ impl ConnectionRate {
     }
 }
 
+/// The turn of each user's new sessions (`limits.newSessionsPerUserPerSecond`, a generic cell
+/// rate algorithm: one instant per user, the theoretical arrival time of its next session).
+/// Keyed by user, not source: a tenant that spreads its logins over many addresses (each under
+/// the per-source connection rate) is still one tenant. Checked only after the credentials
+/// were right, so that nobody can spend another user's turns by guessing at its name.
+#[derive(Default)]
+pub struct SessionPace {
+    next_turn: Mutex<HashMap<String, Instant>>,
+}
+
+/// When a logged-in session may start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    Now,
+    /// After waiting this long (its turn is reserved).
+    After(std::time::Duration),
+    /// Its turn is further away than the longest wait: refuse it (nothing was reserved).
+    Refused,
+}
+
+/// Users tracked at most; past it, users whose turn has come (no state) are dropped.
+const MAX_PACED_USERS: usize = 65_536;
+
+impl SessionPace {
+    pub fn reserve(
+        &self,
+        user: &str,
+        per_second: u32,
+        burst: u32,
+        max_wait: std::time::Duration,
+        now: Instant,
+    ) -> Pace {
+        let interval = std::time::Duration::from_secs(1) / per_second.max(1);
+        let tolerance = interval * burst.max(1).saturating_sub(1);
+        let mut turns = self.next_turn.lock().unwrap_or_else(|p| p.into_inner());
+        if turns.len() >= MAX_PACED_USERS {
+            turns.retain(|_, turn| *turn > now);
+        }
+        let turn = turns.get(user).copied().unwrap_or(now).max(now);
+        let wait = turn.saturating_duration_since(now + tolerance);
+        if wait > max_wait {
+            return Pace::Refused;
+        }
+        turns.insert(user.to_string(), turn + interval);
+        if wait.is_zero() {
+            Pace::Now
+        } else {
+            Pace::After(wait)
+        }
+    }
+}
+
+/// Waits for the turn of a new session of `user` (see [`SessionPace`]); `Err` carries the
+/// reply text when it is refused. A delayed or refused session is audited as
+/// `budget_exceeded` naming `newSessionsPerUserPerSecond`. Shared by FTPS and SFTP.
+pub async fn pace_new_session(
+    context: &Context,
+    limits: &sluice_config::Limits,
+    tag: &SessionTag,
+    user: &str,
+) -> Result<(), String> {
+    let max_wait = std::time::Duration::from_secs(sluice_config::MAX_SESSION_PACING_WAIT_SECONDS);
+    let per_second = limits.new_sessions_per_user_per_second;
+    let pace = context.session_pace.reserve(
+        user,
+        per_second,
+        limits.new_session_burst_per_user,
+        max_wait,
+        Instant::now(),
+    );
+    let mut tag = tag.clone();
+    tag.user = Some(user.to_string());
+    match pace {
+        Pace::Now => Ok(()),
+        Pace::After(wait) => {
+            // Audited like a budget, but not counted as one: nothing was refused.
+            Metrics::inc(&context.metrics.sessions_paced, &[("result", "delayed")]);
+            context.audit.event(
+                &tag,
+                "budget_exceeded",
+                json!({"budget": "newSessionsPerUserPerSecond", "limit": per_second,
+                       "action": "delayed", "wait_ms": wait.as_millis() as u64}),
+            );
+            tokio::time::sleep(wait).await;
+            Ok(())
+        }
+        Pace::Refused => {
+            Metrics::inc(&context.metrics.sessions_paced, &[("result", "refused")]);
+            budget_exceeded(
+                &context.audit,
+                &context.metrics,
+                &tag,
+                "newSessionsPerUserPerSecond",
+                u64::from(per_second),
+                "refused",
+            );
+            Err(format!(
+                "too many new sessions for this user (limits.newSessionsPerUserPerSecond: \
+                 {per_second}); try again in a few seconds"
+            ))
+        }
+    }
+}
+
 /// A session went over one of its budgets (`budgets.*`): counted by budget, and audited with
 /// the budget's name and limit so that an operator sees which tenant hit what.
 pub fn budget_exceeded(
@@ -266,6 +370,56 @@ pub fn update_ban_gauges(context: &Context, now: std::time::Instant) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_users_burst_starts_at_once_then_sessions_wait_their_turn_and_far_turns_are_refused() {
+        let pace = SessionPace::default();
+        let start = Instant::now();
+        let max_wait = Duration::from_secs(5);
+        // 4 per second, burst 3: three now, then one every 250 ms.
+        for _ in 0..3 {
+            assert_eq!(pace.reserve("mallory", 4, 3, max_wait, start), Pace::Now);
+        }
+        assert_eq!(
+            pace.reserve("mallory", 4, 3, max_wait, start),
+            Pace::After(Duration::from_millis(250))
+        );
+        assert_eq!(
+            pace.reserve("mallory", 4, 3, max_wait, start),
+            Pace::After(Duration::from_millis(500))
+        );
+        // Another user is not affected by mallory's turns.
+        assert_eq!(pace.reserve("alice", 4, 3, max_wait, start), Pace::Now);
+        // Reserve up to the longest wait (the 5 s turn is the 23rd session); the next is
+        // refused, and a refusal reserves nothing.
+        for _ in 0..17 {
+            assert!(matches!(
+                pace.reserve("mallory", 4, 3, max_wait, start),
+                Pace::After(_)
+            ));
+        }
+        assert_eq!(
+            pace.reserve("mallory", 4, 3, max_wait, start),
+            Pace::After(max_wait)
+        );
+        assert_eq!(
+            pace.reserve("mallory", 4, 3, max_wait, start),
+            Pace::Refused
+        );
+        assert_eq!(
+            pace.reserve("mallory", 4, 3, max_wait, start),
+            Pace::Refused
+        );
+        // Time gives the turns back: once the last turn is past, the full burst is there again.
+        let later = start + Duration::from_secs(11);
+        for _ in 0..3 {
+            assert_eq!(pace.reserve("mallory", 4, 3, max_wait, later), Pace::Now);
+        }
+        assert!(matches!(
+            pace.reserve("mallory", 4, 3, max_wait, later),
+            Pace::After(_)
+        ));
+    }
 
     #[test]
     fn ipv6_sources_are_their_prefix_and_ipv4_stays_whole() {

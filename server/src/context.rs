@@ -39,6 +39,7 @@ pub struct Context {
     pub file_work: crate::filework::FileWork,
     /// New connections per source (see `crate::admission`).
     pub connection_rate: crate::admission::ConnectionRate,
+    pub session_pace: crate::admission::SessionPace,
     /// Proxy connections still waiting for their PROXY header (see `crate::proxy`).
     pub proxy_pending: crate::proxy::PendingHeaders,
     /// File events (see `crate::events`); disabled until `main` installs the outbox.
@@ -73,6 +74,7 @@ impl Context {
             drain: watch::channel(false).0,
             file_work: crate::filework::FileWork::new(max_file_work),
             connection_rate: crate::admission::ConnectionRate::default(),
+            session_pace: crate::admission::SessionPace::default(),
             proxy_pending: crate::proxy::PendingHeaders::default(),
             events: crate::events::Events::default(),
             verified: crate::verified_cache::VerifiedCache::new(),

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub bans_active: Family<Labels, Gauge>,
     pub ban_sync_requests: Family<Labels, Counter>,
     pub budget_exceeded: Family<Labels, Counter>,
+    /// New sessions of a user that waited for their turn or were refused
+    /// (`limits.newSessionsPerUserPerSecond`), by result.
+    pub sessions_paced: Family<Labels, Counter>,
     /// Quota usage per user with a quota (see `crate::quota`); labels are usernames from
     /// users.yaml, never client input.
     pub quota_used_bytes: Family<Labels, Gauge>,
@@ -87,6 +90,11 @@ impl Metrics {
             "budget_exceeded",
             "Requests refused or sessions ended by a tenant budget (budgets.*), by budget",
             metrics.budget_exceeded.clone(),
+        );
+        registry.register(
+            "sessions_paced",
+            "New sessions of a user delayed (result=delayed) or refused (result=refused) by limits.newSessionsPerUserPerSecond",
+            metrics.sessions_paced.clone(),
         );
         registry.register(
             "quota_used_bytes",

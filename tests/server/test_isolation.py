@@ -472,3 +472,68 @@ def test_new_connection_rate_is_throttled_per_source_before_handshakes(tenants):
                if "rate" in e.get("reason", "").lower() or "newConnection" in e.get("reason", "")]
     assert refused, "no connection_refused event naming the rate for 127.0.0.2"
     assert_alive_and_bounded(srv)
+
+
+# ------------------------------------------------------------------------------------------
+# 12. One user's session churn (limits.newSessionsPerUserPerSecond)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_users_new_sessions_are_paced_and_refused_past_the_longest_wait(tenants):
+    """The bench's attack 7 is a tenant that logs in 8 sessions per round from 4 addresses as
+    fast as it can: each a handshake and a login on the server. Here mallory starts 16 logins
+    at once (8 FTPS, 8 SFTP, from 4 addresses, each under the per-source rate) with
+    newSessionsPerUserPerSecond 1 and burst 1: one starts at once, later ones wait their turn
+    (audited `budget_exceeded` with action "delayed"), and those whose turn is more than 5 s
+    away are refused with a reply naming the limit, without counting towards bans. The victim
+    logs in and transfers meanwhile: its turns are its own."""
+    srv = tenants(config={"limits": {"newSessionsPerUserPerSecond": 1, "newSessionBurstPerUser": 1,
+                                     "maxSessionsPerUser": 40, "maxSessionsPerIp": 40}})
+    sources = ("127.0.0.2", "127.0.0.4", "127.0.0.5", "127.0.0.6")
+    # One login first, so that the 16 below find the password in the verified-password cache
+    # and reach the pacing together (argon2 in a debug build on a busy machine would spread
+    # them out by seconds), then the turn it took is given back.
+    hostile.close_quietly(hostile.ftps(srv, "mallory", source=sources[0], timeout=60))
+    time.sleep(1.5)
+
+    def login(i: int):
+        source = sources[i % len(sources)]
+        try:
+            if i % 2 == 0:
+                client = hostile.ftps(srv, "mallory", source=source, timeout=30)
+                return "ftps", client, None
+            t, sftp = hostile.sftp_login(srv, "mallory", source, timeout=30)
+            return "sftp", (sftp, t), None
+        except Exception as exc:  # noqa: BLE001 - the refusal
+            return ("ftps" if i % 2 == 0 else "sftp"), None, str(exc)
+
+    import concurrent.futures as cf
+    with cf.ThreadPoolExecutor(16) as pool:
+        attempts = pool.map(login, range(16))
+        victim = served(victim_ftps, srv, deadline=SERVED_WITHIN)
+        attempts = list(attempts)
+    try:
+        assert "error" not in victim, f"victim not served while mallory was paced: {victim}"
+        accepted = [a for a in attempts if a[1] is not None]
+        refused = [a for a in attempts if a[1] is None]
+        assert refused, f"all 16 of mallory's logins were accepted: {attempts}"
+        assert accepted, f"not even the burst was accepted: {attempts}"
+        ftps_refusals = [why for kind, _, why in refused if kind == "ftps"]
+        assert all("421" in why and "newSessionsPerUserPerSecond" in why for why in ftps_refusals), \
+            ftps_refusals
+        delayed = [e for e in budget_events(srv, "newSessionsPerUserPerSecond") if e.get("action") == "delayed"]
+        assert delayed and all(e.get("user") == "mallory" and e.get("wait_ms", 0) > 0 for e in delayed), delayed
+        refusals = [e for e in budget_events(srv, "newSessionsPerUserPerSecond") if e.get("action") == "refused"]
+        assert len(refusals) == len(refused), (refusals, refused)
+        logins = [e for e in srv.events("login", user="mallory") if e.get("result") == "failure"]
+        assert len([e for e in logins if "newSessionsPerUserPerSecond" in e.get("reason", "")]) == len(refused), logins
+        assert not srv.events("ban"), "pacing counted towards bans"
+        _, metrics = srv.http_get("/metrics")
+        assert 'sluice_sessions_paced_total{result="refused"}' in metrics
+        assert 'sluice_sessions_paced_total{result="delayed"}' in metrics
+        assert_alive_and_bounded(srv)
+    finally:
+        for kind, client, _ in attempts:
+            if client is not None:
+                hostile.close_quietly(*(client if kind == "sftp" else (client,)))

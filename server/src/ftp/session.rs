@@ -819,10 +819,28 @@ impl Session {
         ) {
             return self.login_refused(refusal).await;
         }
+        let limits = self.config().limits.clone();
+        if let Err(reason) =
+            crate::admission::pace_new_session(&self.context, &limits, &self.tag, &user.username)
+                .await
+        {
+            // Not a guessing attempt (the credentials were right): audited, not counted for
+            // bans, and the connection is closed so that the client backs off.
+            Metrics::inc(
+                &self.context.metrics.logins,
+                &[("protocol", "ftps"), ("result", "failure")],
+            );
+            self.audit(
+                "login",
+                json!({"result": "failure", "method": "password", "reason": reason}),
+            );
+            self.reply(421, &reason).await;
+            return Flow::Close("too many new sessions for this user");
+        }
         let guard = match self
             .context
             .limits
-            .login(&user.username, self.config().limits.max_sessions_per_user)
+            .login(&user.username, limits.max_sessions_per_user)
         {
             Ok(guard) => guard,
             Err(limit) => {

@@ -289,7 +289,29 @@ impl SshHandler {
             *slot = Some("too many failed logins".into());
         }
         self.failure_delay().await;
-        self.failure_delay().await;
+        self.rejection()
+    }
+
+    /// A login refused because its user started too many sessions
+    /// (`limits.newSessionsPerUserPerSecond`): audited with `reason`, not counted towards bans
+    /// (the credentials were right), and without the failure delay (the pacing already waited).
+    fn refused_by_pace(&mut self, user: &str, method: &str, reason: &str) -> Auth {
+        self.failures += 1;
+        Metrics::inc(
+            &self.context.metrics.logins,
+            &[("protocol", "sftp"), ("result", "failure")],
+        );
+        let mut tag = self.tag.clone();
+        tag.user = Some(user.chars().take(128).collect());
+        self.context.audit.event(
+            &tag,
+            "login",
+            json!({"result": "failure", "method": method, "reason": reason,
+                   "attempt": self.failures}),
+        );
+        if let Ok(mut slot) = self.shared.end_reason.lock() {
+            *slot = Some(reason.into());
+        }
         self.rejection()
     }
 
@@ -381,6 +403,16 @@ impl SshHandler {
                 return self.failed(name, method, refusal.audit_reason()).await;
             }
             return self.refused_outside_window(name, method, refusal).await;
+        }
+        if let Err(reason) = crate::admission::pace_new_session(
+            &self.context,
+            &self.snapshot.config.limits,
+            &self.tag,
+            &user.username,
+        )
+        .await
+        {
+            return self.refused_by_pace(name, method, &reason);
         }
         let guard = match self.context.limits.login(
             &user.username,
