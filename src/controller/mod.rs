@@ -186,6 +186,7 @@ async fn run_scope(
         watcher::Config::default(),
     )
     .default_backoff()
+    .modify(Lenient::trim_for_cache)
     .inspect(move |event| {
         if let Ok(watcher::Event::Delete(user)) = event
             && let Some(server) = server_of(user)
