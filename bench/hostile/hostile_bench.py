@@ -162,6 +162,10 @@ def main() -> int:
         "http": ("5 http half headers 2000", lambda s, u: hostile.SlowHeadersStream(s, connections=2000), {}),
         "reserved": ("6 reserved names", lambda s, u: hostile.ReservedNamesLoop(s, target="none.bin"), {}),
         "race": ("7 no-overwrite races", lambda s, u: hostile.RaceLoop(s, sessions=8, size=1 << 20), {}),
+        # The same attack with the per-user session pacing effectively off (the server before
+        # limits.newSessionsPerUserPerSecond), for a side-by-side row in one run.
+        "race-unpaced": ("7 races, pacing off", lambda s, u: hostile.RaceLoop(s, sessions=8, size=1 << 20),
+                         {"limits": {"newSessionsPerUserPerSecond": 100000, "newSessionBurstPerUser": 100000}}),
         "keys": ("8 five key offers", lambda s, u: hostile.KeyOffers(s, keys, work), {}),
         "home": ("9 home moved by reloads", lambda s, u: hostile.HomeFlip(s, u), {}),
         "rate": ("10 60 conn/s per port", lambda s, u: hostile.ConnectionRate(s, per_port=60),
