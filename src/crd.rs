@@ -789,12 +789,12 @@ pub struct LimitsSpec {
     /// and address (default 10): past the burst a login waits its turn after its credentials
     /// were checked, and is refused when its turn is more than 5 s away.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub new_sessions_per_user_per_second: Option<i32>,
     /// New sessions one user may start in a burst before the rate applies (default 30); at
     /// least `newSessionsPerUserPerSecond`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 1000000))]
     pub new_session_burst_per_user: Option<i32>,
     /// IPv6 clients count as one source per prefix of this length for per-address limits,
     /// the connection rate and bans (default 64: one host usually holds a whole /64).

@@ -593,29 +593,44 @@ impl ServerConfig {
                 "must be between 512 and 65536 bytes".into(),
             );
         }
-        if limits.new_connections_per_second == 0 {
-            err(
-                "limits.newConnectionsPerSecond",
-                "must be at least 1".into(),
-            );
+        // Token-bucket pairs: a rate of at least 1 and a burst of at least the rate.
+        for ((rate_field, rate), (burst_field, burst)) in [
+            (
+                ("newConnectionsPerSecond", limits.new_connections_per_second),
+                ("newConnectionBurst", limits.new_connection_burst),
+            ),
+            (
+                (
+                    "newSessionsPerUserPerSecond",
+                    limits.new_sessions_per_user_per_second,
+                ),
+                ("newSessionBurstPerUser", limits.new_session_burst_per_user),
+            ),
+        ] {
+            if rate == 0 {
+                err(&format!("limits.{rate_field}"), "must be at least 1".into());
+            }
+            if burst < rate {
+                err(
+                    &format!("limits.{burst_field}"),
+                    format!("must be at least limits.{rate_field}"),
+                );
+            }
         }
-        if limits.new_connection_burst < limits.new_connections_per_second {
-            err(
-                "limits.newConnectionBurst",
-                "must be at least limits.newConnectionsPerSecond".into(),
-            );
-        }
-        if limits.new_sessions_per_user_per_second == 0 {
-            err(
+        // The pacing's interval is a Duration: a finer one than a microsecond rounds it away.
+        for (field, value) in [
+            (
                 "limits.newSessionsPerUserPerSecond",
-                "must be at least 1".into(),
-            );
-        }
-        if limits.new_session_burst_per_user < limits.new_sessions_per_user_per_second {
-            err(
+                limits.new_sessions_per_user_per_second,
+            ),
+            (
                 "limits.newSessionBurstPerUser",
-                "must be at least limits.newSessionsPerUserPerSecond".into(),
-            );
+                limits.new_session_burst_per_user,
+            ),
+        ] {
+            if value > 1_000_000 {
+                err(field, "must be at most 1000000".into());
+            }
         }
         if !(32..=128).contains(&limits.ipv6_prefix_length) {
             err(
@@ -836,6 +851,10 @@ tls:
             (
                 "  newSessionsPerUserPerSecond: 40\n",
                 "limits.newSessionBurstPerUser",
+            ),
+            (
+                "  newSessionsPerUserPerSecond: 2000000\n  newSessionBurstPerUser: 2000000\n",
+                "limits.newSessionsPerUserPerSecond",
             ),
         ] {
             let text = format!("{MINIMAL}limits:\n{limits}");

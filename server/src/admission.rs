@@ -136,6 +136,11 @@ impl SessionPace {
     }
 }
 
+/// The audit `reason` of a login refused by [`pace_new_session`] (a fixed text; the reply
+/// adds the configured rate).
+pub const PACE_REFUSAL_REASON: &str =
+    "too many new sessions for this user (limits.newSessionsPerUserPerSecond)";
+
 /// Waits for the turn of a new session of `user` (see [`SessionPace`]); `Err` carries the
 /// reply text when it is refused. A delayed or refused session is audited as
 /// `budget_exceeded` naming `newSessionsPerUserPerSecond`. Shared by FTPS and SFTP.
@@ -181,8 +186,7 @@ pub async fn pace_new_session(
                 "refused",
             );
             Err(format!(
-                "too many new sessions for this user (limits.newSessionsPerUserPerSecond: \
-                 {per_second}); try again in a few seconds"
+                "{PACE_REFUSAL_REASON}: {per_second} per second; try again in a few seconds"
             ))
         }
     }

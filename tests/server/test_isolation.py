@@ -486,7 +486,8 @@ def test_a_users_new_sessions_are_paced_and_refused_past_the_longest_wait(tenant
     at once (8 FTPS, 8 SFTP, from 4 addresses, each under the per-source rate) with
     newSessionsPerUserPerSecond 1 and burst 1: one starts at once, later ones wait their turn
     (audited `budget_exceeded` with action "delayed"), and those whose turn is more than 5 s
-    away are refused with a reply naming the limit, without counting towards bans. The victim
+    away are refused with a reply naming the limit and their connection ended, without
+    counting towards bans. The victim
     logs in and transfers meanwhile: its turns are its own."""
     srv = tenants(config={"limits": {"newSessionsPerUserPerSecond": 1, "newSessionBurstPerUser": 1,
                                      "maxSessionsPerUser": 40, "maxSessionsPerIp": 40}})
@@ -529,6 +530,16 @@ def test_a_users_new_sessions_are_paced_and_refused_past_the_longest_wait(tenant
         logins = [e for e in srv.events("login", user="mallory") if e.get("result") == "failure"]
         assert len([e for e in logins if "newSessionsPerUserPerSecond" in e.get("reason", "")]) == len(refused), logins
         assert not srv.events("ban"), "pacing counted towards bans"
+        # Both protocols end the connection of a refused login (no free retries on it).
+        deadline = time.monotonic() + 10
+        while True:
+            ended = [e for e in srv.events("disconnect")
+                     if "newSessionsPerUserPerSecond" in e.get("reason", "")]
+            if len(ended) >= len(refused) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert sorted(e.get("protocol") for e in ended) == sorted(kind for kind, _, _ in refused), \
+            (ended, refused)
         _, metrics = srv.http_get("/metrics")
         assert 'sluice_sessions_paced_total{result="refused"}' in metrics
         assert 'sluice_sessions_paced_total{result="delayed"}' in metrics

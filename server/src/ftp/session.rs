@@ -826,16 +826,24 @@ impl Session {
         {
             // Not a guessing attempt (the credentials were right): audited, not counted for
             // bans, and the connection is closed so that the client backs off.
+            self.failures += 1;
             Metrics::inc(
                 &self.context.metrics.logins,
                 &[("protocol", "ftps"), ("result", "failure")],
             );
-            self.audit(
-                "login",
-                json!({"result": "failure", "method": "password", "reason": reason}),
-            );
+            let mut fields = self.cert_fields();
+            fields["result"] = "failure".into();
+            let method = std::mem::take(&mut self.login_method);
+            fields["method"] = if method.is_empty() {
+                "password".into()
+            } else {
+                method.into()
+            };
+            fields["reason"] = crate::admission::PACE_REFUSAL_REASON.into();
+            fields["attempt"] = self.failures.into();
+            self.audit("login", fields);
             self.reply(421, &reason).await;
-            return Flow::Close("too many new sessions for this user");
+            return Flow::Close(crate::admission::PACE_REFUSAL_REASON);
         }
         let guard = match self
             .context

@@ -55,6 +55,9 @@ pub struct SshHandler {
     logged_in: Option<LoggedIn>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     opened: usize,
+    /// A login was refused by the user's session pacing: the connection is ended, like FTPS
+    /// does, so that a client cannot retry at no cost on the same connection.
+    pace_refused: bool,
 }
 
 impl SshHandler {
@@ -87,6 +90,7 @@ impl SshHandler {
             logged_in: None,
             channels: HashMap::new(),
             opened: 0,
+            pace_refused: false,
         }
     }
 
@@ -222,26 +226,31 @@ impl SshHandler {
         self.evaluate(name, "keyboard-interactive").await
     }
 
-    async fn failed(&mut self, user: &str, method: &str, reason: &str) -> Auth {
+    /// Counts, meters and audits a failed login attempt (`extra` adds fields to its event).
+    fn audit_failure(&mut self, user: &str, method: &str, reason: &str, extra: serde_json::Value) {
         self.failures += 1;
-        crate::admission::record_login_failure(&self.context, self.client_ip, Some(user));
         Metrics::inc(
             &self.context.metrics.logins,
             &[("protocol", "sftp"), ("result", "failure")],
         );
         let mut tag = self.tag.clone();
         tag.user = Some(user.chars().take(128).collect());
-        self.context.audit.event(
-            &tag,
-            "login",
-            json!({
-                "result": "failure",
-                "method": method,
-                "reason": reason,
-                "attempt": self.failures,
-                "key_sha256": if method == "publickey" { self.key_fingerprint.clone() } else { None },
-            }),
-        );
+        let mut fields = json!({"result": "failure", "method": method, "reason": reason,
+                                "attempt": self.failures});
+        if let (Some(fields), serde_json::Value::Object(extra)) = (fields.as_object_mut(), extra) {
+            fields.extend(extra);
+        }
+        self.context.audit.event(&tag, "login", fields);
+    }
+
+    async fn failed(&mut self, user: &str, method: &str, reason: &str) -> Auth {
+        crate::admission::record_login_failure(&self.context, self.client_ip, Some(user));
+        let key = if method == "publickey" {
+            self.key_fingerprint.clone()
+        } else {
+            None
+        };
+        self.audit_failure(user, method, reason, json!({"key_sha256": key}));
         if self.failures >= self.snapshot.config.limits.max_auth_attempts
             && let Ok(mut slot) = self.shared.end_reason.lock()
         {
@@ -259,29 +268,17 @@ impl SshHandler {
         method: &str,
         refusal: crate::windows::Refusal,
     ) -> Auth {
-        self.failures += 1;
-        Metrics::inc(
-            &self.context.metrics.logins,
-            &[("protocol", "sftp"), ("result", "failure")],
-        );
-        let mut tag = self.tag.clone();
-        tag.user = Some(user.chars().take(128).collect());
         let next_open = match refusal {
             crate::windows::Refusal::OutsideWindow { next_open } => {
                 next_open.map(|at| at.to_string())
             }
             crate::windows::Refusal::PasswordExpired => None,
         };
-        self.context.audit.event(
-            &tag,
-            "login",
-            json!({
-                "result": "failure",
-                "method": method,
-                "reason": refusal.audit_reason(),
-                "attempt": self.failures,
-                "next_open": next_open,
-            }),
+        self.audit_failure(
+            user,
+            method,
+            refusal.audit_reason(),
+            json!({"next_open": next_open}),
         );
         if self.failures >= self.snapshot.config.limits.max_auth_attempts
             && let Ok(mut slot) = self.shared.end_reason.lock()
@@ -293,26 +290,26 @@ impl SshHandler {
     }
 
     /// A login refused because its user started too many sessions
-    /// (`limits.newSessionsPerUserPerSecond`): audited with `reason`, not counted towards bans
-    /// (the credentials were right), and without the failure delay (the pacing already waited).
-    fn refused_by_pace(&mut self, user: &str, method: &str, reason: &str) -> Auth {
-        self.failures += 1;
-        Metrics::inc(
-            &self.context.metrics.logins,
-            &[("protocol", "sftp"), ("result", "failure")],
-        );
-        let mut tag = self.tag.clone();
-        tag.user = Some(user.chars().take(128).collect());
-        self.context.audit.event(
-            &tag,
-            "login",
-            json!({"result": "failure", "method": method, "reason": reason,
-                   "attempt": self.failures}),
-        );
+    /// (`limits.newSessionsPerUserPerSecond`): audited, not counted towards bans (the
+    /// credentials were right), after the failure delay like every refusal (its timing tells
+    /// nothing), and the connection ends ([`Self::ended_by_pace`]).
+    async fn refused_by_pace(&mut self, user: &str, method: &str) -> Auth {
+        let reason = crate::admission::PACE_REFUSAL_REASON;
+        self.audit_failure(user, method, reason, json!({}));
         if let Ok(mut slot) = self.shared.end_reason.lock() {
             *slot = Some(reason.into());
         }
+        self.pace_refused = true;
+        self.failure_delay().await;
         self.rejection()
+    }
+
+    /// `auth` unless the login was just refused by the session pacing: then a disconnect.
+    fn ended_by_pace(&self, auth: Auth) -> Result<Auth, russh::Error> {
+        if self.pace_refused {
+            return Err(russh::Error::Disconnect);
+        }
+        Ok(auth)
     }
 
     /// Every counted failure takes `limits.authFailureDelayMs` (slows guessing; the same for
@@ -404,15 +401,16 @@ impl SshHandler {
             }
             return self.refused_outside_window(name, method, refusal).await;
         }
-        if let Err(reason) = crate::admission::pace_new_session(
+        if crate::admission::pace_new_session(
             &self.context,
             &self.snapshot.config.limits,
             &self.tag,
             &user.username,
         )
         .await
+        .is_err()
         {
-            return self.refused_by_pace(name, method, &reason);
+            return self.refused_by_pace(name, method).await;
         }
         let guard = match self.context.limits.login(
             &user.username,
@@ -568,7 +566,8 @@ impl russh::server::Handler for SshHandler {
         {
             return Ok(self.failed(user, "publickey", "invalid credentials").await);
         }
-        Ok(self.method_passed(user, SshAuthMethod::Publickey).await)
+        let auth = self.method_passed(user, SshAuthMethod::Publickey).await;
+        self.ended_by_pace(auth)
     }
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
@@ -605,7 +604,8 @@ impl russh::server::Handler for SshHandler {
         if !verified {
             return Ok(self.failed(user, "password", "invalid credentials").await);
         }
-        Ok(self.method_passed(user, SshAuthMethod::Password).await)
+        let auth = self.method_passed(user, SshAuthMethod::Password).await;
+        self.ended_by_pace(auth)
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -623,7 +623,8 @@ impl russh::server::Handler for SshHandler {
                 .map(|bytes| String::from_utf8_lossy(&bytes).chars().take(16).collect())
                 .unwrap_or_default()
         });
-        Ok(self.totp_step(user, code).await)
+        let auth = self.totp_step(user, code).await;
+        self.ended_by_pace(auth)
     }
 
     async fn channel_open_session(
