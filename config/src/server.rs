@@ -812,16 +812,21 @@ tls:
         assert!(message.contains("bogusField"), "{message}");
     }
 
+    /// The fields a refused server.yaml names.
+    fn refused_fields(text: &str) -> Vec<String> {
+        let error = ServerConfig::parse("server.yaml", text).unwrap_err();
+        error
+            .field_errors()
+            .iter()
+            .map(|e| e.field.clone())
+            .collect()
+    }
+
     #[test]
     fn invalid_values_are_named_by_field() {
         let text = MINIMAL.replace("kind: ServerConfig", "kind: Nope")
             + "passive:\n  portStart: 3000\n  portEnd: 2000\nlimits:\n  maxSessions: 0\n";
-        let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
-        let fields: Vec<_> = error
-            .field_errors()
-            .iter()
-            .map(|e| e.field.clone())
-            .collect();
+        let fields = refused_fields(&text);
         assert!(fields.contains(&"kind".to_string()), "{fields:?}");
         assert!(
             fields.contains(&"passive.portEnd".to_string()),
@@ -857,13 +862,7 @@ tls:
                 "limits.newSessionsPerUserPerSecond",
             ),
         ] {
-            let text = format!("{MINIMAL}limits:\n{limits}");
-            let error = ServerConfig::parse("server.yaml", &text).unwrap_err();
-            let fields: Vec<_> = error
-                .field_errors()
-                .iter()
-                .map(|e| e.field.clone())
-                .collect();
+            let fields = refused_fields(&format!("{MINIMAL}limits:\n{limits}"));
             assert!(fields.contains(&field.to_string()), "{limits}: {fields:?}");
         }
     }

@@ -826,22 +826,7 @@ impl Session {
         {
             // Not a guessing attempt (the credentials were right): audited, not counted for
             // bans, and the connection is closed so that the client backs off.
-            self.failures += 1;
-            Metrics::inc(
-                &self.context.metrics.logins,
-                &[("protocol", "ftps"), ("result", "failure")],
-            );
-            let mut fields = self.cert_fields();
-            fields["result"] = "failure".into();
-            let method = std::mem::take(&mut self.login_method);
-            fields["method"] = if method.is_empty() {
-                "password".into()
-            } else {
-                method.into()
-            };
-            fields["reason"] = crate::admission::PACE_REFUSAL_REASON.into();
-            fields["attempt"] = self.failures.into();
-            self.audit("login", fields);
+            self.audit_login_failure(crate::admission::PACE_REFUSAL_REASON);
             self.reply(421, &reason).await;
             return Flow::Close(crate::admission::PACE_REFUSAL_REASON);
         }
@@ -899,13 +884,9 @@ impl Session {
         self.done(230, "logged in").await
     }
 
-    async fn login_failed(&mut self, reason: &str, reply: &str) -> Flow {
+    /// Counts, meters and audits a failed login attempt.
+    fn audit_login_failure(&mut self, reason: &str) {
         self.failures += 1;
-        crate::admission::record_login_failure(
-            &self.context,
-            self.client_ip,
-            self.tag.user.as_deref(),
-        );
         Metrics::inc(
             &self.context.metrics.logins,
             &[("protocol", "ftps"), ("result", "failure")],
@@ -921,6 +902,15 @@ impl Session {
         fields["reason"] = reason.into();
         fields["attempt"] = self.failures.into();
         self.audit("login", fields);
+    }
+
+    async fn login_failed(&mut self, reason: &str, reply: &str) -> Flow {
+        crate::admission::record_login_failure(
+            &self.context,
+            self.client_ip,
+            self.tag.user.as_deref(),
+        );
+        self.audit_login_failure(reason);
         self.tag.user = None;
         let delay = Duration::from_millis(self.config().limits.auth_failure_delay_ms);
         tokio::time::sleep(delay).await;
