@@ -168,6 +168,12 @@ class ProcTree:
         return sum(1 for _p, (_pp, st, _t) in self.scan().items() if st != "Z")
 
 
+def children_cpu_seconds() -> float:
+    """CPU of every reaped child of this process: the client (curl, lftp) of one transfer."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -749,6 +755,7 @@ class Bench:
                     # short pause keeps that out of the throughput numbers.
                     time.sleep(self.args.pause)
                     cpu0 = srv.tree.cpu_seconds()
+                    client0 = children_cpu_seconds()
                     t0 = time.monotonic()
                     try:
                         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
@@ -756,6 +763,7 @@ class Bench:
                     except subprocess.TimeoutExpired:
                         err = f"timeout after {timeout + 10:.0f}s"
                     t1 = time.monotonic()
+                    client_cpu = children_cpu_seconds() - client0
                     self._settle(srv)
                     cpu1 = srv.tree.cpu_seconds()
                     if err is None and direction == "put":
@@ -781,6 +789,7 @@ class Bench:
                         r["mb_per_s"] = round(self.size / MB / (t1 - t0), 1)
                         r["server_cpu_s"] = round(cpu1 - cpu0, 3)
                         r["server_cpu_s_per_gib"] = round((cpu1 - cpu0) / (self.size / GIB), 3)
+                        r["client_cpu_s_per_gib"] = round(client_cpu / (self.size / GIB), 3)
                         if curl_times:
                             # connect+TLS+login+PASV+data-connection setup, and
                             # the rate of the transfer phase alone
@@ -789,7 +798,8 @@ class Bench:
                                 r["transfer_phase_mb_per_s"] = round(
                                     self.size / MB / (curl_times[1] - curl_times[0]), 1)
                         log(f"{srv.name}: {key} run {i + 1}: {r['mb_per_s']} MB/s, "
-                            f"server CPU {r['server_cpu_s_per_gib']} s/GiB")
+                            f"server CPU {r['server_cpu_s_per_gib']} s/GiB, "
+                            f"client CPU {r['client_cpu_s_per_gib']} s/GiB")
                     runs.append(r)
                     if err:
                         break  # don't repeat a failing transfer
@@ -799,6 +809,8 @@ class Bench:
                     "best_mb_per_s": max((r["mb_per_s"] for r in ok), default=None),
                     "cpu_s_per_gib": (round(sum(r["server_cpu_s_per_gib"] for r in ok) / len(ok), 3)
                                       if ok else None),
+                    "client_cpu_s_per_gib": (round(sum(r["client_cpu_s_per_gib"] for r in ok) / len(ok), 3)
+                                             if ok else None),
                     "min_pretransfer_ms": (round(1000 * min(r["curl_pretransfer_s"] for r in ok), 1)
                                            if ok and all("curl_pretransfer_s" in r for r in ok) else None),
                 }
@@ -975,6 +987,12 @@ def metric_rows(args) -> list[tuple[str, str, bool, callable]]:
         for d in ("download", "upload"):
             rows.append((f"{c} {d} server CPU s/GiB", f"{c}_{d}_cpu", False,
                          lambda r, k=f"{c}_{d}": r.get("transfers", {}).get(k, {}).get("cpu_s_per_gib")))
+    for c in args.clients:
+        for d in ("download", "upload"):
+            # The client shares the cores: on a 2-core machine MB/s is bounded by
+            # 2 / (server + client CPU s/GiB), so this row says how much of a gap is the client.
+            rows.append((f"{c} {d} client CPU s/GiB", f"{c}_{d}_client_cpu", False,
+                         lambda r, k=f"{c}_{d}": r.get("transfers", {}).get(k, {}).get("client_cpu_s_per_gib")))
     if "curl" in args.clients:
         for d in ("download", "upload"):
             rows.append((f"curl {d}: setup ms (connect..transfer)", f"curl_{d}_pre", False,
@@ -1067,7 +1085,29 @@ def sha_line(sha: dict, results: list[dict]) -> str:
             verdict = "within" if mine <= budget else "over"
             out.append(f"  {key}: sluice {mine:.2f} s/GiB, budget {min(peers):.2f} + "
                        f"{sha['cpu_s_per_gib']:.2f} = {budget:.2f}: {verdict}")
+            out.append("    " + ceiling_line(key, budget, by))
     return "\n".join(out)
+
+
+def ceiling_line(key: str, budget: float, by: dict) -> str:
+    """What MB/s >= the best peer's demands of the server's CPU on this machine (issue 17).
+
+    Client and server share the cores, so moving R GiB/s takes R x (server + client CPU s/GiB)
+    cores at least: the best peer's rate is only possible with a server CPU per GiB of at most
+    cores / rate - client, however well the server overlaps its work. When that is below the
+    CPU budget, the budget does not allow the best peer's MB/s on this machine.
+    """
+    client = by.get("sluice", {}).get("transfers", {}).get(key, {}).get("client_cpu_s_per_gib")
+    best = max((r["transfers"][key].get("best_mb_per_s") or 0 for n, r in by.items()
+                if not n.startswith("sluice") and key in r.get("transfers", {})), default=0)
+    if not client or not best:
+        return "CPU needed for the best peer's MB/s: not measured"
+    cores = os.cpu_count() or 1
+    rate = best * MB / GIB
+    allowed = cores / rate - client
+    verdict = "within the budget" if allowed >= budget else "below the budget"
+    return (f"the best peer's {best:.0f} MB/s needs a server CPU of at most {cores} cores / "
+            f"{rate:.3f} GiB/s - client {client:.2f} = {allowed:.2f} s/GiB ({verdict})")
 
 
 def environment(args, bench: Bench) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -262,27 +263,36 @@ def ensure_user(data: Path) -> None:
     shutil.chown(home, USER, USER)
 
 
-def sftp(server: Server, batch: str, cipher: str | None, timeout: float) -> float:
+def children_cpu_seconds() -> float:
+    """CPU of every reaped child of this process (sftp and the ssh it runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def sftp(server: Server, batch: str, cipher: str | None, timeout: float) -> tuple[float, float]:
+    """Runs one `sftp -b` batch; returns (seconds, client CPU seconds of sftp plus its ssh)."""
     cmd = ["sftp", "-q", "-b", "-", "-i", str(server.client_key), "-P", str(server.port),
            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "IdentitiesOnly=yes",
            "-o", "IdentityAgent=none", "-o", "LogLevel=ERROR"]
     if cipher:
         cmd += ["-c", cipher]
     cmd.append(f"{USER}@127.0.0.1")
+    client0 = children_cpu_seconds()
     start = time.monotonic()
     proc = subprocess.run(cmd, input=batch, capture_output=True, text=True, timeout=timeout)
     elapsed = time.monotonic() - start
+    client_cpu = children_cpu_seconds() - client0
     if proc.returncode != 0:
         logs = sorted(server.work.glob("*/stderr.log"))
         tail = "\n".join(p.read_text(errors="replace")[-1500:] for p in logs)
         raise RuntimeError(f"sftp failed against {server.name}: {proc.stderr.strip()}\n{tail}")
-    return elapsed
+    return elapsed, client_cpu
 
 
 def transfers(server: Server, payload: Path, size: int, runs: int, cipher: str | None, pause: float) -> dict:
     result: dict = {}
     for direction in ("upload", "download"):
-        best, cpu = None, []
+        best, cpu, client = None, [], []
         for _ in range(runs):
             target = server.local("payload.bin")
             if direction == "download" and not target.exists():
@@ -293,15 +303,42 @@ def transfers(server: Server, payload: Path, size: int, runs: int, cipher: str |
                 batch = f"put {payload} {server.remote('payload.bin')}\n"
             else:
                 batch = f"get {server.remote('payload.bin')} /dev/null\n"
-            elapsed = sftp(server, batch, cipher, 3600)
+            elapsed, client_cpu = sftp(server, batch, cipher, 3600)
             cpu.append(meter.seconds())
+            client.append(client_cpu)
             if direction == "upload":
                 assert target.stat().st_size == size, "upload size mismatch"
             mbps = size / elapsed / 1e6
             best = mbps if best is None else max(best, mbps)
-            log(f"{server.name} {direction}: {mbps:.0f} MB/s, server CPU {cpu[-1]:.2f} s")
-        result[direction] = {"mb_per_s": best, "cpu_s_per_gib": sum(cpu) / len(cpu) / (size / (1 << 30))}
+            log(f"{server.name} {direction}: {mbps:.0f} MB/s, server CPU {cpu[-1]:.2f} s, "
+                f"client CPU {client_cpu:.2f} s")
+        gib = size / (1 << 30)
+        result[direction] = {"mb_per_s": best, "cpu_s_per_gib": sum(cpu) / len(cpu) / gib,
+                             "client_cpu_s_per_gib": sum(client) / len(client) / gib}
     return result
+
+
+def ceiling_lines(sluice: dict, openssh: dict) -> list[str]:
+    """What 1.5x OpenSSH's MB/s demands of the server's CPU on this machine (issue 17).
+
+    The client (sftp and its ssh) shares the cores with the server, so moving R GiB/s takes
+    R x (server + client CPU s/GiB) cores at least: 1.5x OpenSSH's rate is only possible with
+    a server CPU per GiB of at most cores / (1.5 x rate) - client, however well it overlaps.
+    """
+    cores = os.cpu_count() or 1
+    lines = []
+    for direction in ("upload", "download"):
+        mine, theirs = sluice.get(direction, {}), openssh.get(direction, {})
+        client, rate, now = (mine.get("client_cpu_s_per_gib"), theirs.get("mb_per_s"),
+                             mine.get("cpu_s_per_gib"))
+        if not (client and rate and now):
+            continue
+        target_gib_per_s = 1.5 * rate * 1e6 / (1 << 30)
+        allowed = cores / target_gib_per_s - client
+        lines.append(f"{direction}: 1.5x OpenSSH = {1.5 * rate:.0f} MB/s needs a server CPU of at most "
+                     f"{cores} cores / {target_gib_per_s:.3f} GiB/s - client {client:.2f} = {allowed:.2f} "
+                     f"s/GiB with this client (sluice: {now:.2f})")
+    return lines
 
 
 def idle_memory(server: Server, count: int, threads: int = 8) -> dict:
@@ -428,6 +465,8 @@ def main() -> int:
                             ("download MB/s (higher better)", "download", "mb_per_s"),
                             ("upload server CPU s/GiB (lower better)", "upload", "cpu_s_per_gib"),
                             ("download server CPU s/GiB (lower better)", "download", "cpu_s_per_gib"),
+                            ("upload client CPU s/GiB (same client)", "upload", "client_cpu_s_per_gib"),
+                            ("download client CPU s/GiB (same client)", "download", "client_cpu_s_per_gib"),
                             ("idle session PSS KiB (lower better)", "idle", "kib_per_session")]:
         a, b = s.get(key, {}).get(sub), o.get(key, {}).get(sub)
         ratio = f"{a / b:.2f}x" if a and b else "-"
@@ -442,6 +481,8 @@ def main() -> int:
     for row in rows:
         extra = f" {row[4]:>14}" if before is not None else ""
         print(f"{row[0]:44} {row[1]:>10} {row[2]:>10} {row[3]:>15}{extra}")
+    for line in ceiling_lines(s, o):
+        print(line)
     out = REPO / "bench" / "results"
     out.mkdir(exist_ok=True)
     path = out / time.strftime("sftp-%Y%m%dT%H%M%SZ.json", time.gmtime())

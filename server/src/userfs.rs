@@ -1847,6 +1847,53 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_is_stored_whole_at_every_batch_boundary() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_string_lossy().into_owned();
+        let fs = UserFs::open(root, "h".into(), UserWork::unshared(8))
+            .await
+            .unwrap();
+        let batch = UPLOAD_BATCH_CHUNKS;
+        // Chunk counts around one batch and past the batch plus the queue in flight; the last
+        // chunk is short, as the last read of an upload is.
+        for chunks in [1, batch - 1, batch, batch + 1, 2 * batch + 1, 3 * batch + 1] {
+            let target = VirtualPath::root()
+                .resolve(&format!("/up-{chunks}.bin"))
+                .unwrap();
+            let mut sink = fs
+                .write_stream(&target, WriteMode::Replace, true, Replace::Allowed)
+                .await
+                .unwrap();
+            let mut sent = Vec::new();
+            for index in 0..chunks {
+                let mut buffer = sink.buffer();
+                let length = if index + 1 == chunks {
+                    1000
+                } else {
+                    CHUNK_BYTES
+                };
+                buffer.truncate(length);
+                // Every byte names its chunk and place: a reused buffer's stale bytes or a
+                // chunk out of order would show.
+                for (place, byte) in buffer.iter_mut().enumerate() {
+                    *byte = (index * 7 + place * 13) as u8;
+                }
+                sent.extend_from_slice(&buffer);
+                assert!(sink.write(buffer).await);
+            }
+            let (sha256, written) = sink.commit().await.unwrap();
+            assert_eq!(written, sent.len() as u64, "{chunks} chunks");
+            assert_eq!(
+                sha256,
+                hex::encode(Sha256::digest(&sent)),
+                "{chunks} chunks"
+            );
+            let stored = std::fs::read(dir.path().join(format!("h/up-{chunks}.bin"))).unwrap();
+            assert!(stored == sent, "{chunks} chunks: stored bytes differ");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_uploads_without_overwrite_publish_exactly_one() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_string_lossy().into_owned();

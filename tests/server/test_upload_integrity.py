@@ -33,6 +33,7 @@ SIZES = [
     CHUNK - 1, CHUNK, CHUNK + 1,
     2 * CHUNK,
     4 * CHUNK - 1, 4 * CHUNK, 4 * CHUNK + 1, 4 * CHUNK + RECORD + 3,
+    12 * CHUNK - 1, 12 * CHUNK, 12 * CHUNK + 1,
     13 * CHUNK - 1, 13 * CHUNK, 13 * CHUNK + 1,
 ]
 
