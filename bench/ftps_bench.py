@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -807,9 +808,11 @@ class Bench:
                 results[key] = {
                     "runs": runs,
                     "best_mb_per_s": max((r["mb_per_s"] for r in ok), default=None),
-                    "cpu_s_per_gib": (round(sum(r["server_cpu_s_per_gib"] for r in ok) / len(ok), 3)
+                    # Median, not mean: one run slowed by a neighbour on the host would
+                    # otherwise move the number (docs/performance.md, issue 17).
+                    "cpu_s_per_gib": (round(statistics.median(r["server_cpu_s_per_gib"] for r in ok), 3)
                                       if ok else None),
-                    "client_cpu_s_per_gib": (round(sum(r["client_cpu_s_per_gib"] for r in ok) / len(ok), 3)
+                    "client_cpu_s_per_gib": (round(statistics.median(r["client_cpu_s_per_gib"] for r in ok), 3)
                                              if ok else None),
                     "min_pretransfer_ms": (round(1000 * min(r["curl_pretransfer_s"] for r in ok), 1)
                                            if ok and all("curl_pretransfer_s" in r for r in ok) else None),
@@ -1146,7 +1149,8 @@ def main() -> int:
     ap.add_argument("--tests", default="idle,sessions,transfer", help="comma list: idle,sessions,transfer")
     ap.add_argument("--clients", default="curl,lftp", help="transfer clients: curl,lftp")
     ap.add_argument("--size", default="1G", help="transfer size, e.g. 64M, 1G (default 1G)")
-    ap.add_argument("--runs", type=int, default=2, help="runs per transfer, best is reported (default 2)")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="runs per transfer: best MB/s and median CPU are reported (default 3)")
     ap.add_argument("--sessions", type=int, default=200, help="sequential login+LIST+QUIT sessions")
     ap.add_argument("--idle", type=int, default=1000, help="idle authenticated sessions held open")
     ap.add_argument("--idle-workers", type=int, default=8, help="threads opening idle sessions")
