@@ -270,6 +270,10 @@ def children_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+# `--request-size`: extra options of every `sftp` client run (`-B N`), empty by default.
+SFTP_CLIENT_OPTIONS: list[str] = []
+
+
 def sftp(server: Server, batch: str, cipher: str | None, timeout: float) -> tuple[float, float]:
     """Runs one `sftp -b` batch; returns (seconds, client CPU seconds of sftp plus its ssh)."""
     cmd = ["sftp", "-q", "-b", "-", "-i", str(server.client_key), "-P", str(server.port),
@@ -277,6 +281,7 @@ def sftp(server: Server, batch: str, cipher: str | None, timeout: float) -> tupl
            "-o", "IdentityAgent=none", "-o", "LogLevel=ERROR"]
     if cipher:
         cmd += ["-c", cipher]
+    cmd += SFTP_CLIENT_OPTIONS
     cmd.append(f"{USER}@127.0.0.1")
     client0 = children_cpu_seconds()
     start = time.monotonic()
@@ -393,6 +398,10 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="best MB/s and median CPU of N runs (default 3)")
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--cipher", default=None, help="e.g. aes128-gcm@openssh.com (default: negotiated)")
+    parser.add_argument("--request-size", type=int, default=None,
+                        help="bytes per READ/WRITE the sftp client asks for (-B; default: what the "
+                             "server's limits@openssh.com allows: 255 KiB for OpenSSH, 64 KiB reads "
+                             "for sluice)")
     parser.add_argument("--servers", default="sluice,openssh")
     parser.add_argument("--tests", default="transfer,idle")
     parser.add_argument("--sluice-bin", default=str(REPO / "target" / "release" / "sluice-server"))
@@ -409,7 +418,9 @@ def main() -> int:
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="sftp-bench-", dir=args.workdir))
     work.chmod(0o755)  # sshd reads authorized_keys and enters the home as the bench user
-    results: dict = {"load_average_start": os.getloadavg(), "size": size, "runs": args.runs, "idle": args.idle, "cipher": args.cipher,
+    if args.request_size:
+        SFTP_CLIENT_OPTIONS[:] = ["-B", str(args.request_size)]
+    results: dict = {"request_size": args.request_size, "load_average_start": os.getloadavg(), "size": size, "runs": args.runs, "idle": args.idle, "cipher": args.cipher,
                      "client": subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip(),
                      "servers": {}}
     servers: list[Server] = []
