@@ -1846,13 +1846,19 @@ mod tests {
         assert!(!dir.path().parent().unwrap().join("escaped").exists());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_upload_is_stored_whole_at_every_batch_boundary() {
+    /// A user file system with the home `h` in a new temporary data root.
+    async fn home_h() -> (tempfile::TempDir, UserFs) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_string_lossy().into_owned();
         let fs = UserFs::open(root, "h".into(), UserWork::unshared(8))
             .await
             .unwrap();
+        (dir, fs)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upload_is_stored_whole_at_every_batch_boundary() {
+        let (dir, fs) = home_h().await;
         let batch = UPLOAD_BATCH_CHUNKS;
         // Chunk counts around one batch and past the batch plus the queue in flight; the last
         // chunk is short, as the last read of an upload is.
@@ -1895,11 +1901,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn racing_uploads_without_overwrite_publish_exactly_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().to_string_lossy().into_owned();
-        let fs = UserFs::open(root, "h".into(), UserWork::unshared(8))
-            .await
-            .unwrap();
+        let (dir, fs) = home_h().await;
         let target = VirtualPath::root().resolve("/race.bin").unwrap();
         let mut sinks = Vec::new();
         for index in 0..8u8 {
