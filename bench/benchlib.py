@@ -1,10 +1,11 @@
-"""What the single-purpose benchmarks (bench/hostile, bench/scanning, bench/objectstore) share:
-which sluice-server binary to measure, sizes given as 64M or 1G, and a random payload file."""
+"""What the benchmarks share: which sluice-server binary to measure, sizes given as 64M or 1G,
+a random payload file, and the client's CPU with what a target rate leaves for the server."""
 
 from __future__ import annotations
 
 import os
 import re
+import resource
 import sys
 from pathlib import Path
 
@@ -39,3 +40,20 @@ def write_payload(path: Path, size: int) -> Path:
             f.write(block)
             left -= len(block)
     return path
+
+
+def children_cpu_seconds() -> float:
+    """CPU of every reaped child of this process: around one client run, that client's CPU."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def server_cpu_allowed(mb_per_s: float, client_cpu_s_per_gib: float) -> tuple[int, float, float]:
+    """(cores, GiB/s, server CPU s/GiB at most) for moving `mb_per_s` on this machine.
+
+    Client and server share the cores, so R GiB/s takes at least R x (server + client CPU
+    s/GiB) cores, however well the server overlaps its work.
+    """
+    cores = os.cpu_count() or 1
+    gib_per_s = mb_per_s * 1e6 / (1 << 30)
+    return cores, gib_per_s, cores / gib_per_s - client_cpu_s_per_gib

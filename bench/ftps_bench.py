@@ -43,6 +43,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchlib import children_cpu_seconds, server_cpu_allowed
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -167,12 +169,6 @@ class ProcTree:
 
     def nproc(self) -> int:
         return sum(1 for _p, (_pp, st, _t) in self.scan().items() if st != "Z")
-
-
-def children_cpu_seconds() -> float:
-    """CPU of every reaped child of this process: the client (curl, lftp) of one transfer."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def port_free(port: int) -> bool:
@@ -1095,19 +1091,15 @@ def sha_line(sha: dict, results: list[dict]) -> str:
 def ceiling_line(key: str, budget: float, by: dict) -> str:
     """What MB/s >= the best peer's demands of the server's CPU on this machine (issue 17).
 
-    Client and server share the cores, so moving R GiB/s takes R x (server + client CPU s/GiB)
-    cores at least: the best peer's rate is only possible with a server CPU per GiB of at most
-    cores / rate - client, however well the server overlaps its work. When that is below the
-    CPU budget, the budget does not allow the best peer's MB/s on this machine.
+    When the server CPU that rate leaves (`benchlib.server_cpu_allowed`) is below the CPU
+    budget, the budget does not allow the best peer's MB/s on this machine.
     """
     client = by.get("sluice", {}).get("transfers", {}).get(key, {}).get("client_cpu_s_per_gib")
     best = max((r["transfers"][key].get("best_mb_per_s") or 0 for n, r in by.items()
                 if not n.startswith("sluice") and key in r.get("transfers", {})), default=0)
     if not client or not best:
         return "CPU needed for the best peer's MB/s: not measured"
-    cores = os.cpu_count() or 1
-    rate = best * MB / GIB
-    allowed = cores / rate - client
+    cores, rate, allowed = server_cpu_allowed(best, client)
     verdict = "within the budget" if allowed >= budget else "below the budget"
     return (f"the best peer's {best:.0f} MB/s needs a server CPU of at most {cores} cores / "
             f"{rate:.3f} GiB/s - client {client:.2f} = {allowed:.2f} s/GiB ({verdict})")

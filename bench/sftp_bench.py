@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import signal
 import socket
@@ -31,6 +30,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from benchlib import children_cpu_seconds, server_cpu_allowed
 
 REPO = Path(__file__).resolve().parents[1]
 USER = "sluicebench"
@@ -264,12 +265,6 @@ def ensure_user(data: Path) -> None:
     shutil.chown(home, USER, USER)
 
 
-def children_cpu_seconds() -> float:
-    """CPU of every reaped child of this process (sftp and the ssh it runs)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 # `--request-size`: extra options of every `sftp` client run (`-B N`), empty by default.
 SFTP_CLIENT_OPTIONS: list[str] = []
 
@@ -328,11 +323,9 @@ def transfers(server: Server, payload: Path, size: int, runs: int, cipher: str |
 def ceiling_lines(sluice: dict, openssh: dict) -> list[str]:
     """What 1.5x OpenSSH's MB/s demands of the server's CPU on this machine (issue 17).
 
-    The client (sftp and its ssh) shares the cores with the server, so moving R GiB/s takes
-    R x (server + client CPU s/GiB) cores at least: 1.5x OpenSSH's rate is only possible with
-    a server CPU per GiB of at most cores / (1.5 x rate) - client, however well it overlaps.
+    The client is `sftp` and the `ssh` it runs; `benchlib.server_cpu_allowed` says what the
+    rate leaves for the server.
     """
-    cores = os.cpu_count() or 1
     lines = []
     for direction in ("upload", "download"):
         mine, theirs = sluice.get(direction, {}), openssh.get(direction, {})
@@ -340,8 +333,7 @@ def ceiling_lines(sluice: dict, openssh: dict) -> list[str]:
                              mine.get("cpu_s_per_gib"))
         if not (client and rate and now):
             continue
-        target_gib_per_s = 1.5 * rate * 1e6 / (1 << 30)
-        allowed = cores / target_gib_per_s - client
+        cores, target_gib_per_s, allowed = server_cpu_allowed(1.5 * rate, client)
         lines.append(f"{direction}: 1.5x OpenSSH = {1.5 * rate:.0f} MB/s needs a server CPU of at most "
                      f"{cores} cores / {target_gib_per_s:.3f} GiB/s - client {client:.2f} = {allowed:.2f} "
                      f"s/GiB with this client (sluice: {now:.2f})")
