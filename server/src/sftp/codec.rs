@@ -100,9 +100,32 @@ pub fn handle(id: u32, handle: &str) -> Vec<u8> {
 }
 
 pub fn data(id: u32, data: &[u8]) -> Vec<u8> {
-    let mut packet = Packet::new(FXP_DATA, Some(id), 4 + data.len());
-    packet.bytes(data);
-    packet.finish()
+    let mut packet = start_data(id, data.len());
+    packet.extend_from_slice(data);
+    finish_data(packet)
+}
+
+/// Bytes of an `SSH_FXP_DATA` packet before its data: length, type, id, data length.
+pub const DATA_HEADER: usize = 13;
+
+/// Starts an `SSH_FXP_DATA` reply for up to `capacity` bytes of data, which the caller appends
+/// (a download's read-ahead copies file data straight into it); [`finish_data`] fills in the
+/// lengths.
+pub fn start_data(id: u32, capacity: usize) -> Vec<u8> {
+    let mut packet = Vec::with_capacity(DATA_HEADER + capacity);
+    packet.extend_from_slice(&[0, 0, 0, 0, FXP_DATA]);
+    packet.extend_from_slice(&id.to_be_bytes());
+    packet.extend_from_slice(&[0, 0, 0, 0]);
+    packet
+}
+
+/// Ends a reply of [`start_data`]: everything after the header is its data.
+pub fn finish_data(mut packet: Vec<u8>) -> Vec<u8> {
+    let length = (packet.len() - 4) as u32;
+    let data_length = (packet.len() - DATA_HEADER) as u32;
+    packet[..4].copy_from_slice(&length.to_be_bytes());
+    packet[9..DATA_HEADER].copy_from_slice(&data_length.to_be_bytes());
+    packet
 }
 
 pub fn attrs(id: u32, stat: &FileStat) -> Vec<u8> {
@@ -185,6 +208,21 @@ mod tests {
         assert_eq!(reader.string().as_deref(), Some("gone"));
         assert_eq!(reader.string().as_deref(), Some("en"));
         assert!(reader.u32().is_none());
+    }
+
+    #[test]
+    fn a_data_reply_filled_in_place_is_the_data_packet() {
+        for size in [0usize, 1, 13, 65_536] {
+            let data: Vec<u8> = (0..size).map(|i| (i * 7 + 1) as u8).collect();
+            let mut packet = start_data(9, size);
+            packet.extend_from_slice(&data);
+            let packet = finish_data(packet);
+            assert_eq!(&packet[..4], &((size + 9) as u32).to_be_bytes());
+            assert_eq!(packet[4], FXP_DATA);
+            assert_eq!(&packet[5..9], &9u32.to_be_bytes());
+            assert_eq!(&packet[9..13], &(size as u32).to_be_bytes());
+            assert_eq!(&packet[DATA_HEADER..], &data[..]);
+        }
     }
 
     #[test]

@@ -974,13 +974,14 @@ impl Sftp {
     ) -> Result<Vec<u8>, Vec<u8>> {
         let len = len.min(MAX_READ) as usize;
         match self.handles.get_mut(handle) {
-            Some(OpenHandle::Read(read)) => match read.ahead.read(offset, len).await {
-                Ok(data) if data.is_empty() => {
-                    Ok(codec::status(id, StatusCode::Eof, "end of file"))
+            Some(OpenHandle::Read(read)) => {
+                let mut reply = codec::start_data(id, len);
+                match read.ahead.read_into(offset, len, &mut reply).await {
+                    Ok(0) => Ok(codec::status(id, StatusCode::Eof, "end of file")),
+                    Ok(_) => Ok(codec::finish_data(reply)),
+                    Err(error) => Ok(io_failure(id, &error)),
                 }
-                Ok(data) => Ok(codec::data(id, &data)),
-                Err(error) => Ok(io_failure(id, &error)),
-            },
+            }
             Some(OpenHandle::Write(write)) if write.readable => {
                 match write.worker.read(offset, len).await {
                     Ok(data) if data.is_empty() => {
