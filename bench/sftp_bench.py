@@ -427,7 +427,7 @@ def main() -> int:
                 f.write(chunk)
             f.write(chunk[: size & ((1 << 20) - 1)])
         names = args.servers.split(",")
-        if args.sluice_before and "sluice" in names:
+        if args.sluice_before and "sluice" in names and "sluice-before" not in names:
             names.insert(names.index("sluice") + 1, "sluice-before")
         for index, name in enumerate(names):
             data = work / f"data-{name}"
