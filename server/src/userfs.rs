@@ -91,7 +91,13 @@ fn sha_extensions() -> bool {
 /// Reads the next chunk of up to [`CHUNK_BYTES`] (blocking), filling it whole unless the file
 /// ends, so that the network side sees few, large writes; empty at the end of the file.
 pub fn read_chunk(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
-    let mut buffer = vec![0u8; CHUNK_BYTES];
+    read_chunk_into(file, Vec::new())
+}
+
+/// [`read_chunk`] into `buffer`, a chunk already sent that came back: its old contents are
+/// overwritten, and only a new buffer (or the part past a short chunk) is zeroed first.
+pub fn read_chunk_into(file: &mut std::fs::File, mut buffer: Vec<u8>) -> io::Result<Vec<u8>> {
+    buffer.resize(CHUNK_BYTES, 0);
     let mut filled = 0;
     while filled < CHUNK_BYTES {
         match file.read(&mut buffer[filled..]) {
@@ -103,6 +109,37 @@ pub fn read_chunk(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
     }
     buffer.truncate(filled);
     Ok(buffer)
+}
+
+/// A download's chunks from its file reader, and the way back for the chunks the network side
+/// has sent: the reader reads into them again. A new buffer must be zeroed first (`read`
+/// needs initialized memory, and the code base has no `unsafe`), 256 KiB per chunk.
+pub struct DownloadChunks {
+    chunks: mpsc::Receiver<Result<Vec<u8>, FsError>>,
+    /// `None` for object storage, whose chunks are the HTTP client's own.
+    spent: Option<mpsc::UnboundedSender<Vec<u8>>>,
+}
+
+impl DownloadChunks {
+    /// Chunks whose buffers are not read into again.
+    pub fn once(chunks: mpsc::Receiver<Result<Vec<u8>, FsError>>) -> Self {
+        DownloadChunks {
+            chunks,
+            spent: None,
+        }
+    }
+
+    /// The next chunk; `None` after the last one.
+    pub async fn recv(&mut self) -> Option<Result<Vec<u8>, FsError>> {
+        self.chunks.recv().await
+    }
+
+    /// Gives a sent chunk back to the reader.
+    pub fn give_back(&self, chunk: Vec<u8>) {
+        if let Some(spent) = &self.spent {
+            let _ = spent.send(chunk);
+        }
+    }
 }
 
 /// Prefix of atomic-upload temporary files; hidden from listings.
@@ -584,9 +621,10 @@ impl UserFs {
         &self,
         path: &VirtualPath,
         offset: u64,
-    ) -> Result<(mpsc::Receiver<Result<Vec<u8>, FsError>>, u64), FsError> {
+    ) -> Result<(DownloadChunks, u64), FsError> {
         if let Some(objects) = &self.objects {
-            return objects.read_stream(path, offset).await;
+            let (chunks, size) = objects.read_stream(path, offset).await?;
+            return Ok((DownloadChunks::once(chunks), size));
         }
         let home = self.home.clone();
         let path = path.clone();
@@ -614,15 +652,17 @@ impl UserFs {
         })
         .await?;
         let (tx, rx) = mpsc::channel(4);
+        let (spent, mut reader_spent) = mpsc::unbounded_channel();
         let work = self.work.clone();
         // An async task that takes a file-work slot per chunk: a client that stops reading
         // parks this task, never a blocking thread.
         tokio::spawn(async move {
             let mut file = file;
             loop {
+                let buffer = reader_spent.try_recv().unwrap_or_default();
                 let read = work
                     .run(move || {
-                        let chunk = read_chunk(&mut file);
+                        let chunk = read_chunk_into(&mut file, buffer);
                         (file, chunk)
                     })
                     .await;
@@ -645,7 +685,11 @@ impl UserFs {
                 }
             }
         });
-        Ok((rx, size))
+        let chunks = DownloadChunks {
+            chunks: rx,
+            spent: Some(spent),
+        };
+        Ok((chunks, size))
     }
 
     /// Opens an upload target and starts its write-behind worker.
@@ -1854,6 +1898,38 @@ mod tests {
             .await
             .unwrap();
         (dir, fs)
+    }
+
+    /// A download reads into the chunks it has sent: from every start, each chunk and the
+    /// short last one must still be the file's own bytes, with nothing stale past the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_download_reads_into_sent_chunks_and_sees_only_the_file() {
+        let (dir, fs) = home_h().await;
+        let size = 5 * CHUNK_BYTES + 77;
+        let content: Vec<u8> = (0..size)
+            .map(|i| (i % 253) as u8 ^ (i / CHUNK_BYTES) as u8)
+            .collect();
+        std::fs::write(dir.path().join("h/down.bin"), &content).unwrap();
+        let path = VirtualPath::root().resolve("/down.bin").unwrap();
+        for offset in [
+            0,
+            1,
+            CHUNK_BYTES - 1,
+            CHUNK_BYTES,
+            5 * CHUNK_BYTES + 76,
+            size,
+        ] {
+            let (mut chunks, reported) = fs.read_stream(&path, offset as u64).await.unwrap();
+            assert_eq!(reported, size as u64);
+            let mut received = Vec::new();
+            while let Some(chunk) = chunks.recv().await {
+                let chunk = chunk.unwrap();
+                received.extend_from_slice(&chunk);
+                chunks.give_back(chunk);
+            }
+            assert_eq!(received.len(), size - offset, "from {offset}");
+            assert!(received == content[offset..], "from {offset}");
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,14 +18,13 @@ use rustls::HandshakeKind;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use crate::audit::{Audit, SessionTag};
 use crate::metrics::Metrics;
-use crate::userfs::{FsError, UploadSink};
+use crate::userfs::{DownloadChunks, FsError, UploadSink};
 use sluice_config::{FtpsDataBinding, UNRESUMED_DATA_WINDOW_SECONDS, canonical_ip};
 
 use super::passive::PassiveLease;
@@ -259,10 +258,11 @@ async fn with_idle<T>(
     }
 }
 
-/// Sends chunks from a read-ahead worker; ends with a TLS close_notify.
+/// Sends chunks from a read-ahead worker, giving each back once sent; ends with a TLS
+/// close_notify.
 pub async fn pump_download(
     stream: &mut DataStream,
-    mut chunks: mpsc::Receiver<Result<Vec<u8>, FsError>>,
+    mut chunks: DownloadChunks,
     progress: &AtomicU64,
     idle: Duration,
 ) -> Result<(), TransferError> {
@@ -270,6 +270,7 @@ pub async fn pump_download(
         let chunk = chunk.map_err(TransferError::Storage)?;
         with_idle(idle, stream.write_all(&chunk)).await?;
         progress.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        chunks.give_back(chunk);
     }
     with_idle(idle, stream.shutdown()).await?;
     Ok(())
