@@ -97,7 +97,12 @@ pub fn read_chunk(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
 /// [`read_chunk`] into `buffer`, a chunk already sent that came back: its old contents are
 /// overwritten, and only a new buffer (or the part past a short chunk) is zeroed first.
 pub fn read_chunk_into(file: &mut std::fs::File, mut buffer: Vec<u8>) -> io::Result<Vec<u8>> {
-    buffer.resize(CHUNK_BYTES, 0);
+    if buffer.capacity() == 0 {
+        // `vec!` asks the allocator for zeroed memory, which fresh pages already are.
+        buffer = vec![0; CHUNK_BYTES];
+    } else {
+        buffer.resize(CHUNK_BYTES, 0);
+    }
     let mut filled = 0;
     while filled < CHUNK_BYTES {
         match file.read(&mut buffer[filled..]) {

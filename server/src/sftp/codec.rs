@@ -119,14 +119,24 @@ pub fn start_data(id: u32, capacity: usize) -> Vec<u8> {
     packet
 }
 
-/// Ends a reply of [`start_data`]: everything after the header is its data.
+/// Ends a reply of [`start_data`]: everything after the header is its data. A reply shorter
+/// than the room it was started with gives the rest back: the reply budget
+/// (`budgets.maxQueuedReplyBytes`) counts a reply's length, so a 1-byte reply must not hold
+/// 64 KiB (a client reading 64 KiB at the end of a file and never reading the answers would
+/// otherwise pin 64 KiB per ~14 bytes of budget).
 pub fn finish_data(mut packet: Vec<u8>) -> Vec<u8> {
     let length = (packet.len() - 4) as u32;
     let data_length = (packet.len() - DATA_HEADER) as u32;
     packet[..4].copy_from_slice(&length.to_be_bytes());
     packet[9..DATA_HEADER].copy_from_slice(&data_length.to_be_bytes());
+    if packet.capacity() > packet.len() + DATA_SLACK {
+        packet.shrink_to_fit();
+    }
     packet
 }
+
+/// Unused room a finished DATA reply may keep (the reply budget's accuracy).
+const DATA_SLACK: usize = 1024;
 
 pub fn attrs(id: u32, stat: &FileStat) -> Vec<u8> {
     let mut packet = Packet::new(FXP_ATTRS, Some(id), 32);
@@ -223,6 +233,23 @@ mod tests {
             assert_eq!(&packet[9..13], &(size as u32).to_be_bytes());
             assert_eq!(&packet[DATA_HEADER..], &data[..]);
         }
+    }
+
+    /// The reply budget counts lengths: a short reply to a large READ must not keep the room.
+    #[test]
+    fn a_short_data_reply_does_not_keep_the_room_of_a_large_read() {
+        let mut packet = start_data(3, 65_536);
+        packet.push(b'x');
+        let packet = finish_data(packet);
+        assert_eq!(packet.len(), DATA_HEADER + 1);
+        assert!(
+            packet.capacity() <= packet.len() + DATA_SLACK,
+            "{}",
+            packet.capacity()
+        );
+        let mut full = start_data(3, 65_536);
+        full.resize(DATA_HEADER + 65_536, 7);
+        assert_eq!(finish_data(full).len(), DATA_HEADER + 65_536);
     }
 
     #[test]

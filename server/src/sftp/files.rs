@@ -78,7 +78,12 @@ fn spawn_reader(
             let mut buffer = spent.try_recv().unwrap_or_default();
             let read = work
                 .run(move || {
-                    buffer.resize(CHUNK_BYTES, 0);
+                    if buffer.capacity() == 0 {
+                        // `vec!` asks the allocator for zeroed memory, which fresh pages are.
+                        buffer = vec![0; CHUNK_BYTES];
+                    } else {
+                        buffer.resize(CHUNK_BYTES, 0);
+                    }
                     let mut filled = 0;
                     while filled < CHUNK_BYTES {
                         match file.read_at(&mut buffer[filled..], position + filled as u64) {
