@@ -94,15 +94,21 @@ pub fn read_chunk(file: &mut std::fs::File) -> io::Result<Vec<u8>> {
     read_chunk_into(file, Vec::new())
 }
 
+/// `reused` (a chunk that came back, or an empty `Vec`) made [`CHUNK_BYTES`] long to read into:
+/// a new buffer comes zeroed from the allocator (`vec!`, fresh pages already are), a reused
+/// one keeps its old bytes, which the read overwrites.
+pub fn chunk_buffer(mut reused: Vec<u8>) -> Vec<u8> {
+    if reused.capacity() == 0 {
+        return vec![0; CHUNK_BYTES];
+    }
+    reused.resize(CHUNK_BYTES, 0);
+    reused
+}
+
 /// [`read_chunk`] into `buffer`, a chunk already sent that came back: its old contents are
 /// overwritten, and only a new buffer (or the part past a short chunk) is zeroed first.
-pub fn read_chunk_into(file: &mut std::fs::File, mut buffer: Vec<u8>) -> io::Result<Vec<u8>> {
-    if buffer.capacity() == 0 {
-        // `vec!` asks the allocator for zeroed memory, which fresh pages already are.
-        buffer = vec![0; CHUNK_BYTES];
-    } else {
-        buffer.resize(CHUNK_BYTES, 0);
-    }
+pub fn read_chunk_into(file: &mut std::fs::File, buffer: Vec<u8>) -> io::Result<Vec<u8>> {
+    let mut buffer = chunk_buffer(buffer);
     let mut filled = 0;
     while filled < CHUNK_BYTES {
         match file.read(&mut buffer[filled..]) {

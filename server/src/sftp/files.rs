@@ -75,15 +75,10 @@ fn spawn_reader(
         let mut position = start;
         loop {
             let file = file.clone();
-            let mut buffer = spent.try_recv().unwrap_or_default();
+            let reused = spent.try_recv().unwrap_or_default();
             let read = work
                 .run(move || {
-                    if buffer.capacity() == 0 {
-                        // `vec!` asks the allocator for zeroed memory, which fresh pages are.
-                        buffer = vec![0; CHUNK_BYTES];
-                    } else {
-                        buffer.resize(CHUNK_BYTES, 0);
-                    }
+                    let mut buffer = userfs::chunk_buffer(reused);
                     let mut filled = 0;
                     while filled < CHUNK_BYTES {
                         match file.read_at(&mut buffer[filled..], position + filled as u64) {
@@ -212,6 +207,7 @@ impl ReadAhead {
     }
 
     /// Up to `len` bytes at `offset`; an empty result means end of file.
+    #[cfg(test)]
     pub async fn read(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(len.min(CHUNK_BYTES * 2));
         self.read_into(offset, len, &mut out).await?;
