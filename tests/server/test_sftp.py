@@ -138,6 +138,53 @@ def test_openssh_downloads_a_large_file_without_stalling(sftp_server, keys, tmp_
     assert download["bytes"] == len(payload)
 
 
+def test_pipelined_reads_of_any_size_get_their_own_bytes_in_order(sftp_server, keys):
+    """Replies leave the server as owned buffers (sftp/replies.rs): a READ of the advertised
+    length (64 KiB less the 13-byte DATA header, so its reply is two whole 32 KiB SSH packets)
+    goes out as it is, others are gathered into batches. Pipelined READs of both kinds, in
+    and out of order, must each get exactly their own bytes, and a 64 KiB READ is still
+    answered in full."""
+    from hostile import FXP_DATA, RawSftp
+
+    srv = sftp_server
+    size = 3 * 1024 * 1024 + 5
+    # Every 4 bytes name their own offset, so a byte from the wrong place cannot pass.
+    payload = b"".join(struct.pack(">I", i) for i in range(0, size + 4, 4))[:size]
+    srv.home("alice").mkdir(parents=True, exist_ok=True)
+    (srv.home("alice") / "positions.bin").write_bytes(payload)
+    t = transport(srv)
+    t.auth_publickey("alice", paramiko.Ed25519Key(filename=str(keys["alice"])))
+    raw = RawSftp(t)
+    try:
+        rid = raw.request(200, struct.pack(">I", 18) + b"limits@openssh.com")
+        kind, body = raw.read_packet()
+        assert kind == 201 and struct.unpack(">I", body[:4])[0] == rid
+        max_packet, max_read, max_write, _ = struct.unpack(">QQQQ", body[4:36])
+        assert max_read == 2 * 32768 - 13, max_read
+        raw.open_read("/positions.bin")
+        handle, err = raw.handle_or_status()
+        assert handle is not None, err
+        reads = []
+        offset = 0
+        for length in [max_read] * 20 + [65536, 32768, 13, max_read, 1, 70000, max_read, 4099]:
+            reads.append((raw.read(handle, offset, length), offset, length))
+            offset += length
+        reads.append((raw.read(handle, 12345, max_read), 12345, max_read))  # back, in the middle
+        reads.append((raw.read(handle, size - 100, max_read), size - 100, max_read))  # past the end
+        expected = {rid: (off, min(length, 65536)) for rid, off, length in reads}
+        for _ in reads:
+            kind, body = raw.read_packet()
+            assert kind == FXP_DATA, (kind, body[:64])
+            rid, n = struct.unpack(">II", body[:8])
+            off, length = expected.pop(rid)
+            want = payload[off:off + length]
+            assert n == len(want) and body[8:] == want, (rid, off, length, n)
+        assert not expected
+    finally:
+        raw.close()
+        t.close()
+
+
 def test_key_login_put_get_with_sha256_and_ssh_parameters_in_audit(sftp_server, keys, tmp_path):
     srv = sftp_server
     payload = os.urandom(3 * 1024 * 1024 + 17)

@@ -843,7 +843,7 @@ impl russh::server::Handler for SshHandler {
         let kill = self.kill.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let end = session::run(channel.into_stream(), env).await;
+            let end = session::run(channel, env).await;
             drop(guard);
             match end {
                 End::ClientClosed => {

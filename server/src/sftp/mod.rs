@@ -8,6 +8,7 @@ pub mod files;
 pub mod handler;
 pub mod keys;
 pub mod refuse;
+pub mod replies;
 pub mod session;
 pub mod tap;
 

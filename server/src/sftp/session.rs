@@ -12,11 +12,12 @@ use bytes::Bytes;
 use russh_sftp::protocol::{FileAttributes, OpenFlags, Packet as Request, StatusCode};
 use serde_json::json;
 use sluice_config::{Permission, Protocol, User};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::sync::watch;
 
 use super::codec::{self, Packet, Reader};
 use super::files::{ReadAhead, WriteBehind};
+use super::replies::{self, ReplyWriter};
 use crate::audit::{Audit, SessionTag};
 use crate::events::{Detail, Events, Kind};
 use crate::filework::HandleSlot;
@@ -37,6 +38,11 @@ pub const MAX_IO: u32 = MAX_PACKET - 1024;
 /// and the connection can no longer take the client's window adjustments (found: OpenSSH `get`
 /// of a large file stalled after ~24 MB with 255 KiB reads and a 4 MiB budget).
 pub const MAX_READ: u32 = sluice_config::MAX_SFTP_READ;
+/// The READ length we advertise (`limits@openssh.com` max-read-length; longer READs are still
+/// answered up to [`MAX_READ`]): 64 KiB less a DATA reply's header, so that a reply to a client
+/// that reads what we advertise (OpenSSH's `sftp` does) is exactly two 32 KiB SSH packets and
+/// leaves without being copied or batched (`replies`).
+pub const ADVERTISED_READ: u32 = 2 * replies::SSH_PACKET as u32 - codec::DATA_HEADER as u32;
 /// Names per READDIR reply.
 const NAMES_PER_READDIR: usize = 128;
 
@@ -145,19 +151,16 @@ struct ReplyQueue {
     limit: u32,
 }
 
-/// Runs the SFTP subsystem over `stream` until the client closes it or breaks the protocol.
+/// Runs the SFTP subsystem on `channel` until the client closes it or breaks the protocol.
 ///
 /// Requests are read and answered by this task; replies are written by a separate writer task.
 /// The split matters with russh: it adjusts the SSH window when data arrives (not when we
 /// consume it) and stops its whole connection loop when a channel's queue is full. A single
 /// task blocked writing a reply (waiting for the client's WINDOW_ADJUST) while the client keeps
 /// sending requests would therefore deadlock the connection with large pipelined READs.
-pub async fn run<S>(stream: S, env: SessionEnv) -> End
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (read_half, write_half) = tokio::io::split(stream);
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half);
+pub async fn run(channel: russh::Channel<russh::server::Msg>, env: SessionEnv) -> End {
+    let (mut read_half, write_half) = channel.split();
+    let mut reader = BufReader::with_capacity(64 * 1024, read_half.make_reader());
     let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
     let limit = env.snapshot.borrow().config.budgets.max_queued_reply_bytes;
     let out = ReplyQueue {
@@ -166,20 +169,17 @@ where
         limit,
     };
     let writer_task = tokio::spawn(async move {
-        let mut writer = BufWriter::with_capacity(256 * 1024, write_half);
+        let mut writer = ReplyWriter::new(write_half);
         while let Some((reply, queued)) = replies.recv().await {
-            let written = writer.write_all(&reply).await;
+            let written = writer.write(reply, !replies.is_empty()).await;
             drop(queued);
             if written.is_err() {
                 return;
             }
-            // Batch: flush when no further reply is queued.
-            if replies.is_empty() && writer.flush().await.is_err() {
-                return;
-            }
         }
-        let _ = writer.flush().await;
-        let _ = writer.shutdown().await;
+        if writer.flush().await.is_ok() {
+            let _ = writer.into_sink().eof().await;
+        }
     });
     let idle = std::time::Duration::from_secs(env.snapshot.borrow().config.timeouts.idle_seconds);
     let mut sftp = Sftp {
@@ -1386,7 +1386,7 @@ impl Sftp {
                 let mut packet = Packet::new(codec::FXP_EXTENDED_REPLY, Some(id), 32);
                 packet
                     .u64(u64::from(MAX_PACKET))
-                    .u64(u64::from(MAX_READ))
+                    .u64(u64::from(ADVERTISED_READ))
                     .u64(u64::from(MAX_IO))
                     .u64(u64::from(
                         self.env
