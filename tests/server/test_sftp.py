@@ -138,6 +138,26 @@ def test_openssh_downloads_a_large_file_without_stalling(sftp_server, keys, tmp_
     assert download["bytes"] == len(payload)
 
 
+@pytest.mark.parametrize("requests", [256, 1024])
+def test_openssh_with_more_outstanding_requests_does_not_stall(sftp_server, keys, tmp_path, requests):
+    """Found while benchmarking: `sftp -R 256` (OpenSSH's option for more outstanding requests,
+    used on long links) stalled a download for good after ~30 MB. Its READs' replies overran
+    the reply budget, the request loop stopped taking requests, russh's channel queue filled,
+    and russh then stopped the connection, so the client's WINDOW_ADJUSTs that would have let
+    the replies out were never read. Requests are now taken off the channel by an intake of
+    their own (`session::INTAKE_BYTES`), and this downloads and uploads in full."""
+    srv = sftp_server
+    payload = os.urandom(48 * 1024 * 1024)
+    srv.home("alice").mkdir(parents=True, exist_ok=True)
+    (srv.home("alice") / "large.bin").write_bytes(payload)
+    (tmp_path / "up.bin").write_bytes(payload[: 16 * 1024 * 1024])
+    proc = run_sftp(srv, "get large.bin large.bin\nput up.bin up.bin\n", key=keys["alice"], cwd=tmp_path,
+                    timeout=90, extra=("-R", str(requests)))
+    assert proc.returncode == 0, proc.stderr
+    assert hashlib.sha256((tmp_path / "large.bin").read_bytes()).digest() == hashlib.sha256(payload).digest()
+    assert (srv.home("alice") / "up.bin").read_bytes() == payload[: 16 * 1024 * 1024]
+
+
 def test_pipelined_reads_of_any_size_get_their_own_bytes_in_order(sftp_server, keys):
     """Replies leave the server as owned buffers (sftp/replies.rs): a READ of the advertised
     length (64 KiB less the 13-byte DATA header, so its reply is two whole 32 KiB SSH packets)

@@ -160,7 +160,12 @@ struct ReplyQueue {
 /// sending requests would therefore deadlock the connection with large pipelined READs.
 pub async fn run(channel: russh::Channel<russh::server::Msg>, env: SessionEnv) -> End {
     let (mut read_half, write_half) = channel.split();
-    let mut reader = BufReader::with_capacity(64 * 1024, read_half.make_reader());
+    let (queue, mut intake) = tokio::sync::mpsc::unbounded_channel();
+    let intake_room = Arc::new(tokio::sync::Semaphore::new(INTAKE_BYTES as usize));
+    let intake_task = tokio::spawn(async move {
+        let reader = BufReader::with_capacity(64 * 1024, read_half.make_reader());
+        run_intake(reader, queue, intake_room).await;
+    });
     let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
     let limit = env.snapshot.borrow().config.budgets.max_queued_reply_bytes;
     let out = ReplyQueue {
@@ -189,7 +194,8 @@ pub async fn run(channel: russh::Channel<russh::server::Msg>, env: SessionEnv) -
         next_handle: 1,
         open_files: 0,
     };
-    let mut end = sftp.serve(&mut reader, &out, idle).await;
+    let mut end = sftp.serve(&mut intake, &out, idle).await;
+    intake_task.abort();
     if let End::Budget(budget, limit, reason) = end {
         sftp.budget_exceeded(budget, limit, "disconnected");
         end = End::Ended(reason);
@@ -288,6 +294,97 @@ where
     }))
 }
 
+/// A request as the intake read it: its body, or a WRITE with its data already apart.
+struct Incoming {
+    body: Vec<u8>,
+    write: Option<russh_sftp::protocol::Write>,
+}
+
+/// Requests read ahead of the request loop, each with the intake room it holds.
+type Intake = tokio::sync::mpsc::UnboundedReceiver<(
+    Result<Incoming, End>,
+    tokio::sync::OwnedSemaphorePermit,
+)>;
+
+/// Bytes of requests read but not yet answered. The request loop waits for reply room
+/// (`budgets.maxQueuedReplyBytes`); meanwhile the intake keeps taking requests off the channel,
+/// because russh stops the whole connection, and with it the client's WINDOW_ADJUSTs that would
+/// free that room, once a channel's queue is full (found: `sftp -R 256`, 256 outstanding
+/// READs, stalled a download for good). This much holds thousands of READs or two WRITEs.
+pub const INTAKE_BYTES: u32 = 2 * MAX_PACKET;
+
+/// Reads requests off the channel into the intake queue until the client closes it, the
+/// connection breaks, or the request loop is gone; the last item says which.
+async fn run_intake<R>(
+    mut reader: BufReader<R>,
+    queue: tokio::sync::mpsc::UnboundedSender<(
+        Result<Incoming, End>,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
+    room: Arc<tokio::sync::Semaphore>,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut initialized = false;
+    loop {
+        let incoming = read_request(&mut reader, initialized).await;
+        initialized = true;
+        let size = match &incoming {
+            Ok(request) => {
+                request.body.len() + request.write.as_ref().map_or(0, |write| write.data.len())
+            }
+            Err(_) => 0,
+        };
+        let size = u32::try_from(size).unwrap_or(u32::MAX).min(INTAKE_BYTES);
+        let Ok(held) = room.clone().acquire_many_owned(size).await else {
+            return;
+        };
+        let last = incoming.is_err();
+        if queue.send((incoming, held)).is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Reads one request: its body without zeroing it first, and a WRITE's data straight into its
+/// own buffer (russh-sftp's decoder would copy it out of the packet once more): zeroing and
+/// that copy were ~6% of the SFTP upload CPU (docs/performance.md).
+async fn read_request<R>(reader: &mut BufReader<R>, initialized: bool) -> Result<Incoming, End>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(End::ClientClosed);
+        }
+        Err(e) => return Err(End::Io(e.to_string())),
+    }
+    let length = u32::from_be_bytes(header);
+    if !(5..=MAX_PACKET).contains(&length) {
+        return Err(End::Fatal(format!(
+            "packet length {length} is outside 5..={MAX_PACKET} bytes"
+        )));
+    }
+    let io = |e: std::io::Error| End::Io(e.to_string());
+    let mut body = Vec::with_capacity(length as usize);
+    read_into(reader, &mut body, (length as usize).min(9))
+        .await
+        .map_err(io)?;
+    let mut write = None;
+    if initialized && body[0] == FXP_WRITE && body.len() == 9 {
+        write = read_write_request(reader, &mut body, length as usize)
+            .await
+            .map_err(io)?;
+    }
+    if write.is_none() {
+        let rest = length as usize - body.len();
+        read_into(reader, &mut body, rest).await.map_err(io)?;
+    }
+    Ok(Incoming { body, write })
+}
+
 impl Sftp {
     fn audit(&self, event: &str, fields: serde_json::Value) {
         self.env.audit.event(&self.env.tag, event, fields);
@@ -301,51 +398,21 @@ impl Sftp {
         .await;
     }
 
-    async fn serve<R>(
+    async fn serve(
         &mut self,
-        reader: &mut BufReader<R>,
+        intake: &mut Intake,
         out: &ReplyQueue,
         idle: std::time::Duration,
-    ) -> End
-    where
-        R: tokio::io::AsyncRead + Unpin,
-    {
+    ) -> End {
         let mut initialized = false;
         loop {
-            let mut header = [0u8; 4];
-            match reader.read_exact(&mut header).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                    return End::ClientClosed;
-                }
-                Err(e) => return End::Io(e.to_string()),
-            }
-            let length = u32::from_be_bytes(header);
-            if !(5..=MAX_PACKET).contains(&length) {
-                return End::Fatal(format!(
-                    "packet length {length} is outside 5..={MAX_PACKET} bytes"
-                ));
-            }
-            // The body is read without zeroing it first, and a WRITE's data straight into
-            // its own buffer (russh-sftp's decoder would copy it out of the packet once more):
-            // zeroing and that copy were ~6% of the SFTP upload CPU (docs/performance.md).
-            let mut body = Vec::with_capacity(length as usize);
-            if let Err(e) = read_into(reader, &mut body, (length as usize).min(9)).await {
-                return End::Io(e.to_string());
-            }
-            let mut write = None;
-            if initialized && body[0] == FXP_WRITE && body.len() == 9 {
-                match read_write_request(reader, &mut body, length as usize).await {
-                    Ok(parsed) => write = parsed,
-                    Err(e) => return End::Io(e.to_string()),
-                }
-            }
-            if write.is_none() {
-                let rest = length as usize - body.len();
-                if let Err(e) = read_into(reader, &mut body, rest).await {
-                    return End::Io(e.to_string());
-                }
-            }
+            let Some((incoming, _queued)) = intake.recv().await else {
+                return End::Io("request reader stopped".into());
+            };
+            let Incoming { body, write } = match incoming {
+                Ok(incoming) => incoming,
+                Err(end) => return end,
+            };
             let kind = body[0];
             if !initialized {
                 if kind != FXP_INIT {
