@@ -13,6 +13,10 @@ use bytes::Bytes;
 pub const SSH_PACKET: usize = 32 * 1024;
 /// Replies gathered before they are sent (as the `BufWriter` before).
 pub const BATCH: usize = 256 * 1024;
+/// Unused room a buffer may carry into russh's queue: the reply budget counts lengths, so a
+/// buffer handed over must not hold much more memory than its length (DATA replies carry at
+/// most this much, `codec::finish_data`).
+pub const SLACK: usize = 1024;
 
 /// Where replies go: the SSH channel, or a recorder in tests.
 pub trait Sink {
@@ -47,7 +51,7 @@ impl<K: Sink> ReplyWriter<K> {
     /// the batch, which goes when it is full. `more_queued` says another reply is waiting:
     /// without one the batch is sent too, so no reply waits for a later one.
     pub async fn write(&mut self, reply: Vec<u8>, more_queued: bool) -> Result<(), ()> {
-        if reply.len().is_multiple_of(SSH_PACKET) {
+        if reply.len().is_multiple_of(SSH_PACKET) && reply.capacity() - reply.len() <= SLACK {
             self.flush().await?;
             return self.sink.send(Bytes::from(reply)).await;
         }
@@ -62,15 +66,16 @@ impl<K: Sink> ReplyWriter<K> {
         Ok(())
     }
 
-    /// Sends what is batched. A batch that fills most of its buffer is handed over as it is;
-    /// a small one is copied out and the buffer kept, so that a few bytes waiting in the
-    /// channel's queue never hold a whole batch buffer (the reply budget counts lengths, not
-    /// memory).
+    /// Sends what is batched. A batch that fills its buffer (all but a quarter, or [`SLACK`])
+    /// is handed over as it is; a smaller one is copied out and the buffer kept, so that a few
+    /// bytes waiting in the channel's queue never hold a whole batch buffer (the reply budget
+    /// counts lengths, not memory).
     pub async fn flush(&mut self) -> Result<(), ()> {
         if self.batch.is_empty() {
             return Ok(());
         }
-        let data = if self.batch.len() * 2 >= self.batch.capacity() {
+        let unused = self.batch.capacity() - self.batch.len();
+        let data = if unused <= SLACK.max(self.batch.len() / 4) {
             Bytes::from(std::mem::take(&mut self.batch))
         } else {
             let data = Bytes::copy_from_slice(&self.batch);
@@ -161,6 +166,25 @@ mod tests {
         writer.write(reply(60, 3), false).await.unwrap();
         assert_eq!(writer.sink.0.len(), 1);
         assert_eq!(writer.sink.0[0].len(), 150);
+    }
+
+    #[tokio::test]
+    async fn a_whole_packet_reply_with_much_unused_room_is_copied_not_handed_over() {
+        let mut writer = ReplyWriter::new(Recorder::default());
+        // A NAME reply grown by doubling can be 32 KiB long in a 64 KiB buffer.
+        let mut roomy = Vec::with_capacity(4 * SSH_PACKET);
+        roomy.extend_from_slice(&reply(SSH_PACKET, 3));
+        let at = roomy.as_ptr();
+        let expected = roomy.clone();
+        writer.write(roomy, false).await.unwrap();
+        let sent = &writer.sink.0;
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0][..], expected[..]);
+        assert_ne!(
+            sent[0].as_ptr(),
+            at,
+            "a 128 KiB buffer must not ride along with 32 KiB"
+        );
     }
 
     #[tokio::test]

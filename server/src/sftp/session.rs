@@ -203,8 +203,20 @@ pub async fn run(channel: russh::Channel<russh::server::Msg>, env: SessionEnv) -
     sftp.close_all().await;
     sftp.count_open_files();
     drop(out);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer_task).await;
+    finish_writer(writer_task, std::time::Duration::from_secs(5)).await;
     end
+}
+
+/// Gives the reply writer `grace` to send what it holds, then stops it: a writer still
+/// waiting for the client's window by then never gets it (the session is over), and dropping
+/// its handle would leave it holding its queued replies for good (found in review: a client
+/// that shrank its window, queued READs and went away leaked up to `maxQueuedReplyBytes` per
+/// channel).
+async fn finish_writer(mut writer: tokio::task::JoinHandle<()>, grace: std::time::Duration) {
+    if tokio::time::timeout(grace, &mut writer).await.is_err() {
+        writer.abort();
+        let _ = writer.await;
+    }
 }
 
 /// Queues a reply once it fits in the reply budget; a client that leaves the budget full (does
@@ -306,6 +318,9 @@ type Intake = tokio::sync::mpsc::UnboundedReceiver<(
     tokio::sync::OwnedSemaphorePermit,
 )>;
 
+/// What one queued request costs besides its buffers (queue entry, permit, allocations),
+/// charged so that many tiny requests cannot hold more memory than [`INTAKE_BYTES`] says.
+const INTAKE_OVERHEAD: usize = 128;
 /// Bytes of requests read but not yet answered. The request loop waits for reply room
 /// (`budgets.maxQueuedReplyBytes`); meanwhile the intake keeps taking requests off the channel,
 /// because russh stops the whole connection, and with it the client's WINDOW_ADJUSTs that would
@@ -329,12 +344,18 @@ async fn run_intake<R>(
     loop {
         let incoming = read_request(&mut reader, initialized).await;
         initialized = true;
-        let size = match &incoming {
-            Ok(request) => {
-                request.body.len() + request.write.as_ref().map_or(0, |write| write.data.len())
-            }
-            Err(_) => 0,
-        };
+        // Memory, not lengths: buffers by capacity, plus each entry's own cost.
+        let size = INTAKE_OVERHEAD
+            + match &incoming {
+                Ok(request) => {
+                    request.body.capacity()
+                        + request
+                            .write
+                            .as_ref()
+                            .map_or(0, |write| write.data.capacity())
+                }
+                Err(_) => 0,
+            };
         let size = u32::try_from(size).unwrap_or(u32::MAX).min(INTAKE_BYTES);
         let Ok(held) = room.clone().acquire_many_owned(size).await else {
             return;
@@ -368,7 +389,9 @@ where
         )));
     }
     let io = |e: std::io::Error| End::Io(e.to_string());
-    let mut body = Vec::with_capacity(length as usize);
+    // Room for the first 9 bytes only: a WRITE's body keeps just its header (its data gets a
+    // buffer of its own), and `read_into` makes room for the rest of any other request.
+    let mut body = Vec::with_capacity((length as usize).min(9));
     read_into(reader, &mut body, (length as usize).min(9))
         .await
         .map_err(io)?;
@@ -1576,4 +1599,68 @@ fn version_packet() -> Vec<u8> {
         packet.bytes(name.as_bytes()).bytes(version.as_bytes());
     }
     packet.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_writer_stuck_past_its_grace_is_stopped_and_lets_go_of_its_replies() {
+        let replies = Arc::new(vec![0u8; 1024]);
+        let held = replies.clone();
+        let stuck = tokio::spawn(async move {
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        finish_writer(stuck, std::time::Duration::from_millis(50)).await;
+        assert_eq!(
+            Arc::strong_count(&replies),
+            1,
+            "the stuck writer still holds its replies"
+        );
+    }
+
+    #[tokio::test]
+    async fn tiny_requests_fill_the_intake_by_what_they_cost_not_by_their_length() {
+        // 20,000 five-byte requests (an unknown extended type): 100 KB by length, but each
+        // queued entry costs far more memory than that.
+        let mut wire = Vec::new();
+        for _ in 0..20_000 {
+            wire.extend_from_slice(&5u32.to_be_bytes());
+            wire.extend_from_slice(&[200, 0, 0, 0, 1]);
+        }
+        let (queue, intake) = tokio::sync::mpsc::unbounded_channel();
+        let room = Arc::new(tokio::sync::Semaphore::new(INTAKE_BYTES as usize));
+        let reader = BufReader::new(&wire[..]);
+        let stopped = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            run_intake(reader, queue, room),
+        )
+        .await;
+        assert!(
+            stopped.is_err(),
+            "the intake waits for room; it did not read everything"
+        );
+        let queued = intake.len();
+        assert!(queued > 100, "{queued}");
+        assert!(
+            queued <= INTAKE_BYTES as usize / INTAKE_OVERHEAD,
+            "{queued} requests queued: more than {INTAKE_BYTES} bytes of memory"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_finishes_in_its_grace_is_awaited() {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let writer = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            let _ = done_tx.send(());
+        });
+        finish_writer(writer, std::time::Duration::from_secs(5)).await;
+        assert!(
+            done_rx.await.is_ok(),
+            "the writer was stopped before it finished"
+        );
+    }
 }
