@@ -1,5 +1,5 @@
 //! SFTP packet decoding and handling: the input is the byte stream a client sends after
-//! SSH_FXP_INIT, served by the real SFTP subsystem (`sftp::session::run`: russh-sftp's
+//! SSH_FXP_INIT, served by the real SFTP subsystem (`sftp::session::run_stream`: russh-sftp's
 //! decoder, our dispatcher, handles, `UserFs`) for the demo user over an in-memory stream, in
 //! a temporary data root built by `sluice-server demo`'s own preparation.
 //! Invariants: no panic and the session ends when the input does; every reply is one framed
@@ -152,7 +152,7 @@ fuzz_target!(|input: &[u8]| {
             open_handles: Default::default(),
         };
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let served = tokio::spawn(session::run(server, env));
+        let served = tokio::spawn(session::run_stream(server, env));
         let (mut rx, mut tx) = tokio::io::split(client);
         let send = async move {
             let _ = tx.write_all(&INIT).await;

@@ -22,6 +22,8 @@ pub const SLACK: usize = 1024;
 pub trait Sink {
     /// Sends `data` on, in order; an error means the channel is gone.
     fn send(&mut self, data: Bytes) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Tells the client no more replies follow (SSH: EOF on the channel).
+    fn close(self) -> impl Future<Output = ()> + Send;
 }
 
 impl<S> Sink for russh::ChannelWriteHalf<S>
@@ -30,6 +32,29 @@ where
 {
     async fn send(&mut self, data: Bytes) -> Result<(), ()> {
         self.data_bytes(data).await.map_err(drop)
+    }
+
+    async fn close(self) {
+        let _ = self.eof().await;
+    }
+}
+
+/// Replies to a plain byte stream (`session::run_stream`).
+pub struct StreamSink<W>(pub W);
+
+impl<W> Sink for StreamSink<W>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send,
+{
+    async fn send(&mut self, data: Bytes) -> Result<(), ()> {
+        use tokio::io::AsyncWriteExt;
+        self.0.write_all(&data).await.map_err(drop)?;
+        self.0.flush().await.map_err(drop)
+    }
+
+    async fn close(mut self) {
+        use tokio::io::AsyncWriteExt;
+        let _ = self.0.shutdown().await;
     }
 }
 
@@ -103,6 +128,8 @@ mod tests {
             self.0.push(data);
             Ok(())
         }
+
+        async fn close(self) {}
     }
 
     fn reply(len: usize, seed: u8) -> Vec<u8> {

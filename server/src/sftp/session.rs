@@ -153,20 +153,46 @@ struct ReplyQueue {
 
 /// Runs the SFTP subsystem on `channel` until the client closes it or breaks the protocol.
 ///
-/// Requests are read and answered by this task; replies are written by a separate writer task.
+/// Requests are read by an intake task, answered by this one, and the replies written by a
+/// separate writer task.
 /// The split matters with russh: it adjusts the SSH window when data arrives (not when we
 /// consume it) and stops its whole connection loop when a channel's queue is full. A single
 /// task blocked writing a reply (waiting for the client's WINDOW_ADJUST) while the client keeps
 /// sending requests would therefore deadlock the connection with large pipelined READs.
 pub async fn run(channel: russh::Channel<russh::server::Msg>, env: SessionEnv) -> End {
     let (mut read_half, write_half) = channel.split();
-    let (queue, mut intake) = tokio::sync::mpsc::unbounded_channel();
-    let intake_room = Arc::new(tokio::sync::Semaphore::new(INTAKE_BYTES as usize));
+    let (queue, intake) = tokio::sync::mpsc::unbounded_channel();
     let intake_task = tokio::spawn(async move {
         let reader = BufReader::with_capacity(64 * 1024, read_half.make_reader());
-        run_intake(reader, queue, intake_room).await;
+        run_intake(reader, queue).await;
     });
-    let (tx, mut replies) = tokio::sync::mpsc::unbounded_channel();
+    serve_session(intake, intake_task, write_half, env).await
+}
+
+/// [`run`] over any byte stream instead of an SSH channel (the fuzzer's in-memory pipe).
+pub async fn run_stream<S>(stream: S, env: SessionEnv) -> End
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let (queue, intake) = tokio::sync::mpsc::unbounded_channel();
+    let intake_task = tokio::spawn(async move {
+        run_intake(BufReader::with_capacity(64 * 1024, read_half), queue).await;
+    });
+    serve_session(intake, intake_task, replies::StreamSink(write_half), env).await
+}
+
+/// Answers the requests the intake task reads, writing replies to `sink`.
+async fn serve_session<K>(
+    mut intake: Intake,
+    intake_task: tokio::task::JoinHandle<()>,
+    sink: K,
+    env: SessionEnv,
+) -> End
+where
+    K: replies::Sink + Send + 'static,
+{
+    let (tx, mut queued_replies) = tokio::sync::mpsc::unbounded_channel();
     let limit = env.snapshot.borrow().config.budgets.max_queued_reply_bytes;
     let out = ReplyQueue {
         tx,
@@ -174,16 +200,16 @@ pub async fn run(channel: russh::Channel<russh::server::Msg>, env: SessionEnv) -
         limit,
     };
     let writer_task = tokio::spawn(async move {
-        let mut writer = ReplyWriter::new(write_half);
-        while let Some((reply, queued)) = replies.recv().await {
-            let written = writer.write(reply, !replies.is_empty()).await;
+        let mut writer = ReplyWriter::new(sink);
+        while let Some((reply, queued)) = queued_replies.recv().await {
+            let written = writer.write(reply, !queued_replies.is_empty()).await;
             drop(queued);
             if written.is_err() {
                 return;
             }
         }
         if writer.flush().await.is_ok() {
-            let _ = writer.into_sink().eof().await;
+            writer.into_sink().close().await;
         }
     });
     let idle = std::time::Duration::from_secs(env.snapshot.borrow().config.timeouts.idle_seconds);
@@ -336,10 +362,10 @@ async fn run_intake<R>(
         Result<Incoming, End>,
         tokio::sync::OwnedSemaphorePermit,
     )>,
-    room: Arc<tokio::sync::Semaphore>,
 ) where
     R: tokio::io::AsyncRead + Unpin,
 {
+    let room = Arc::new(tokio::sync::Semaphore::new(INTAKE_BYTES as usize));
     let mut initialized = false;
     loop {
         let incoming = read_request(&mut reader, initialized).await;
@@ -1631,11 +1657,10 @@ mod tests {
             wire.extend_from_slice(&[200, 0, 0, 0, 1]);
         }
         let (queue, intake) = tokio::sync::mpsc::unbounded_channel();
-        let room = Arc::new(tokio::sync::Semaphore::new(INTAKE_BYTES as usize));
         let reader = BufReader::new(&wire[..]);
         let stopped = tokio::time::timeout(
             std::time::Duration::from_millis(300),
-            run_intake(reader, queue, room),
+            run_intake(reader, queue),
         )
         .await;
         assert!(
