@@ -129,14 +129,16 @@ pub fn finish_data(mut packet: Vec<u8>) -> Vec<u8> {
     let data_length = (packet.len() - DATA_HEADER) as u32;
     packet[..4].copy_from_slice(&length.to_be_bytes());
     packet[9..DATA_HEADER].copy_from_slice(&data_length.to_be_bytes());
-    if packet.capacity() > packet.len() + DATA_SLACK {
+    if packet.capacity() > packet.len() + REPLY_SLACK {
         packet.shrink_to_fit();
     }
     packet
 }
 
-/// Unused room a finished DATA reply may keep (the reply budget's accuracy).
-const DATA_SLACK: usize = 1024;
+/// Unused room a reply buffer may keep: the reply budget counts lengths, so a buffer must not
+/// hold much more memory than its length (a finished DATA reply; a reply or batch handed to
+/// russh, `replies`).
+pub const REPLY_SLACK: usize = 1024;
 
 pub fn attrs(id: u32, stat: &FileStat) -> Vec<u8> {
     let mut packet = Packet::new(FXP_ATTRS, Some(id), 32);
@@ -243,7 +245,7 @@ mod tests {
         let packet = finish_data(packet);
         assert_eq!(packet.len(), DATA_HEADER + 1);
         assert!(
-            packet.capacity() <= packet.len() + DATA_SLACK,
+            packet.capacity() <= packet.len() + REPLY_SLACK,
             "{}",
             packet.capacity()
         );

@@ -8,15 +8,13 @@
 
 use bytes::Bytes;
 
+use super::codec::REPLY_SLACK;
+
 /// OpenSSH's SSH channel packet size (`CHAN_SES_PACKET_DEFAULT`). A reply whose length is a
 /// multiple of it splits into full packets only, so it goes out without being batched.
 pub const SSH_PACKET: usize = 32 * 1024;
 /// Replies gathered before they are sent (as the `BufWriter` before).
 pub const BATCH: usize = 256 * 1024;
-/// Unused room a buffer may carry into russh's queue: the reply budget counts lengths, so a
-/// buffer handed over must not hold much more memory than its length (DATA replies carry at
-/// most this much, `codec::finish_data`).
-pub const SLACK: usize = 1024;
 
 /// Where replies go: the SSH channel, or a recorder in tests.
 pub trait Sink {
@@ -76,7 +74,7 @@ impl<K: Sink> ReplyWriter<K> {
     /// the batch, which goes when it is full. `more_queued` says another reply is waiting:
     /// without one the batch is sent too, so no reply waits for a later one.
     pub async fn write(&mut self, reply: Vec<u8>, more_queued: bool) -> Result<(), ()> {
-        if reply.len().is_multiple_of(SSH_PACKET) && reply.capacity() - reply.len() <= SLACK {
+        if reply.len().is_multiple_of(SSH_PACKET) && reply.capacity() - reply.len() <= REPLY_SLACK {
             self.flush().await?;
             return self.sink.send(Bytes::from(reply)).await;
         }
@@ -91,7 +89,7 @@ impl<K: Sink> ReplyWriter<K> {
         Ok(())
     }
 
-    /// Sends what is batched. A batch that fills its buffer (all but a quarter, or [`SLACK`])
+    /// Sends what is batched. A batch that fills its buffer (all but a quarter, or [`REPLY_SLACK`])
     /// is handed over as it is; a smaller one is copied out and the buffer kept, so that a few
     /// bytes waiting in the channel's queue never hold a whole batch buffer (the reply budget
     /// counts lengths, not memory).
@@ -100,7 +98,7 @@ impl<K: Sink> ReplyWriter<K> {
             return Ok(());
         }
         let unused = self.batch.capacity() - self.batch.len();
-        let data = if unused <= SLACK.max(self.batch.len() / 4) {
+        let data = if unused <= REPLY_SLACK.max(self.batch.len() / 4) {
             Bytes::from(std::mem::take(&mut self.batch))
         } else {
             let data = Bytes::copy_from_slice(&self.batch);

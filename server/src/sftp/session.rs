@@ -338,11 +338,10 @@ struct Incoming {
     write: Option<russh_sftp::protocol::Write>,
 }
 
-/// Requests read ahead of the request loop, each with the intake room it holds.
-type Intake = tokio::sync::mpsc::UnboundedReceiver<(
-    Result<Incoming, End>,
-    tokio::sync::OwnedSemaphorePermit,
-)>;
+/// A request read ahead of the request loop (or how the intake ended), with the intake room
+/// it holds.
+type IntakeItem = (Result<Incoming, End>, tokio::sync::OwnedSemaphorePermit);
+type Intake = tokio::sync::mpsc::UnboundedReceiver<IntakeItem>;
 
 /// What one queued request costs besides its buffers (queue entry, permit, allocations),
 /// charged so that many tiny requests cannot hold more memory than [`INTAKE_BYTES`] says.
@@ -358,10 +357,7 @@ pub const INTAKE_BYTES: u32 = 2 * MAX_PACKET;
 /// connection breaks, or the request loop is gone; the last item says which.
 async fn run_intake<R>(
     mut reader: BufReader<R>,
-    queue: tokio::sync::mpsc::UnboundedSender<(
-        Result<Incoming, End>,
-        tokio::sync::OwnedSemaphorePermit,
-    )>,
+    queue: tokio::sync::mpsc::UnboundedSender<IntakeItem>,
 ) where
     R: tokio::io::AsyncRead + Unpin,
 {
