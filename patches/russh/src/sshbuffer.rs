@@ -384,10 +384,12 @@ impl PacketBytesWriter {
 }
 
 /// Incoming SSH packet after decryption and optional decompression.
-/// Uses Vec<u8> (not CryptoVec/mlocked) because incoming network data is not secret.
+/// Uses Bytes (not CryptoVec/mlocked) because incoming network data is not secret.
+/// Sluice patch (patches/russh-owned-packets.patch): `Bytes`, not `Vec<u8>`, so that the read
+/// buffer becomes the packet without a copy and CHANNEL_DATA hands out slices of it.
 #[derive(Debug)]
 pub(crate) struct IncomingSshPacket {
-    pub buffer: Vec<u8>,
+    pub buffer: bytes::Bytes,
     pub seqn: Wrapping<u32>,
 }
 

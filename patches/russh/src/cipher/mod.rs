@@ -331,13 +331,20 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         }
     }
 
-    buffer.buffer.resize(buffer.len + 4, 0);
-    trace!("read_exact {:?}", buffer.len + 4);
-
-    let l = cipher.packet_length_to_read_for_block_length();
-
-    #[allow(clippy::indexing_slicing)] // length checked
-    stream.read_exact(&mut buffer.buffer[l..]).await?;
+    // Sluice patch (patches/russh-owned-packets.patch): read the rest of the packet into the
+    // buffer's spare room instead of zeroing it first (`resize`): the zeroing cost as much as a
+    // copy of every packet. The buffer is a fresh one per packet (the packet leaves in it).
+    let total = buffer.len + 4;
+    trace!("read_exact {total:?}");
+    buffer
+        .buffer
+        .reserve_exact(total.saturating_sub(buffer.buffer.len()));
+    while buffer.buffer.len() < total {
+        let want = (total - buffer.buffer.len()) as u64;
+        if (&mut *stream).take(want).read_buf(&mut buffer.buffer).await? == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
 
     trace!("read_exact done");
     let seqn = buffer.seqn.0;

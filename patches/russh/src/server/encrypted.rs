@@ -32,6 +32,29 @@ use crate::helpers::{AlgorithmExt, NameList};
 use crate::map_err;
 use crate::parsing::{ChannelOpenConfirmation, ChannelType, OpenChannelMessage, ensure_end};
 
+/// Sluice patch (patches/russh-owned-packets.patch): reads the SSH string that must end the
+/// packet from `r`, which is the rest of `packet`, as a slice of `packet`: what
+/// `Bytes::decode` then `ensure_end` give (the same errors), without a zeroed buffer and a
+/// copy. `r` is left where the string starts (`Reader::drain` reads byte by byte).
+fn last_string_of_packet<R: Reader>(packet: &Bytes, r: &mut R) -> Result<Bytes, crate::Error> {
+    let len = u32::decode(r)? as usize;
+    let remaining = r.remaining_len();
+    if len > remaining {
+        return Err(ssh_encoding::Error::Length.into());
+    }
+    if len < remaining {
+        return Err(ssh_encoding::Error::TrailingData {
+            remaining: remaining - len,
+        }
+        .into());
+    }
+    let start = packet
+        .len()
+        .checked_sub(remaining)
+        .ok_or(ssh_encoding::Error::Length)?;
+    Ok(packet.slice(start..))
+}
+
 impl Session {
     /// Returns false iff a request was rejected.
     pub(crate) async fn server_read_encrypted<H: Handler + Send>(
@@ -39,13 +62,26 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        self.process_packet(handler, &pkt.buffer).await
+        let packet = pkt.buffer.clone();
+        self.process_owned_packet(handler, &packet, Some(&packet))
+            .await
     }
 
     pub(crate) async fn process_packet<H: Handler + Send>(
         &mut self,
         handler: &mut H,
         buf: &[u8],
+    ) -> Result<(), H::Error> {
+        self.process_owned_packet(handler, buf, None).await
+    }
+
+    /// Sluice patch (patches/russh-owned-packets.patch): `owned` is `buf` as `Bytes` when the
+    /// caller has it, so that CHANNEL_DATA hands out a slice of the packet instead of a copy.
+    async fn process_owned_packet<H: Handler + Send>(
+        &mut self,
+        handler: &mut H,
+        buf: &[u8],
+        owned: Option<&Bytes>,
     ) -> Result<(), H::Error> {
         let rejection_wait_until =
             tokio::time::Instant::now() + self.common.config.auth_rejection_time;
@@ -169,10 +205,12 @@ impl Session {
                         .init_compress(self.common.packet_writer.compress());
                 }
                 enc.state = EncryptedState::Authenticated;
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, owned)
+                    .await
             }
             (EncryptedState::Authenticated, Some((msg, mut r))) => {
-                self.server_read_authenticated(handler, *msg, &mut r).await
+                self.server_read_authenticated(handler, *msg, &mut r, owned)
+                    .await
             }
             _ => Ok(()),
         }
@@ -231,6 +269,42 @@ mod tests {
             Some(&crate::msg::DISCONNECT),
             "server kept accepting auth attempts past max_auth_attempts",
         );
+    }
+
+    /// Sluice patch (patches/russh-owned-packets.patch): for every declared length around
+    /// the real one and every data length up to 40 bytes, the slice of the packet is what
+    /// `Bytes::decode` then `ensure_end` give, or fails where they fail, with the same error.
+    #[test]
+    fn channel_data_sliced_from_the_packet_matches_decode_then_ensure_end() {
+        for data_len in 0..40u32 {
+            for declared in data_len.saturating_sub(3)..data_len + 4 {
+                let mut packet = vec![msg::CHANNEL_DATA, 0, 0, 0, 7];
+                packet.extend_from_slice(&declared.to_be_bytes());
+                packet.extend((0..data_len).map(|i| i as u8 ^ 0x5a));
+                let packet = Bytes::from(packet);
+
+                let mut copied = &packet[5..];
+                let expected = Bytes::decode(&mut copied)
+                    .map_err(crate::Error::from)
+                    .and_then(|data| ensure_end(&copied).map(|()| data));
+                let mut sliced = &packet[5..];
+                let got = last_string_of_packet(&packet, &mut sliced);
+
+                match (expected, got) {
+                    (Ok(expected), Ok(got)) => {
+                        assert_eq!(expected, got);
+                        // A slice of the packet, not a copy.
+                        assert_eq!(got.as_ptr(), packet[9..].as_ptr());
+                    }
+                    (Err(expected), Err(got)) => {
+                        assert_eq!(expected.to_string(), got.to_string());
+                    }
+                    (expected, got) => panic!(
+                        "data {data_len} declared {declared}: decode gave {expected:?}, slice {got:?}"
+                    ),
+                }
+            }
+        }
     }
 
     #[tokio::test]
@@ -1488,6 +1562,7 @@ impl Session {
         handler: &mut H,
         msg: u8,
         r: &mut R,
+        owned: Option<&Bytes>,
     ) -> Result<(), H::Error> {
         match msg {
             msg::CHANNEL_OPEN => self.server_handle_channel_open(handler, r).await,
@@ -1535,8 +1610,14 @@ impl Session {
                     Some(map_err!(u32::decode(r))?)
                 };
                 trace!("handler.data {ext:?} {channel_num:?}");
-                let data = map_err!(Bytes::decode(r))?;
-                map_err!(ensure_end(r))?;
+                let data = match owned {
+                    Some(packet) => last_string_of_packet(packet, r)?,
+                    None => {
+                        let data = map_err!(Bytes::decode(r))?;
+                        map_err!(ensure_end(r))?;
+                        data
+                    }
+                };
                 let target = self.target_window_size;
 
                 #[allow(clippy::collapsible_if)]
