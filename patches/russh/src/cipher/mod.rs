@@ -304,10 +304,9 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         trace!("reading, len = {len:?}");
         {
             let seqn = buffer.seqn.0;
-            buffer.buffer.clear();
-            buffer.buffer.extend_from_slice(&len);
             trace!("reading, seqn = {seqn:?}");
-            let len = cipher.decrypt_packet_length(seqn, &len);
+            let probe = len;
+            let len = cipher.decrypt_packet_length(seqn, &probe);
             let len = BigEndian::read_u32(&len) as usize;
 
             if len > MAXIMUM_PACKET_LEN {
@@ -328,14 +327,21 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
 
             buffer.len = len + cipher.tag_len();
             trace!("reading, clear len = {:?}", buffer.len);
+            // Sluice patch (patches/russh-owned-packets.patch): room for the whole packet at
+            // once (without compression the buffer leaves with the packet, so it is new).
+            buffer.buffer.clear();
+            buffer.buffer.reserve_exact(buffer.len + 4);
+            buffer.buffer.extend_from_slice(&probe);
         }
     }
 
     // Sluice patch (patches/russh-owned-packets.patch): read the rest of the packet into the
     // buffer's spare room instead of zeroing it first (`resize`): the zeroing cost as much as a
-    // copy of every packet. The buffer is a fresh one per packet (the packet leaves in it).
+    // copy of every packet. (A reader that zero-fills the space it is given, such as
+    // tokio-util's compat layer, would zero the rest again on every partial read; a fix for
+    // upstream would keep one `ReadBuf` for the whole packet. Sluice's streams do not.)
     let total = buffer.len + 4;
-    trace!("read_exact {total:?}");
+    trace!("reading the rest, to {total:?} bytes");
     buffer
         .buffer
         .reserve_exact(total.saturating_sub(buffer.buffer.len()));
@@ -346,7 +352,7 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
         }
     }
 
-    trace!("read_exact done");
+    trace!("read the rest");
     let seqn = buffer.seqn.0;
     let plaintext = cipher.open(seqn, &mut buffer.buffer)?;
 

@@ -35,9 +35,10 @@ use crate::parsing::{ChannelOpenConfirmation, ChannelType, OpenChannelMessage, e
 /// Sluice patch (patches/russh-owned-packets.patch): reads the SSH string that must end the
 /// packet from `r`, which is the rest of `packet`, as a slice of `packet`: what
 /// `Bytes::decode` then `ensure_end` give (the same errors), without a zeroed buffer and a
-/// copy. `r` is left where the string starts (`Reader::drain` reads byte by byte).
+/// copy. `r` is not advanced past the string (`Reader::drain` reads byte by byte).
 fn last_string_of_packet<R: Reader>(packet: &Bytes, r: &mut R) -> Result<Bytes, crate::Error> {
-    let len = u32::decode(r)? as usize;
+    // `usize::decode`, as `Bytes::decode` reads it (lengths over 0xFFFFF: `Overflow`).
+    let len = usize::decode(r)?;
     let remaining = r.remaining_len();
     if len > remaining {
         return Err(ssh_encoding::Error::Length.into());
@@ -277,7 +278,8 @@ mod tests {
     #[test]
     fn channel_data_sliced_from_the_packet_matches_decode_then_ensure_end() {
         for data_len in 0..40u32 {
-            for declared in data_len.saturating_sub(3)..data_len + 4 {
+            let around = data_len.saturating_sub(3)..data_len + 4;
+            for declared in around.chain([0xF_FFFF, 0x10_0000, u32::MAX]) {
                 let mut packet = vec![msg::CHANNEL_DATA, 0, 0, 0, 7];
                 packet.extend_from_slice(&declared.to_be_bytes());
                 packet.extend((0..data_len).map(|i| i as u8 ^ 0x5a));
