@@ -730,3 +730,52 @@ def test_wrong_sftp_passwords_ban_the_address_shared_with_ftps(make_server, user
         srv.ftp("bob", source="127.0.0.5")
     ok = run_sftp(srv, "ls\n", key=keys["alice"], extra=("-o", "BindAddress=127.0.0.6"))
     assert ok.returncode == 0, ok.stderr
+
+
+def _raw_channel_data(sftp_client: paramiko.SFTPClient, declared: int, data: bytes) -> None:
+    """Sends one CHANNEL_DATA on the SFTP client's channel whose string declares `declared`
+    bytes but carries `data` (paramiko builds the SSH packet; only the string is crafted)."""
+    channel = sftp_client.get_channel()
+    m = paramiko.Message()
+    m.add_byte(bytes([paramiko.common.MSG_CHANNEL_DATA]))
+    m.add_int(channel.remote_chanid)
+    m.add_int(declared)
+    m.add_bytes(data)
+    channel.transport._send_user_message(m)
+
+
+@pytest.mark.parametrize("declared,data,reason", [
+    (9, b"12345", "length invalid"),
+    (3, b"12345", "unexpected trailing data at end of message (2 bytes)"),
+    (0x100000, b"x", "overflow"),
+], ids=["longer-than-sent", "trailing-bytes", "over-the-length-limit"])
+def test_malformed_channel_data_ends_only_that_connection(sftp_server, keys, declared, data, reason):
+    """CHANNEL_DATA reaches Sluice as a slice of its packet (patches/russh-owned-packets.patch):
+    a string length that does not end exactly at the packet's end ends that connection with an
+    audited reason naming it, and a transfer on another connection carries on with its bytes
+    intact."""
+    payload = os.urandom(3 << 20)
+    t_good, good = paramiko_sftp(sftp_server, key=keys["alice"])
+    t_bad, bad = paramiko_sftp(sftp_server, key=keys["alice"])
+    try:
+        with good.open("first-half.bin", "wb") as f:
+            f.write(payload[: len(payload) // 2])
+        _raw_channel_data(bad, declared, data)
+        deadline = time.monotonic() + 10
+        while t_bad.is_active() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not t_bad.is_active(), "the server kept a connection that sent a malformed CHANNEL_DATA"
+        with good.open("second-half.bin", "wb") as f:
+            f.write(payload[len(payload) // 2:])
+        with good.open("first-half.bin", "rb") as f:
+            first = f.read()
+        with good.open("second-half.bin", "rb") as f:
+            second = f.read()
+        assert first + second == payload
+        reasons = [e["reason"] for e in sftp_server.events("disconnect")]
+        assert len(reasons) == 1 and reasons[0].startswith("ssh error: SshEncoding") \
+            and reason in reasons[0], reasons
+    finally:
+        t_good.close()
+        t_bad.close()
+    assert sftp_server.proc.poll() is None, sftp_server.stderr()
