@@ -342,9 +342,6 @@ pub(crate) async fn read<R: AsyncRead + Unpin>(
     // upstream would keep one `ReadBuf` for the whole packet. Sluice's streams do not.)
     let total = buffer.len + 4;
     trace!("reading the rest, to {total:?} bytes");
-    buffer
-        .buffer
-        .reserve_exact(total.saturating_sub(buffer.buffer.len()));
     while buffer.buffer.len() < total {
         let want = (total - buffer.buffer.len()) as u64;
         if (&mut *stream).take(want).read_buf(&mut buffer.buffer).await? == 0 {

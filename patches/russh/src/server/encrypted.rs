@@ -63,8 +63,7 @@ impl Session {
         handler: &mut H,
         pkt: &mut IncomingSshPacket,
     ) -> Result<(), H::Error> {
-        let packet = pkt.buffer.clone();
-        self.process_owned_packet(handler, &packet, Some(&packet))
+        self.process_owned_packet(handler, &pkt.buffer, Some(&pkt.buffer))
             .await
     }
 
